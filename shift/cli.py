@@ -1,0 +1,265 @@
+"""The ``shift`` command line. Importing this module stays light: ray, torch and onnxruntime
+load only inside the commands that need them."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from shift.errors import QueryError, ShiftError
+
+app = typer.Typer(help="shift: which B models should I fine-tune?", no_args_is_help=True,
+                  pretty_exceptions_enable=False, add_completion=False)
+models_app = typer.Typer(help="Register and inspect models.", no_args_is_help=True)
+pools_app = typer.Typer(help="Named model pools.", no_args_is_help=True)
+tasks_app = typer.Typer(help="Labelled datasets to rank models for.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+app.add_typer(pools_app, name="pools")
+app.add_typer(tasks_app, name="tasks")
+
+out = Console()
+err = Console(stderr=True)
+
+
+def report(e: ShiftError) -> None:
+    """Print a ShiftError for a person: message, position and caret for queries, and the hint."""
+    if isinstance(e, QueryError):
+        err.print(f"[red]query error:[/red] {e.message} (line {e.line}, column {e.column})",
+                  highlight=False)
+        err.print(e.snippet, markup=False, highlight=False)
+    else:
+        err.print(f"[red]error:[/red] {e.message}", highlight=False)
+    if e.hint:
+        err.print(f"[yellow]hint:[/yellow] {e.hint}", highlight=False)
+
+
+def _errors_to_exit(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except ShiftError as e:
+            report(e)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+def command(typer_app: typer.Typer, name: str | None = None) -> Callable[..., Any]:
+    """``typer_app.command`` that turns a ShiftError into a message and exit code 1."""
+
+    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
+        return typer_app.command(name)(_errors_to_exit(fn))
+
+    return deco
+
+HomeOpt = Annotated[Path | None, typer.Option("--home", envvar="SHIFT_HOME",
+                                              help="shift home (registry + indexes)")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
+ExecOpt = Annotated[str, typer.Option("--executor", help="ray | inprocess")]
+RayOpt = Annotated[str | None, typer.Option("--ray-address", envvar="SHIFT_RAY_ADDRESS",
+                                            help="join an existing Ray cluster")]
+
+
+def _client(home: Path | None, executor: str = "ray", ray_address: str | None = None,
+            progress: bool = True) -> Any:
+    from shift.client import Client
+
+    return Client(home, executor=executor, ray_address=ray_address, progress=progress)
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+@command(app)
+def query(text: Annotated[str, typer.Argument(help="a query, e.g. \"SELECT top 2 FROM pool "
+                                                   "all WHERE task=digits\"")],
+          home: HomeOpt = None, as_json: JsonOpt = False, executor: ExecOpt = "ray",
+          ray_address: RayOpt = None) -> None:
+    """Run a query and print the ranked models."""
+    from shift.render import print_result
+
+    with _client(home, executor, ray_address, progress=not as_json) as c:
+        res = c.query(text)
+    if as_json:
+        sys.stdout.write(res.model_dump_json(indent=2) + "\n")
+    else:
+        print_result(res, out)
+
+
+@command(app)
+def explain(text: str, home: HomeOpt = None, as_json: JsonOpt = False) -> None:
+    """Show the plan of a query: pool size after each filter, cached vs to-compute work."""
+    from shift.render import result_table
+
+    with _client(home) as c:
+        res = c.explain(text)
+    if as_json:
+        _print_json(res.plan)
+        return
+    out.print(result_table(res, title=f"plan: {text}"))
+    work = res.plan.get("work")
+    if work:
+        out.print(f"estimated work: {work['estimate']}")
+
+
+# ---- models ---------------------------------------------------------------------------------
+@command(models_app, "add")
+def models_add(
+    file: Annotated[Path, typer.Argument(help="ONNX file")],
+    name: Annotated[str, typer.Option("--name", help="registry name")],
+    output: Annotated[str | None, typer.Option(help="graph output holding the embedding")] = None,
+    head_output: Annotated[str | None, typer.Option(help="output with classifier logits")] = None,
+    input_size: Annotated[int | None, typer.Option(help="input pixels if dynamic")] = None,
+    imagenet_top1: Annotated[float | None, typer.Option(help="ImageNet top-1, percent")] = None,
+    imagenet_source: Annotated[str | None, typer.Option(help="where that number comes from")] = None,
+    family: Annotated[str | None, typer.Option(help="architecture family")] = None,
+    upstream_dataset: Annotated[str | None, typer.Option()] = None,
+    upstream_size: Annotated[int | None, typer.Option()] = None,
+    source: Annotated[str | None, typer.Option(help="provider, e.g. torchvision")] = None,
+    tag: Annotated[list[str] | None, typer.Option("--tag", help="repeatable")] = None,
+    license: Annotated[str | None, typer.Option("--license")] = None,
+    mean: Annotated[str | None, typer.Option(help="comma-separated, 0..1 scale")] = None,
+    std: Annotated[str | None, typer.Option(help="comma-separated, 0..1 scale")] = None,
+    color: Annotated[str | None, typer.Option(help="RGB or BGR")] = None,
+    resize: Annotated[str | None, typer.Option(help="center_crop or squash")] = None,
+    replace: Annotated[bool, typer.Option("--replace")] = False,
+    home: HomeOpt = None,
+) -> None:
+    """Register an ONNX model; parameters and output sizes are read from the graph."""
+    from shift.model_import import register_onnx
+    from shift.registry import Registry
+
+    def floats(s: str | None, what: str) -> tuple[float, ...] | None:
+        if s is None:
+            return None
+        try:
+            return tuple(float(x) for x in s.split(","))
+        except ValueError:
+            raise ShiftError(f"--{what} must be comma-separated numbers, got {s!r}") from None
+
+    with Registry.open(home) as reg:
+        rec = register_onnx(
+            reg, file, name, output=output, head_output=head_output, input_size=input_size,
+            input_overrides={"mean": floats(mean, "mean"), "std": floats(std, "std"),
+                             "color": color, "resize": resize},
+            replace=replace, imagenet_top1=imagenet_top1, imagenet_source=imagenet_source,
+            family=family, upstream_dataset=upstream_dataset, upstream_size=upstream_size,
+            source=source, tags=tag or None, license=license,
+        )
+    out.print(f"registered [bold]{rec.name}[/bold]: {rec.params:,} parameters, "
+              f"{rec.dim}-d embedding from {rec.output!r}"
+              + (f", head {rec.head_output!r} ({rec.head_classes} classes)" if rec.head_output
+                 else ""))
+
+
+@command(models_app, "list")
+def models_list(home: HomeOpt = None, as_json: JsonOpt = False) -> None:
+    """List registered models."""
+    from shift.registry import Registry
+    from shift.render import records_table
+
+    with Registry.open(home) as reg:
+        models = reg.models()
+    if as_json:
+        _print_json([m.model_dump() for m in models])
+        return
+    cols = ["name", "family", "params", "dim", "imagenet_top1", "upstream_dataset", "source",
+            "tags"]
+    out.print(records_table([m.model_dump() for m in models], cols, f"{len(models)} models"))
+
+
+@command(models_app, "show")
+def models_show(name: str, home: HomeOpt = None) -> None:
+    """Show every field of one model."""
+    from shift.registry import Registry
+
+    with Registry.open(home) as reg:
+        rec = reg.get_model(name)
+    _print_json(rec.model_dump())
+
+
+@command(models_app, "remove")
+def models_remove(name: str, home: HomeOpt = None) -> None:
+    """Remove a model (its file too, unless another entry uses the same weights)."""
+    from shift.registry import Registry
+
+    with Registry.open(home) as reg:
+        reg.remove_model(name)
+    out.print(f"removed {name}")
+
+
+# ---- pools ----------------------------------------------------------------------------------
+@command(pools_app, "list")
+def pools_list(home: HomeOpt = None, as_json: JsonOpt = False) -> None:
+    """List built-in and saved pools with their sizes."""
+    from shift.query.compile import compile_condition
+    from shift.query.parser import parse_condition
+    from shift.registry import Registry
+    from shift.render import records_table
+
+    rows = []
+    with Registry.open(home) as reg:
+        for p in reg.pools():
+            where, params = compile_condition(parse_condition(p.filter), p.filter) \
+                if p.filter else ("", [])
+            rows.append({**p.model_dump(), "models": reg.count_models(where, params)})
+    if as_json:
+        _print_json(rows)
+        return
+    out.print(records_table(rows, ["name", "filter", "models", "builtin", "description"],
+                            "pools"))
+
+
+@command(pools_app, "add")
+def pools_add(name: str, condition: Annotated[str, typer.Argument(help="e.g. \"WHERE dim <= 1024\"")],
+              description: str = "", replace: bool = False, home: HomeOpt = None) -> None:
+    """Save a pool as a named condition."""
+    from shift.registry import Registry
+
+    with Registry.open(home) as reg:
+        p = reg.add_pool(name, condition, description, replace=replace)
+    out.print(f"pool [bold]{p.name}[/bold]: {p.filter}")
+
+
+@command(pools_app, "remove")
+def pools_remove(name: str, home: HomeOpt = None) -> None:
+    """Remove a saved pool."""
+    from shift.registry import Registry
+
+    with Registry.open(home) as reg:
+        reg.remove_pool(name)
+    out.print(f"removed pool {name}")
+
+
+# ---- tasks ----------------------------------------------------------------------------------
+@command(tasks_app, "list")
+def tasks_list(home: HomeOpt = None, as_json: JsonOpt = False) -> None:
+    """List registered tasks."""
+    from shift.registry import Registry
+    from shift.render import records_table
+
+    with Registry.open(home) as reg:
+        tasks = reg.tasks()
+    if as_json:
+        _print_json([t.model_dump() for t in tasks])
+        return
+    cols = ["name", "kind", "num_samples", "num_train", "num_val", "num_classes", "content_hash"]
+    out.print(records_table([t.model_dump() for t in tasks], cols, f"{len(tasks)} tasks"))
+
+
+def main() -> None:
+    """Entry point (``shift``)."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,83 @@
+"""The Python client: the same queries as the CLI, in-process.
+
+    >>> import shift
+    >>> c = shift.connect()
+    >>> c.query("SELECT top 2 FROM pool all WHERE task=digits").names
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from shift.query.builder import QueryBuilder
+from shift.query.builder import select as _select
+from shift.query.executor import ScoreSource, execute
+from shift.query.parser import parse
+from shift.query.planner import plan
+from shift.registry import Registry
+from shift.schemas import ModelRecord, PoolRecord, Result, TaskRecord, Timings
+
+
+class Client:
+    def __init__(self, home: str | Path | None = None, *, executor: str = "auto",
+                 ray_address: str | None = None, progress: bool = False) -> None:
+        self.registry = Registry.open(home)
+        self._engine_opts: dict[str, Any] = {"executor": executor, "ray_address": ray_address,
+                                             "progress": progress}
+        self._engine: ScoreSource | None = None
+
+    @property
+    def engine(self) -> Any:
+        """The embedding/scoring engine, created on first use (imports the heavy parts then)."""
+        if self._engine is None:
+            from shift.engine.search import Engine
+
+            self._engine = Engine(self.registry, **self._engine_opts)
+        return self._engine
+
+    def query(self, text: str) -> Result:
+        """Parse, plan and run one query. Raises ``QueryError`` on a malformed query."""
+        timings = Timings()
+        t0 = time.perf_counter()
+        select = parse(text)
+        t1 = time.perf_counter()
+        p = plan(select, text, self.registry)
+        t2 = time.perf_counter()
+        timings.parse_ms, timings.plan_ms = (t1 - t0) * 1000, (t2 - t1) * 1000
+        needs_engine = p.task is not None and p.proxy is not None
+        result = execute(p, self.registry, self.engine if needs_engine else None, timings)
+        result.timings.total_ms = (time.perf_counter() - t0) * 1000
+        return result
+
+    def explain(self, text: str) -> Result:
+        return self.query(text if text.lstrip()[:7].lower() == "explain" else f"EXPLAIN {text}")
+
+    def select(self, top: int | str | None = None) -> QueryBuilder:
+        return _select(top, client=self)
+
+    def models(self) -> list[ModelRecord]:
+        return self.registry.models()
+
+    def tasks(self) -> list[TaskRecord]:
+        return self.registry.tasks()
+
+    def pools(self) -> list[PoolRecord]:
+        return self.registry.pools()
+
+    def close(self) -> None:
+        if self._engine is not None and hasattr(self._engine, "close"):
+            self._engine.close()
+        self.registry.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def connect(home: str | Path | None = None, **options: Any) -> Client:
+    """Open the shift home at ``home`` (default: ``$SHIFT_HOME``, the checkout, or ``~/.shift``)."""
+    return Client(home, **options)

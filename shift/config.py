@@ -1,0 +1,85 @@
+"""Where shift keeps its state.
+
+Resolution order for the home: an explicit ``home`` argument, then ``$SHIFT_HOME`` (registry in
+``$SHIFT_HOME``, indexes in ``$SHIFT_HOME/indexes``), then a source checkout (``registry/`` and
+``indexes/`` beside ``pyproject.toml``), else ``~/.shift``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from shift.errors import InvalidNameError
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,127}$")
+CATALOG_FILE = "catalog.yaml"
+
+
+def validate_name(name: str, kind: str = "name") -> str:
+    """Return ``name`` if it is a safe registry name: letters, digits, ``_`` and ``-``,
+    starting with a letter or digit, at most 128 characters. Such a name can never escape a
+    directory when used as a path component."""
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise InvalidNameError(
+            f"invalid {kind} {name!r}",
+            hint="use letters, digits, '_' and '-', starting with a letter or digit (max 128)",
+        )
+    return name
+
+
+def _checkout_root() -> Path | None:
+    root = Path(__file__).resolve().parent.parent
+    if (root / "pyproject.toml").is_file() and (root / "registry").is_dir():
+        return root
+    return None
+
+
+@dataclass(frozen=True)
+class Home:
+    """The directories of one shift installation."""
+
+    registry_dir: Path
+    index_dir: Path
+
+    @property
+    def db_path(self) -> Path:
+        return self.registry_dir / "registry.db"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.registry_dir / "models"
+
+    @property
+    def tasks_dir(self) -> Path:
+        return self.registry_dir / "tasks"
+
+    @property
+    def catalog_path(self) -> Path:
+        return self.registry_dir / CATALOG_FILE
+
+    def index_path(self, task: str, model: str) -> Path:
+        """``indexes/<task>/<model>``; both names are validated so the path stays inside."""
+        return self.index_dir / validate_name(task, "task name") / validate_name(model, "model name")
+
+    def ensure(self) -> Home:
+        for d in (self.registry_dir, self.index_dir, self.models_dir, self.tasks_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        return self
+
+    @classmethod
+    def resolve(cls, home: str | os.PathLike[str] | None = None) -> Home:
+        if home is not None:
+            base = Path(home).expanduser().resolve()
+            return cls(base, base / "indexes")
+        env = os.environ.get("SHIFT_HOME")
+        if env:
+            base = Path(env).expanduser().resolve()
+            return cls(base, base / "indexes")
+        root = _checkout_root()
+        if root is not None:
+            return cls(root / "registry", root / "indexes")
+        base = Path.home() / ".shift"
+        return cls(base, base / "indexes")

@@ -1,0 +1,68 @@
+"""The exceptions shift raises. Every user-facing failure is a ``ShiftError``; the CLI prints it
+without a traceback and exits 1."""
+
+from __future__ import annotations
+
+
+class ShiftError(Exception):
+    """Base of every error shift reports to a user."""
+
+    hint: str | None = None
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message if not self.hint else f"{self.message}\nhint: {self.hint}"
+
+
+class QueryError(ShiftError):
+    """A query that cannot be parsed or planned; carries the position of the offending text.
+
+    ``line`` and ``column`` are 1-based; ``str(err)`` shows the query line with a caret under it.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        text: str,
+        line: int,
+        column: int,
+        length: int = 1,
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(message, hint)
+        self.text = text
+        self.line = line
+        self.column = column
+        self.length = max(1, length)
+
+    @property
+    def snippet(self) -> str:
+        """The offending line with ``^`` markers under the offending text."""
+        lines = self.text.splitlines() or [""]
+        src = lines[min(self.line, len(lines)) - 1]
+        return f"{src}\n{' ' * (self.column - 1)}{'^' * self.length}"
+
+    def __str__(self) -> str:
+        out = f"{self.message} (line {self.line}, column {self.column})\n{self.snippet}"
+        return out if not self.hint else f"{out}\nhint: {self.hint}"
+
+
+class NotFoundError(ShiftError):
+    """A named model, task, pool or index that does not exist."""
+
+
+class InvalidNameError(ShiftError):
+    """A registry name that is not allowed (path separators, dots, control characters...)."""
+
+
+class ModelFileError(ShiftError):
+    """An ONNX file that cannot be read, validated or run."""
+
+
+class TaskDataError(ShiftError):
+    """Task data that cannot be used: undecodable image, one class, mismatched lengths..."""

@@ -1,0 +1,144 @@
+"""The typed AST of a shift query. Text queries and the fluent builder both produce these nodes;
+positions (``Span``) are carried for error messages and ignored by equality."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Union
+
+
+@dataclass(frozen=True)
+class Span:
+    """1-based line/column of the first character and the length of the text."""
+
+    line: int = 1
+    column: int = 1
+    length: int = 1
+
+
+NOWHERE = Span()
+Scalar = Union[int, float, str, bool]
+
+
+def _pos() -> Span:
+    return field(default=NOWHERE, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class Literal:
+    value: Scalar
+    pos: Span = _pos()
+
+
+@dataclass(frozen=True)
+class Compare:
+    """``column op value`` with op in ``= != < <= > >=``."""
+
+    column: str
+    op: str
+    value: Literal
+    pos: Span = _pos()
+    column_pos: Span = _pos()
+
+
+@dataclass(frozen=True)
+class InList:
+    column: str
+    values: tuple[Literal, ...]
+    negated: bool = False
+    pos: Span = _pos()
+    column_pos: Span = _pos()
+
+
+@dataclass(frozen=True)
+class Like:
+    column: str
+    pattern: Literal
+    negated: bool = False
+    pos: Span = _pos()
+    column_pos: Span = _pos()
+
+
+@dataclass(frozen=True)
+class IsNull:
+    column: str
+    negated: bool = False
+    pos: Span = _pos()
+    column_pos: Span = _pos()
+
+
+@dataclass(frozen=True)
+class Not:
+    expr: Expr
+    pos: Span = _pos()
+
+
+@dataclass(frozen=True)
+class And:
+    items: tuple[Expr, ...]
+    pos: Span = _pos()
+
+
+@dataclass(frozen=True)
+class Or:
+    items: tuple[Expr, ...]
+    pos: Span = _pos()
+
+
+Predicate = Union[Compare, InList, Like, IsNull]
+Expr = Union[Predicate, Not, And, Or]
+
+
+@dataclass(frozen=True)
+class Ranker:
+    """``RANK BY name`` or ``RANK BY name(arg, ...)``, e.g. ``agnostic``, ``knn``, ``hybrid(linear)``."""
+
+    name: str
+    args: tuple[Scalar, ...] = ()
+    pos: Span = _pos()
+
+    def __str__(self) -> str:
+        return self.name if not self.args else f"{self.name}({', '.join(map(str, self.args))})"
+
+
+@dataclass(frozen=True)
+class OrderBy:
+    column: str
+    descending: bool = False
+    pos: Span = _pos()
+
+
+@dataclass(frozen=True)
+class Select:
+    """``[EXPLAIN] SELECT (top N | *) FROM (pool P | models) [WHERE e] [RANK BY r] [ORDER BY c] [LIMIT n]``.
+
+    ``top`` is the budget B (None for ``*``); ``pool`` is ``"all"`` for ``FROM models``.
+    """
+
+    top: int | None
+    pool: str
+    where: Expr | None = None
+    rank: Ranker | None = None
+    order: OrderBy | None = None
+    limit: int | None = None
+    explain: bool = False
+    pool_pos: Span = _pos()
+    top_pos: Span = _pos()
+    limit_pos: Span = _pos()
+
+
+def conjuncts(expr: Expr | None) -> list[Expr]:
+    """The top-level AND terms of ``expr`` (``[]`` for none)."""
+    if expr is None:
+        return []
+    if isinstance(expr, And):
+        return [t for item in expr.items for t in conjuncts(item)]
+    return [expr]
+
+
+def and_all(items: list[Expr]) -> Expr | None:
+    """Inverse of :func:`conjuncts`: ``None`` for no term, the term for one, a flat ``And`` else."""
+    flat = [t for item in items for t in conjuncts(item)]
+    if not flat:
+        return None
+    return flat[0] if len(flat) == 1 else And(tuple(flat))

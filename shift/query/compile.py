@@ -1,0 +1,104 @@
+"""Condition AST → parameterised SQL over the ``models`` table (aliased ``m``).
+
+Values never enter the SQL text: every literal becomes a ``?`` parameter."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+from shift.errors import QueryError
+from shift.query import ast
+from shift.query.columns import COLUMNS, TASK_COLUMN, Column
+
+_OPS = {"=", "!=", "<", "<=", ">", ">="}
+
+
+def _error(text: str, span: ast.Span, msg: str, hint: str | None) -> QueryError:
+    return QueryError(msg, text=text, line=span.line, column=span.column, length=span.length,
+                      hint=hint)
+
+
+def column(name: str, span: ast.Span, text: str) -> Column:
+    """Look up a column or raise a QueryError listing the valid ones (with a close match)."""
+    col = COLUMNS.get(name)
+    if col is not None:
+        return col
+    close = difflib.get_close_matches(name, [*COLUMNS, TASK_COLUMN], n=1)
+    hint = (f"did you mean {close[0]!r}? " if close else "") + "valid columns: " + ", ".join(
+        [*COLUMNS, TASK_COLUMN])
+    return _raise(_error(text, span, f"unknown column {name!r}", hint))
+
+
+def _raise(err: QueryError) -> Any:
+    raise err
+
+
+def _value(col: Column, lit: ast.Literal, text: str) -> Any:
+    v = lit.value
+    if col.type in ("int", "real"):
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            _raise(_error(text, lit.pos, f"{col.name} is a number, got {v!r}",
+                          f"compare {col.name} with a number, e.g. {col.name} < 30M"))
+        return v
+    if col.type == "bool":
+        if not isinstance(v, bool):
+            _raise(_error(text, lit.pos, f"{col.name} is true or false, got {v!r}",
+                          f"write {col.name} = true"))
+        return int(v)
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return str(v) if not isinstance(v, str) else v
+
+
+def compile_condition(expr: ast.Expr, text: str) -> tuple[str, list[Any]]:
+    """Return ``(sql, params)`` for a condition on models. ``task`` must have been removed."""
+    params: list[Any] = []
+
+    def walk(node: ast.Expr) -> str:
+        if isinstance(node, ast.And):
+            return "(" + " AND ".join(walk(i) for i in node.items) + ")"
+        if isinstance(node, ast.Or):
+            return "(" + " OR ".join(walk(i) for i in node.items) + ")"
+        if isinstance(node, ast.Not):
+            return f"(NOT {walk(node.expr)})"
+        if node.column == TASK_COLUMN:
+            _raise(_error(text, node.column_pos, "task can only be chosen as task = NAME joined "
+                          "to the rest of the condition with AND",
+                          "e.g. WHERE task=flowers AND params < 30M"))
+        col = column(node.column, node.column_pos, text)
+        if isinstance(node, ast.Compare):
+            if node.op not in _OPS:  # pragma: no cover - grammar guarantees it
+                _raise(_error(text, node.pos, f"unknown operator {node.op}", None))
+            if col.type == "tags":
+                if node.op not in ("=", "!="):
+                    _raise(_error(text, node.pos, "tag supports only = and != and IN",
+                                  "e.g. tag = 'expert'"))
+                params.append(_value(col, node.value, text))
+                neg = "NOT " if node.op == "!=" else ""
+                return f"({neg}EXISTS (SELECT 1 FROM json_each(m.tags) WHERE value = ?))"
+            params.append(_value(col, node.value, text))
+            return f"({col.sql} {node.op} ?)"
+        if isinstance(node, ast.InList):
+            vals = [_value(col, v, text) for v in node.values]
+            params.extend(vals)
+            marks = ", ".join("?" * len(vals))
+            neg = "NOT " if node.negated else ""
+            if col.type == "tags":
+                return f"({neg}EXISTS (SELECT 1 FROM json_each(m.tags) WHERE value IN ({marks})))"
+            return f"({col.sql} {neg}IN ({marks}))"
+        if isinstance(node, ast.Like):
+            if col.type not in ("text", "tags"):
+                _raise(_error(text, node.pos, f"LIKE needs a text column; {col.name} is "
+                              f"{col.type}", "use = < > for numbers"))
+            params.append(_value(col, node.pattern, text))
+            neg = "NOT " if node.negated else ""
+            if col.type == "tags":
+                return f"({neg}EXISTS (SELECT 1 FROM json_each(m.tags) WHERE value LIKE ?))"
+            return f"({col.sql} {neg}LIKE ?)"
+        if isinstance(node, ast.IsNull):
+            neg = "NOT " if node.negated else ""
+            return f"({col.sql} IS {neg}NULL)"
+        raise TypeError(f"unknown node {node!r}")  # pragma: no cover
+
+    return walk(expr), params

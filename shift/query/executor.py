@@ -1,0 +1,123 @@
+"""Plan → Result. Model filtering runs as parameterised SQL; task-aware rankers get their scores
+from a :class:`ScoreSource` (the engine), which indexes and scores only what is missing."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any, Protocol
+
+from shift.query.columns import COLUMNS, DISPLAY_COLUMNS
+from shift.query.planner import Plan
+from shift.schemas import ModelRecord, Result, Timings
+from shift.strategies import rank
+
+if TYPE_CHECKING:
+    from shift.registry import Registry
+
+
+class ScoreSource(Protocol):
+    """What the executor needs from the engine."""
+
+    def status(self, task: str, models: list[ModelRecord], proxy: str) -> dict[str, Any]:
+        """Which embeddings and scores exist and what must be computed (for EXPLAIN)."""
+        ...
+
+    def scores(self, task: str, models: list[ModelRecord], proxy: str) -> dict[str, float | None]:
+        """Proxy score per model name, computing (and caching) whatever is missing."""
+        ...
+
+
+def _row(m: ModelRecord) -> dict[str, Any]:
+    return {
+        "name": m.name,
+        "family": m.family,
+        "params": m.params,
+        "dim": m.dim,
+        "imagenet_top1": m.imagenet_top1,
+        "upstream_dataset": m.upstream_dataset,
+        "source": m.source,
+    }
+
+
+def _sort_sql(plan: Plan) -> str:
+    assert plan.order is not None
+    col = COLUMNS[plan.order.column]
+    direction = "DESC" if plan.order.descending else "ASC"
+    # NULLs last either way, then name for a total order
+    return f"({col.sql} IS NULL), {col.sql} {direction}, m.name"
+
+
+def explain(plan: Plan, registry: Registry, engine: ScoreSource | None) -> Result:
+    """Pool size after each filter, what is cached and what must be computed."""
+    steps: list[dict[str, Any]] = [
+        {"step": "all models", "detail": "", "models": registry.count_models()}
+    ]
+    for i, _f in enumerate(plan.filters):
+        part = plan.filters[: i + 1]
+        sql = " AND ".join(x.sql for x in part)
+        params = [p for x in part for p in x.params]
+        steps.append({"step": "filter", "detail": plan.filters[i].label,
+                      "models": registry.count_models(sql, params)})
+    info: dict[str, Any] = {"pool": plan.pool, "ranker": plan.ranker, "budget": plan.budget,
+                            "task": plan.task, "steps": steps}
+    if plan.task and plan.proxy:
+        where, params = plan.where_sql
+        models = registry.models(where, params)
+        if engine is None:
+            from shift.engine.search import Engine
+
+            engine = Engine(registry)
+        status = engine.status(plan.task, models, plan.proxy)
+        info["work"] = status
+        steps.append({"step": "embed", "detail": status["embed_summary"],
+                      "models": status["to_embed"]})
+        steps.append({"step": f"score {plan.proxy}", "detail": status["score_summary"],
+                      "models": status["to_score"]})
+    steps.append({"step": "rank", "detail": plan.ranker
+                  + (f", keep {plan.budget}" if plan.budget else ""), "models": None})
+    return Result(query=plan.text, columns=["step", "detail", "models"], rows=steps, plan=info)
+
+
+def execute(plan: Plan, registry: Registry, engine: ScoreSource | None = None,
+            timings: Timings | None = None) -> Result:
+    timings = timings or Timings()
+    t0 = time.perf_counter()
+    if plan.select.explain:
+        res = explain(plan, registry, engine)
+        res.timings = timings
+        return res
+    where, params = plan.where_sql
+    plan_info = {"pool": plan.pool, "ranker": plan.ranker, "budget": plan.budget,
+                 "task": plan.task, "filters": [f.label for f in plan.filters]}
+    if plan.strategy == "order":
+        models = registry.models(where, params, order=_sort_sql(plan))
+        if plan.budget is not None:
+            models = models[: plan.budget]
+        rows = [{"rank": i + 1, **_row(m)} for i, m in enumerate(models)]
+        timings.total_ms += (time.perf_counter() - t0) * 1000
+        return Result(query=plan.text, columns=["rank", *DISPLAY_COLUMNS], rows=rows,
+                      plan=plan_info, timings=timings)
+
+    models = registry.models(where, params)
+    scores: dict[str, float | None] = {}
+    if plan.task and plan.proxy:
+        if engine is None:
+            from shift.engine.search import Engine
+
+            engine = Engine(registry)
+        ts = time.perf_counter()
+        scores = engine.scores(plan.task, models, plan.proxy)
+        timings.score_ms += (time.perf_counter() - ts) * 1000
+    picks = rank(models, plan.budget, plan.strategy, plan.proxy, scores)
+    rows = []
+    for i, p in enumerate(picks):
+        row = {"rank": i + 1, **_row(p.model), "agnostic_rank": p.agnostic_rank}
+        if plan.task:
+            row["score"] = p.score
+        row["why"] = p.reason
+        rows.append(row)
+    cols = ["rank", *DISPLAY_COLUMNS, "agnostic_rank"] + (["score"] if plan.task else []) + ["why"]
+    timings.total_ms += (time.perf_counter() - t0) * 1000
+    return Result(query=plan.text, columns=cols, rows=rows,
+                  scores={p.model.name: p.score for p in picks} if plan.task else {},
+                  plan=plan_info, timings=timings)

@@ -1,0 +1,54 @@
+"""Rich tables for results and records (the CLI's output; ``--json`` bypasses this)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from shift.schemas import Result
+
+
+def fmt(col: str, v: Any) -> str:
+    if v is None:
+        return "—"
+    if col == "params" and isinstance(v, int):
+        return f"{v / 1e6:.2f}M" if v >= 1e5 else f"{v:,}"
+    if col == "imagenet_top1" and isinstance(v, float):
+        return f"{v:.1f}%"
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    if isinstance(v, list | tuple):
+        return ", ".join(map(str, v))
+    return str(v)
+
+
+HEADERS = {"imagenet_top1": "ImageNet top-1", "agnostic_rank": "agnostic #",
+           "upstream_dataset": "upstream"}
+
+
+def result_table(res: Result, title: str | None = None) -> Table:
+    t = Table(title=title or res.query, title_justify="left", expand=False)
+    for c in res.columns:
+        t.add_column(HEADERS.get(c, c), overflow="fold")
+    for row in res.rows:
+        t.add_row(*(fmt(c, row.get(c)) for c in res.columns))
+    return t
+
+
+def print_result(res: Result, console: Console | None = None) -> None:
+    console = console or Console()
+    console.print(result_table(res))
+    tm = res.timings
+    console.print(f"[dim]{len(res.rows)} rows · {tm.total_ms:.1f} ms "
+                  f"(score {tm.score_ms:.1f} ms)[/dim]")
+
+
+def records_table(rows: list[dict[str, Any]], columns: list[str], title: str = "") -> Table:
+    t = Table(title=title, title_justify="left")
+    for c in columns:
+        t.add_column(HEADERS.get(c, c), overflow="fold")
+    for r in rows:
+        t.add_row(*(fmt(c, r.get(c)) for c in columns))
+    return t
