@@ -1,0 +1,35 @@
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export HNSWLIB_NO_NATIVE := 1
+
+.PHONY: install test lint format demo bench clean
+
+install: $(BIN)/shift
+
+$(BIN)/shift: pyproject.toml
+	$(PY) -m venv $(VENV)
+	# torch pinned to the CPU build that lies on these machines (no multi-GB CUDA download)
+	$(BIN)/pip install -q "torch==2.13.0"
+	$(BIN)/pip install -q -e ".[dev]"
+	@touch $(BIN)/shift
+
+test: install
+	$(BIN)/pytest -q
+
+lint:
+	$(BIN)/ruff check shift tests benchmarks
+	$(BIN)/ruff format --check shift tests benchmarks
+
+format:
+	$(BIN)/ruff format shift tests benchmarks
+	$(BIN)/ruff check --fix shift tests benchmarks
+
+demo: install
+	$(BIN)/python -m shift.demo
+
+bench: install
+	$(BIN)/python -m benchmarks.run_all
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""The query language: grammar → AST (parser, builder) → plan (planner) → result (executor)."""
