@@ -256,6 +256,112 @@ def tasks_list(home: HomeOpt = None, as_json: JsonOpt = False) -> None:
     out.print(records_table([t.model_dump() for t in tasks], cols, f"{len(tasks)} tasks"))
 
 
+def _read_samples(images: Path | None, npz: Path | None, store_size: int | None,
+                  classes: list[str] | None = None) -> tuple[Any, str, str]:
+    from shift.tasks import read_image_folder, read_npz
+
+    if (images is None) == (npz is None):
+        raise ShiftError("give exactly one of --images DIR or --npz FILE")
+    if images is not None:
+        return read_image_folder(images, store_size, classes), "images", str(images)
+    assert npz is not None
+    return read_npz(npz), "npz", str(npz)
+
+
+ImagesOpt = Annotated[Path | None, typer.Option("--images", help="folder: <class>/* or "
+                                                "train/<class>/* + val/<class>/*")]
+NpzOpt = Annotated[Path | None, typer.Option("--npz", help="arrays x, y and optional split")]
+ValOpt = Annotated[float, typer.Option("--val-fraction", help="validation share when no split "
+                                       "is given")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="seed of the deterministic split")]
+
+
+@command(tasks_app, "add")
+def tasks_add(name: str, images: ImagesOpt = None, npz: NpzOpt = None, val_fraction: ValOpt = 0.2,
+              seed: SeedOpt = 0,
+              store_size: Annotated[int | None, typer.Option(help="resize images to this square "
+                                                             "size when stored")] = None,
+              replace: bool = False, home: HomeOpt = None) -> None:
+    """Register a labelled dataset as a task."""
+    from shift.registry import Registry
+    from shift.tasks import TaskStore
+
+    samples, kind, source = _read_samples(images, npz, store_size)
+    with Registry.open(home) as reg:
+        rec = TaskStore(reg).add(name, samples, kind=kind, source=source,
+                                 val_fraction=val_fraction, seed=seed, replace=replace)
+    out.print(f"task [bold]{rec.name}[/bold]: {rec.num_samples} samples ({rec.num_train} train, "
+              f"{rec.num_val} val), {rec.num_classes} classes, hash {rec.content_hash[:12]}")
+
+
+@command(tasks_app, "append")
+def tasks_append(name: str, images: ImagesOpt = None, npz: NpzOpt = None,
+                 val_fraction: ValOpt = 0.2, seed: SeedOpt = 0, home: HomeOpt = None) -> None:
+    """Add samples to a task; the next query embeds only them."""
+    from shift.registry import Registry
+    from shift.tasks import TaskStore
+
+    with Registry.open(home) as reg:
+        old = reg.get_task(name)
+        samples, _, _ = _read_samples(images, npz, None, old.classes if images else None)
+        rec, n = TaskStore(reg).append(name, samples, val_fraction=val_fraction, seed=seed)
+    out.print(f"task [bold]{name}[/bold]: +{n} samples, now {rec.num_samples}")
+
+
+@command(tasks_app, "relabel")
+def tasks_relabel(name: str, npz: Annotated[Path, typer.Option("--npz", help="array y: one "
+                                                                "label per sample, task order")],
+                  home: HomeOpt = None) -> None:
+    """Replace a task's labels; indexes are reused, only scores are recomputed."""
+    import numpy as np
+
+    from shift.registry import Registry
+    from shift.tasks import TaskStore
+
+    try:
+        with np.load(npz, allow_pickle=False) as z:
+            y = z["y"]
+    except (OSError, ValueError, KeyError) as e:
+        raise ShiftError(f"{npz}: cannot read array 'y' ({e})") from None
+    with Registry.open(home) as reg:
+        rec = TaskStore(reg).relabel(name, y)
+    out.print(f"task [bold]{name}[/bold] relabelled: hash {rec.content_hash[:12]}")
+
+
+@command(tasks_app, "remove")
+def tasks_remove(name: str, home: HomeOpt = None) -> None:
+    """Remove a task and its stored data."""
+    from shift.registry import Registry
+    from shift.tasks import TaskStore
+
+    with Registry.open(home) as reg:
+        TaskStore(reg).remove(name)
+    out.print(f"removed task {name}")
+
+
+@command(app, "index")
+def index_cmd(task: str, pool: Annotated[str, typer.Option(help="pool to index")] = "all",
+              home: HomeOpt = None, executor: ExecOpt = "ray", ray_address: RayOpt = None) -> None:
+    """Precompute the embedding indexes of TASK for every model in a pool."""
+    from shift.client import Client
+    from shift.config import validate_name
+    from shift.query.planner import plan_text
+
+    validate_name(task, "task name")
+    validate_name(pool, "pool name")
+    with Client(home, executor=executor, ray_address=ray_address, progress=True) as c:
+        p = plan_text(f"SELECT * FROM pool {pool} WHERE task = '{task}' RANK BY knn", c.registry)
+        where, params = p.where_sql
+        models = c.registry.models(where, params)
+        c.engine.index(task, models)
+        rep = c.engine.last_report
+    out.print(f"indexed {task}: {len(rep.embedded)} models embedded "
+              f"({sum(rep.embedded.values()):,} samples), {len(rep.reused)} reused, "
+              f"{len(rep.relabelled)} relabelled, {len(rep.failed)} failed in {rep.seconds:.1f} s")
+    for name, e in rep.failed.items():
+        err.print(f"[red]failed:[/red] {name}: {e}", highlight=False)
+
+
 def main() -> None:
     """Entry point (``shift``)."""
     app()

@@ -211,7 +211,9 @@ class Registry:
                  replace_samples: bool = False) -> None:
         """Insert or update a task and (some of) its samples in one transaction."""
         with self.transaction():
-            self.db["tasks"].upsert(rec.model_dump(), pk="name")
+            row = rec.model_dump()
+            row["classes"] = json.dumps(rec.classes)
+            self.db["tasks"].upsert(row, pk="name")
             if replace_samples:
                 self.db.execute("DELETE FROM samples WHERE task = ?", [rec.name])
             if samples:

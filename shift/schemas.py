@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -101,19 +102,26 @@ class TaskRecord(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str
-    content_hash: str
-    kind: Literal["images", "npz"]
+    content_hash: str = Field(description="hash of samples, labels and splits (keys scores)")
+    data_hash: str = Field(description="hash of the samples alone (keys embedding indexes)")
+    kind: Literal["images", "npz", "generated"]
     source: str
     num_samples: int = Field(ge=0)
     num_train: int = Field(ge=0)
     num_val: int = Field(ge=0)
     num_classes: int = Field(ge=0)
+    classes: list[str] = Field(default_factory=list, description="class name of each label")
     date_added: str = Field(default_factory=utcnow)
 
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
         return validate_name(v, "task name")
+
+    @field_validator("classes", mode="before")
+    @classmethod
+    def _classes(cls, v: Any) -> Any:
+        return json.loads(v) if isinstance(v, str) else v
 
 
 class PoolRecord(BaseModel):

@@ -1,0 +1,298 @@
+"""The engine behind task-aware queries: make sure every (task, model) embedding index exists —
+computing only what is missing — and score models with a proxy, caching scores in the registry.
+
+Incremental rules, per (task, model):
+* index for the current data hash exists → reuse (relabel in place if only labels changed);
+* index for an older data hash whose samples are a subset of the task's → embed only the new
+  samples and append them;
+* otherwise embed everything; batches are written as they arrive, so a killed run resumes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from shift.errors import ShiftError
+from shift.registry import Registry
+from shift.schemas import ModelRecord, TaskRecord
+from shift.tasks import TaskStore
+
+log = logging.getLogger(__name__)
+DEFAULT_BATCH = 64
+#: rough CPU cost used by EXPLAIN: seconds per image per million parameters at 224 px (measured
+#: ~0.0017 s/img/M for EfficientNet-Lite0 on one core, see benchmarks/results/embedding.json)
+SECONDS_PER_IMAGE_PER_MPARAM_224 = 0.0017
+
+
+@dataclass
+class _Work:
+    """What one (task, model) pair needs."""
+
+    model: ModelRecord
+    store: Any
+    key: Any
+    mode: str  # ready | relabel | append | full
+    index: Any = None
+    old: Any = None
+    sample_ids: list[str] = field(default_factory=list)  # to embed
+
+
+@dataclass
+class IndexReport:
+    embedded: dict[str, int] = field(default_factory=dict)  # model -> samples embedded
+    reused: list[str] = field(default_factory=list)
+    relabelled: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    providers: dict[str, list[str]] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def _batch_id(i: int, ids: list[str]) -> str:
+    return f"b{i:05d}-" + hashlib.sha256("\n".join(ids).encode()).hexdigest()[:10]
+
+
+def proxy_params_key(params: dict[str, Any]) -> str:
+    return json.dumps(params, sort_keys=True, default=str)
+
+
+class Engine:
+    """Indexes tasks and scores models. ``executor``: "ray" (default), "inprocess" or "auto"."""
+
+    def __init__(self, registry: Registry, executor: str = "auto",
+                 ray_address: str | None = None, progress: bool = False,
+                 batch_size: int = DEFAULT_BATCH) -> None:
+        self.registry = registry
+        self.tasks = TaskStore(registry)
+        self.executor_kind = executor
+        self.ray_address = ray_address
+        self.progress = progress
+        self.batch_size = batch_size
+        self._executor: Any = None
+        self.last_report: IndexReport | None = None
+
+    @property
+    def executor(self) -> Any:
+        if self._executor is None:
+            from shift.engine.executor import make_executor
+
+            self._executor = make_executor(self.executor_kind, address=self.ray_address)
+        return self._executor
+
+    def close(self) -> None:
+        self._executor = None
+
+    # ---- planning ---------------------------------------------------------------------------
+    def _plan(self, task: TaskRecord, models: list[ModelRecord],
+              rows: list[dict[str, Any]]) -> list[_Work]:
+        from shift.index_store import IndexCorruptError, IndexKey, IndexStore
+
+        ids = [r["sample_id"] for r in rows]
+        labels = {r["sample_id"]: r["label"] for r in rows}
+        work = []
+        for m in models:
+            key = IndexKey(task_hash=task.data_hash, model_sha=m.sha256, preprocess=m.input.key())
+            store = IndexStore(self.registry.home.index_path(task.name, m.name))
+            try:
+                idx = store.open(key)
+                meta = store.read_meta() if idx is None else None
+            except IndexCorruptError as e:
+                log.warning("%s; rebuilding it", e)
+                store.drop()
+                idx, meta = None, None
+            if idx is not None:
+                same = np.array_equal(np.asarray(idx.labels), [labels[s] for s in idx.sample_ids])
+                work.append(_Work(m, store, key, "ready" if same else "relabel", index=idx))
+                continue
+            if (meta is not None and meta.complete and meta.key.model_sha == key.model_sha
+                    and meta.key.preprocess == key.preprocess):
+                try:
+                    old = store.open(meta.key)
+                except IndexCorruptError:
+                    old = None
+                if old is not None and set(old.sample_ids) <= set(ids):
+                    have = set(old.sample_ids)
+                    new = [s for s in ids if s not in have]
+                    work.append(_Work(m, store, key, "append", old=old, sample_ids=new))
+                    continue
+            work.append(_Work(m, store, key, "full", sample_ids=ids))
+        return work
+
+    def status(self, task: str, models: list[ModelRecord], proxy: str) -> dict[str, Any]:
+        """What a query on ``task`` would compute (EXPLAIN)."""
+        rec = self.registry.get_task(task)
+        rows = self.registry.samples(task)
+        work = self._plan(rec, models, rows)
+        from shift.proxies import get_proxy
+
+        spec = get_proxy(proxy)
+        cached = self.registry.get_scores(rec.content_hash, proxy, proxy_params_key(spec.params),
+                                          [m.sha256 for m in models])
+        to_embed = [w for w in work if w.mode in ("full", "append")]
+        images = sum(len(w.sample_ids) for w in to_embed)
+        secs = sum(len(w.sample_ids) * SECONDS_PER_IMAGE_PER_MPARAM_224 * w.model.params / 1e6
+                   * (w.model.input.height * w.model.input.width) / 224**2 for w in to_embed)
+        n_cached = sum(1 for m in models if m.sha256 in cached)
+        return {
+            "task": task,
+            "samples": len(rows),
+            "to_embed": len(to_embed),
+            "indexed": sum(1 for w in work if w.mode in ("ready", "relabel")),
+            "per_model": {w.model.name: {"index": w.mode, "embed": len(w.sample_ids),
+                                         "score_cached": w.model.sha256 in cached}
+                          for w in work},
+            "embed_summary": f"{sum(w.mode in ('ready', 'relabel') for w in work)} indexed, "
+                             f"{len(to_embed)} to embed ({images:,} images)",
+            "to_score": len(models) - n_cached,
+            "score_summary": f"{n_cached} cached, {len(models) - n_cached} to compute",
+            "images_to_embed": images,
+            "estimate": f"{images:,} images through {len(to_embed)} models, "
+                        f"~{secs:.0f} s on one CPU core",
+        }
+
+    # ---- indexing ---------------------------------------------------------------------------
+    def _batches(self, task: str, rows_by_id: dict[str, dict[str, Any]], ids: list[str],
+                 skip: set[str]) -> Iterator[tuple[str, np.ndarray]]:
+        for i in range(0, len(ids), self.batch_size):
+            part = ids[i:i + self.batch_size]
+            bid = _batch_id(i // self.batch_size, part)
+            if bid in skip:
+                continue
+            yield bid, self.tasks.load(task, [rows_by_id[s] for s in part])
+
+    def index(self, task: str, models: list[ModelRecord]) -> dict[str, Any]:
+        """Ensure an up-to-date index for every model; returns the indexes by model name.
+        Models that fail are reported in ``self.last_report.failed`` and left out."""
+        from shift.engine.executor import EmbedJob
+
+        t0 = time.perf_counter()
+        rec = self.registry.get_task(task)
+        rows = self.registry.samples(task)
+        rows_by_id = {r["sample_id"]: r for r in rows}
+        labels = {r["sample_id"]: r["label"] for r in rows}
+        order = [r["sample_id"] for r in rows]
+        report = IndexReport()
+        out: dict[str, Any] = {}
+        jobs, writers, pending = [], {}, {}
+        for w in self._plan(rec, models, rows):
+            name = w.model.name
+            if w.mode == "ready":
+                out[name] = w.index
+                report.reused.append(name)
+            elif w.mode == "relabel":
+                out[name] = w.store.relabel(w.index, w.key, labels)
+                report.relabelled.append(name)
+            else:
+                skip: set[str] = set()
+                if w.mode == "full":
+                    writers[name] = w.store.begin(w.key, w.model.dim, w.model.head_classes)
+                    skip = writers[name].done_batches()
+                else:
+                    pending[name] = {"w": w, "emb": {}, "logits": {}}
+                n_batches = -(-len(w.sample_ids) // self.batch_size)
+                jobs.append(EmbedJob(name, str(self.registry.model_file(w.model)), w.model,
+                                     self._batches(task, rows_by_id, w.sample_ids, skip),
+                                     total_batches=n_batches - len(skip)))
+                pending.setdefault(name, {"w": w})
+                report.embedded[name] = len(w.sample_ids)
+        batch_ids: dict[str, dict[str, list[str]]] = {}
+        for job_name in pending:
+            ids = pending[job_name]["w"].sample_ids
+            batch_ids[job_name] = {
+                _batch_id(i // self.batch_size, ids[i:i + self.batch_size]):
+                    ids[i:i + self.batch_size] for i in range(0, len(ids), self.batch_size)}
+
+        def on_result(r: Any) -> None:
+            ids = batch_ids[r.model_name][r.batch_id]
+            report.providers[r.model_name] = r.providers
+            if r.model_name in writers:
+                writers[r.model_name].add_batch(r.batch_id, ids, r.embeddings, r.logits)
+            else:
+                p = pending[r.model_name]
+                p["emb"][r.batch_id], p["logits"][r.batch_id] = r.embeddings, r.logits
+
+        def on_failure(f: Any) -> None:
+            report.failed[f.model_name] = f.error
+            log.warning("model %s failed: %s", f.model_name, f.error)
+
+        if jobs:
+            self.executor.run(jobs, on_result, on_failure, progress=self.progress)
+        for name, p in pending.items():
+            if name in report.failed:
+                report.embedded.pop(name, None)
+                continue
+            w = p["w"]
+            if name in writers:
+                idx = writers[name].finalize(order, labels)
+            else:
+                bids = list(batch_ids[name])
+                emb = np.concatenate([p["emb"][b] for b in bids]) if bids else None
+                lg = (np.concatenate([p["logits"][b] for b in bids])
+                      if bids and w.model.head_output else None)
+                if emb is None:  # nothing new, only the hash changed (e.g. samples reordered)
+                    idx = w.store.relabel(w.old, w.key, labels)
+                else:
+                    idx = w.store.append(w.old, w.sample_ids, emb, lg, labels, key=w.key,
+                                         providers=report.providers.get(name, []))
+            out[name] = idx
+            self.registry.put_index_entry({
+                "task": task, "model": name, "key_digest": w.key.digest(),
+                "task_hash": rec.data_hash, "model_sha": w.model.sha256,
+                "preprocess": w.key.preprocess, "path": str(w.store.root), "count": len(idx),
+                "dim": w.model.dim, "providers": json.dumps(report.providers.get(name, []))})
+        report.seconds = time.perf_counter() - t0
+        self.last_report = report
+        return out
+
+    # ---- scoring ----------------------------------------------------------------------------
+    def scores(self, task: str, models: list[ModelRecord], proxy: str) -> dict[str, float | None]:
+        """Proxy score per model (None for a model that failed), from cache where possible."""
+        from shift.proxies import get_proxy
+
+        spec = get_proxy(proxy)
+        rec = self.registry.get_task(task)
+        pkey = proxy_params_key(spec.params)
+        cached = self.registry.get_scores(rec.content_hash, proxy, pkey,
+                                          [m.sha256 for m in models])
+        result: dict[str, float | None] = {m.name: cached[m.sha256]["score"]
+                                           for m in models if m.sha256 in cached}
+        missing = [m for m in models if m.sha256 not in cached]
+        if not missing:
+            return result
+        if spec.needs_logits:
+            no_head = [m.name for m in missing if not m.head_output]
+            if no_head:
+                raise ShiftError(f"{proxy} needs a source-classifier head; these models have "
+                                 f"none: {', '.join(no_head)}",
+                                 hint="filter with has_head = true")
+        indexes = self.index(task, missing)
+        rows = self.registry.samples(task)
+        train = [r["sample_id"] for r in rows if r["split"] == "train"]
+        val = [r["sample_id"] for r in rows if r["split"] == "val"]
+        scored = [m for m in missing if m.name in indexes]
+        t0 = time.perf_counter()
+        problems = []
+        for m in scored:
+            idx = indexes[m.name]
+            xtr, ytr = idx.select(train)
+            xva, yva = idx.select(val)
+            if spec.needs_logits:
+                xtr, xva = idx.select_logits(train), idx.select_logits(val)
+            problems.append((np.asarray(xtr), ytr, np.asarray(xva), yva))
+        values = spec.score_many(problems) if problems else []
+        secs = (time.perf_counter() - t0) / max(1, len(problems))
+        self.registry.put_scores([
+            {"task_hash": rec.content_hash, "model_sha": m.sha256, "proxy": proxy,
+             "params": pkey, "score": float(v), "n_train": len(train), "n_val": len(val),
+             "seconds": secs} for m, v in zip(scored, values, strict=True)])
+        result.update({m.name: float(v) for m, v in zip(scored, values, strict=True)})
+        for m in missing:
+            result.setdefault(m.name, None)
+        return result
