@@ -54,6 +54,9 @@ class Registry:
     def __init__(self, home: Home) -> None:
         self.home = home.ensure()
         self.db = Database(_connect(home.db_path))
+        self._writes = 0  # commits through this connection (PRAGMA data_version sees the others)
+        self._model_cache: dict[str, ModelRecord] = {}
+        self._model_cache_version: tuple[int, int] | None = None
         from shift.migrations import migrations
 
         if migrations.pending(self.db):
@@ -87,6 +90,7 @@ class Registry:
             conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
+        self._writes += 1
 
     def schema_version(self) -> list[str]:
         from shift.migrations import migrations
@@ -137,12 +141,25 @@ class Registry:
             path.unlink(missing_ok=True)
         return rec
 
+    def _records(self) -> dict[str, ModelRecord]:
+        """Every model record, validated once and cached until this or another connection
+        commits a change (``PRAGMA data_version`` + our own commit count)."""
+        version = (self.db.conn.execute("PRAGMA data_version").fetchone()[0], self._writes)
+        if version != self._model_cache_version:
+            self._model_cache = {r["name"]: row_to_model(r)
+                                 for r in self.db.query("SELECT * FROM models")}
+            self._model_cache_version = version
+        return self._model_cache
+
     def models(self, where: str = "", params: Iterable[Any] = (),
                order: str = "m.name") -> list[ModelRecord]:
-        """Models matching a compiled condition (see :mod:`shift.query.compile`)."""
-        sql = "SELECT m.* FROM models m" + (f" WHERE {where}" if where else "")
+        """Models matching a compiled condition (see :mod:`shift.query.compile`), in ``order``.
+        SQL selects the names; the records come from the cache."""
+        sql = "SELECT m.name FROM models m" + (f" WHERE {where}" if where else "")
         sql += f" ORDER BY {order}"
-        return [row_to_model(r) for r in self.db.query(sql, list(params))]
+        names = [r[0] for r in self.db.conn.execute(sql, list(params))]
+        records = self._records()
+        return [records[n] for n in names]
 
     def count_models(self, where: str = "", params: Iterable[Any] = ()) -> int:
         sql = "SELECT count(*) AS n FROM models m" + (f" WHERE {where}" if where else "")
@@ -233,16 +250,12 @@ class Registry:
     def get_scores(self, task_hash: str, proxy: str, params: str,
                    model_shas: Iterable[str]) -> dict[str, dict[str, Any]]:
         """Cached scores keyed by model sha256 for one (task hash, proxy, params)."""
-        shas = list(model_shas)
-        out: dict[str, dict[str, Any]] = {}
-        for i in range(0, len(shas), 500):
-            part = shas[i:i + 500]
-            marks = ",".join("?" * len(part))
-            for r in self.db.query(
-                f"SELECT * FROM scores WHERE task_hash = ? AND proxy = ? AND params = ? "
-                f"AND model_sha IN ({marks})", [task_hash, proxy, params, *part]):
-                out[r["model_sha"]] = r
-        return out
+        wanted = set(model_shas)
+        cur = self.db.conn.execute(
+            "SELECT model_sha, score, n_train, n_val FROM scores WHERE task_hash = ? AND "
+            "proxy = ? AND params = ?", [task_hash, proxy, params])
+        return {sha: {"score": score, "n_train": n_train, "n_val": n_val}
+                for sha, score, n_train, n_val in cur if sha in wanted}
 
     def put_scores(self, rows: list[dict[str, Any]]) -> None:
         with self.transaction():
