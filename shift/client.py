@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +38,14 @@ class Client:
             self._engine = Engine(self.registry, **self._engine_opts)
         return self._engine
 
-    def query(self, text: str) -> Result:
-        """Parse, plan and run one query. Raises ``QueryError`` on a malformed query."""
+    def query(self, text: str, *, explain: bool = False) -> Result:
+        """Parse, plan and run one query (``explain=True``: its plan). Raises ``QueryError`` on a
+        malformed query."""
         timings = Timings()
         t0 = time.perf_counter()
         select = parse(text)
+        if explain:
+            select = replace(select, explain=True)
         t1 = time.perf_counter()
         p = plan(select, text, self.registry)
         t2 = time.perf_counter()
@@ -52,7 +56,7 @@ class Client:
         return result
 
     def explain(self, text: str) -> Result:
-        return self.query(text if text.lstrip()[:7].lower() == "explain" else f"EXPLAIN {text}")
+        return self.query(text, explain=True)
 
     def select(self, top: int | str | None = None) -> QueryBuilder:
         return _select(top, client=self)

@@ -14,18 +14,21 @@ from pathlib import Path
 
 from shift.errors import InvalidNameError
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,127}$")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-]{0,127}")
+_QUERY_NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_\-]{0,127}")
 CATALOG_FILE = "catalog.yaml"
 
 
-def validate_name(name: str, kind: str = "name") -> str:
+def validate_name(name: str, kind: str = "name", *, queryable: bool = False) -> str:
     """Return ``name`` if it is a safe registry name: letters, digits, ``_`` and ``-``,
     starting with a letter or digit, at most 128 characters. Such a name can never escape a
-    directory when used as a path component."""
-    if not isinstance(name, str) or not _NAME_RE.match(name):
+    directory when used as a path component. ``queryable`` names (tasks, pools) must start with
+    a letter so that the query language reads them as names, not numbers."""
+    pattern, first = (_QUERY_NAME_RE, "a letter") if queryable else (_NAME_RE, "a letter or digit")
+    if not isinstance(name, str) or not pattern.fullmatch(name):
         raise InvalidNameError(
             f"invalid {kind} {name!r}",
-            hint="use letters, digits, '_' and '-', starting with a letter or digit (max 128)",
+            hint=f"use letters, digits, '_' and '-', starting with {first} (max 128)",
         )
     return name
 

@@ -188,7 +188,7 @@ class Registry:
         """Save a pool as a named condition. The condition is parsed and checked first."""
         from shift.query.planner import check_condition
 
-        validate_name(name, "pool name")
+        validate_name(name, "pool name", queryable=True)
         if name in BUILTIN_POOLS:
             raise ShiftError(f"{name!r} is a built-in pool and cannot be redefined")
         if not replace and self.get_pool(name) is not None:

@@ -116,7 +116,7 @@ class TaskRecord(BaseModel):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        return validate_name(v, "task name")
+        return validate_name(v, "task name", queryable=True)
 
     @field_validator("classes", mode="before")
     @classmethod

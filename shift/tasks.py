@@ -253,7 +253,7 @@ class TaskStore:
     def add(self, name: str, samples: Samples, *, kind: str, source: str,
             val_fraction: float = 0.2, seed: int = 0, replace: bool = False) -> TaskRecord:
         """Register a new task (or replace one). Nothing is written if validation fails."""
-        validate_name(name, "task name")
+        validate_name(name, "task name", queryable=True)
         if not 0 < val_fraction < 1:
             raise TaskDataError(f"--val-fraction must be between 0 and 1, got {val_fraction}")
         if self.registry.has_task(name) and not replace:

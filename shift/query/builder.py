@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from shift.errors import ShiftError
 from shift.query import ast
 from shift.query.format import to_text
 from shift.query.parser import parse_condition
@@ -70,7 +71,10 @@ class QueryBuilder:
         return self._select
 
     def to_text(self) -> str:
-        return to_text(self._select)
+        try:
+            return to_text(self._select)
+        except (ValueError, TypeError) as e:
+            raise ShiftError(f"cannot build the query: {e}") from None
 
     def __str__(self) -> str:
         return self.to_text()

@@ -57,12 +57,14 @@ def expr_text(e: ast.Expr, parent: str = "") -> str:
 def to_text(q: ast.Select) -> str:
     parts = ["EXPLAIN"] if q.explain else []
     parts.append("SELECT " + ("*" if q.top is None else f"top {q.top}"))
-    parts.append("FROM " + f"pool {ident(q.pool)}")
+    if not _IDENT.match(q.pool):  # after `pool` any name, even a keyword, is read as a name
+        raise ValueError(f"{q.pool!r} is not a valid pool name in a query")
+    parts.append(f"FROM pool {q.pool}")
     if q.where is not None:
         parts.append("WHERE " + expr_text(q.where))
     if q.rank is not None:
-        args = ", ".join(a if isinstance(a, str) and _IDENT.match(a) else literal(a)
-                         for a in q.rank.args)
+        args = ", ".join(a if isinstance(a, str) and _IDENT.match(a) and a == a.lower()
+                         and a not in KEYWORDS else literal(a) for a in q.rank.args)
         parts.append(f"RANK BY {ident(q.rank.name)}" + (f"({args})" if q.rank.args else ""))
     if q.order is not None:
         parts.append(f"ORDER BY {ident(q.order.column)} {'DESC' if q.order.descending else 'ASC'}")

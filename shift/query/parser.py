@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import functools
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,7 @@ _READABLE = {
     "RPAR": ")",
     "COMMA": ",",
     "$END": "end of query",
+    "<END-OF-FILE>": "end of query",
 }
 
 SYNTAX = (
@@ -74,12 +76,19 @@ def _span(meta_or_tok: Any) -> ast.Span:
 
 def parse_number(text: str) -> int | float:
     """``'30M'`` → 30_000_000; suffixes K/M/G (case-insensitive) multiply by 1e3/1e6/1e9."""
-    mult = 1.0
+    from decimal import Decimal
+
+    mult = 1
     if text and text[-1].lower() in _SUFFIX:
-        mult = _SUFFIX[text[-1].lower()]
+        mult = int(_SUFFIX[text[-1].lower()])
         text = text[:-1]
-    value = float(text) * mult
-    return int(value) if value.is_integer() and abs(value) < 2**63 else value
+    exact = Decimal(text) * mult
+    if not exact.is_finite() or abs(exact) > Decimal(sys.float_info.max):
+        raise ValueError(f"number {text} is out of range")
+    if not any(c in text for c in ".eE"):  # integer notation: exact at any size
+        return int(exact)
+    value = float(exact)
+    return int(value) if value.is_integer() else value
 
 
 def _unquote(tok: str) -> str:
@@ -96,6 +105,14 @@ def _unquote(tok: str) -> str:
     return "".join(out)
 
 
+class _PositionedError(Exception):
+    """Raised inside the transformer; ``parse`` turns it into a QueryError with the text."""
+
+    def __init__(self, message: str, span: ast.Span, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message, self.span, self.hint = message, span, hint
+
+
 def _build_transformer() -> Any:
     from lark import Token, Transformer, v_args
 
@@ -104,7 +121,11 @@ def _build_transformer() -> Any:
             return tok
         kind = tok.type
         if kind in ("NUMBER", "INT"):
-            return ast.Literal(parse_number(str(tok)), _span(tok))
+            try:
+                return ast.Literal(parse_number(str(tok)), _span(tok))
+            except (ValueError, ArithmeticError):
+                raise _PositionedError(f"number {tok} is out of range", _span(tok),
+                                       "numbers must be finite and at most 1.8e308") from None
         if kind == "STRING":
             return ast.Literal(_unquote(str(tok)), _span(tok))
         if kind in ("TRUE", "FALSE"):
@@ -148,7 +169,8 @@ def _build_transformer() -> Any:
             return ast.And(tuple(t for x in c for t in ast.conjuncts(x)), _span(meta))
 
         def or_expr(self, meta: Any, c: list[Any]) -> ast.Or:
-            return ast.Or(tuple(c), _span(meta))
+            flat = (t for x in c for t in (x.items if isinstance(x, ast.Or) else (x,)))
+            return ast.Or(tuple(flat), _span(meta))
 
         def where_clause(self, meta: Any, c: list[Any]) -> tuple[str, Any]:
             return ("where", c[-1])
@@ -299,7 +321,15 @@ def parse(text: str) -> ast.Select:
         ) from None
     try:
         return _transformer().transform(tree)
-    except (VisitError, RecursionError, ValueError, OverflowError) as e:
+    except VisitError as e:
+        orig = e.orig_exc
+        if isinstance(orig, _PositionedError):
+            sp = orig.span
+            raise QueryError(orig.message, text=text, line=sp.line, column=sp.column,
+                             length=sp.length, hint=orig.hint) from None
+        raise QueryError(f"malformed query: {orig}", text=text, line=1, column=1,
+                         hint=SYNTAX) from None
+    except (RecursionError, ValueError, OverflowError) as e:
         raise QueryError(f"malformed query: {e}", text=text, line=1, column=1, hint=SYNTAX) from None
 
 

@@ -1,0 +1,280 @@
+"""Linear-probe proxy (Renggli et al., "Which model to transfer?"): multinomial logistic
+regression on frozen features, trained by mini-batch SGD at each learning rate; the score is
+the best validation accuracy over the learning rates.
+
+Per problem: features are standardised with the train mean/std (``(x - μ) / σ``, σ = 1 for
+constant features), train labels are remapped to ``0..C-1`` (validation labels unseen in
+training can never be predicted, so they count as errors), weights start at zero, and the
+mini-batches are drawn from epoch-wise permutations of a ``numpy`` generator seeded with
+``seed`` alone, so the same task gets the same batches for every model and every lr.
+
+``linear_probe_many`` trains all (problem, lr) pairs in one batched torch program: features are
+zero-padded to the largest dimension, classes padded and masked out, and the weights of every
+pair live in one stacked ``(P, Dmax, L·Cmax)`` tensor driven by ``torch.baddbmm`` and one
+``torch.optim.SGD`` (lr 1 on ``Σ_l lr_l·loss_l``, which is plain momentum SGD at ``lr_l`` on each
+block). Zero-padded features contribute nothing and padded batch rows have zero weight, so each
+pair gets exactly the gradient of its own mean cross-entropy. torch is imported inside the
+functions.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+__all__ = [
+    "DEFAULT_LRS",
+    "DEFAULT_STEPS",
+    "Problem",
+    "linear_probe",
+    "linear_probe_many",
+    "linear_probe_scores",
+]
+
+Problem = tuple[Any, Any, Any, Any]  # (train_x, train_y, val_x, val_y)
+DEFAULT_LRS: tuple[float, ...] = (0.1, 0.01)
+DEFAULT_STEPS = 300
+DEFAULT_BATCH = 256
+DEFAULT_MOMENTUM = 0.9
+_NEG = -1e9  # logit given to padded classes
+_DEFAULT_MAX_BYTES = 1 << 30
+_SMALL_WORK = 5_000_000  # multiply-adds per SGD step below which one thread is fastest
+
+
+@dataclass
+class _Prepared:
+    xtr: np.ndarray  # float32 (n, D), standardised
+    ytr: np.ndarray  # int64 (n,) in 0..C-1
+    xva: np.ndarray  # float32 (m, D), standardised with the train statistics
+    yva: np.ndarray  # int64 (m,), -1 for classes unseen in training
+    classes: int
+
+    @property
+    def dim(self) -> int:
+        return self.xtr.shape[1]
+
+
+def _prepare(i: int, problem: Problem) -> _Prepared:
+    try:
+        xtr_raw, ytr_raw, xva_raw, yva_raw = problem
+    except (TypeError, ValueError):
+        raise ValueError(f"problem {i} must be a (train_x, train_y, val_x, val_y) tuple") from None
+    xtr = np.asarray(xtr_raw, dtype=np.float64)
+    xva = np.asarray(xva_raw, dtype=np.float64)
+    ytr, yva = np.asarray(ytr_raw), np.asarray(yva_raw)
+    if xtr.ndim != 2 or xva.ndim != 2 or xtr.shape[1] != xva.shape[1]:
+        raise ValueError(f"problem {i}: features must be 2-d with the same number of columns")
+    if ytr.shape != (len(xtr),) or yva.shape != (len(xva),):
+        raise ValueError(f"problem {i}: labels must be 1-d and match the feature rows")
+    if len(xtr) == 0 or len(xva) == 0 or xtr.shape[1] == 0:
+        raise ValueError(f"problem {i}: needs at least one train row, one val row, one feature")
+    if not (np.isfinite(xtr).all() and np.isfinite(xva).all()):
+        raise ValueError(f"problem {i}: features contain NaN or infinite values")
+    mu = xtr.mean(axis=0)
+    sd = xtr.std(axis=0)
+    sd = np.where(sd > 1e-8 * np.maximum(1.0, np.abs(mu)), sd, 1.0)
+    classes, ytr_idx = np.unique(ytr, return_inverse=True)
+    pos = np.clip(np.searchsorted(classes, yva), 0, len(classes) - 1)
+    yva_idx = np.where(classes[pos] == yva, pos, -1)
+    return _Prepared(
+        xtr=((xtr - mu) / sd).astype(np.float32),
+        ytr=ytr_idx.astype(np.int64).reshape(-1),
+        xva=((xva - mu) / sd).astype(np.float32),
+        yva=yva_idx.astype(np.int64),
+        classes=len(classes),
+    )
+
+
+def _batch_indices(n: int, steps: int, batch: int, seed: int) -> np.ndarray:
+    """(steps, min(batch, n)) row indices from consecutive random permutations of ``range(n)``."""
+    b = min(batch, n)
+    rng = np.random.default_rng(seed)
+    need = steps * b
+    perms = [rng.permutation(n) for _ in range(-(-need // n))]
+    return np.concatenate(perms)[:need].reshape(steps, b)
+
+
+def _groups(probs: list[_Prepared], n_lrs: int, max_bytes: int) -> list[list[int]]:
+    """Split problems (largest dimension first) into groups whose padded tensors fit."""
+    order = sorted(range(len(probs)), key=lambda i: -probs[i].dim)
+    groups: list[list[int]] = []
+    cur: list[int] = []
+    rows = cls = 0
+    for i in order:
+        p = probs[i]
+        p_rows = len(p.xtr) + len(p.xva)
+        if cur:
+            d = probs[cur[0]].dim  # the group's padded dimension (sorted, so the largest)
+            r, c = max(rows, p_rows), max(cls, p.classes)
+            if 4 * (len(cur) + 1) * d * (r + 3 * n_lrs * c) > max_bytes:
+                groups.append(cur)
+                cur = []
+        rows, cls = (max(rows, p_rows), max(cls, p.classes)) if cur else (p_rows, p.classes)
+        cur.append(i)
+    if cur:
+        groups.append(cur)
+    return groups
+
+
+def _run_group(
+    probs: list[_Prepared],
+    lrs: Sequence[float],
+    steps: int,
+    seed: int,
+    batch_size: int,
+    momentum: float,
+    device: torch.device,
+) -> np.ndarray:
+    """Train every (problem, lr) pair of one group jointly; return accuracies (P, L)."""
+    import torch
+    import torch.nn.functional as F
+
+    P, L = len(probs), len(lrs)
+    dmax = max(p.dim for p in probs)
+    cmax = max(p.classes for p in probs)
+    nmax = max(len(p.xtr) for p in probs)
+    mmax = max(len(p.xva) for p in probs)
+    bmax = max(min(batch_size, len(p.xtr)) for p in probs)
+
+    xtr = np.zeros((P, nmax, dmax), np.float32)
+    ytr = np.zeros((P, nmax), np.int64)
+    xva = np.zeros((P, mmax, dmax), np.float32)
+    yva = np.full((P, mmax), -1, np.int64)
+    idx = np.zeros((steps, P, bmax), np.int64)
+    batches: dict[int, np.ndarray] = {}  # problems with the same n share their batches
+    row_w = np.zeros((P, bmax), np.float32)  # 1/b_p on real batch rows, 0 on padding
+    cls_mask = np.full((P, 1, 1, cmax), _NEG, np.float32)
+    for j, p in enumerate(probs):
+        n, m, d = len(p.xtr), len(p.xva), p.dim
+        xtr[j, :n, :d], ytr[j, :n] = p.xtr, p.ytr
+        xva[j, :m, :d], yva[j, :m] = p.xva, p.yva
+        bi = batches.get(n)
+        if bi is None:
+            bi = batches[n] = _batch_indices(n, steps, batch_size, seed)
+        idx[:, j, : bi.shape[1]] = bi
+        row_w[j, : bi.shape[1]] = 1.0 / bi.shape[1]
+        cls_mask[j, 0, 0, : p.classes] = 0.0
+
+    t = {
+        k: torch.from_numpy(v).to(device)
+        for k, v in dict(
+            xtr=xtr, ytr=ytr, xva=xva, yva=yva, idx=idx, row_w=row_w, cls_mask=cls_mask
+        ).items()
+    }
+    lr_w = torch.tensor([float(lr) for lr in lrs], device=device)  # (L,)
+    # all lrs side by side: columns [l * Cmax, (l + 1) * Cmax) of W belong to lrs[l]
+    weight = torch.zeros((P, dmax, L * cmax), device=device, requires_grad=True)
+    bias = torch.zeros((P, 1, L * cmax), device=device, requires_grad=True)
+    # SGD with lr=1 on the loss sum_l lr_l * loss_l is exactly SGD with lr_l on each block
+    # (momentum is linear in the gradient), so one optimizer drives every (problem, lr) pair.
+    opt = torch.optim.SGD([weight, bias], lr=1.0, momentum=momentum)
+    rows = torch.arange(P, device=device)[:, None]
+    for s in range(steps):
+        bidx = t["idx"][s]  # (P, B)
+        xb = t["xtr"][rows, bidx]  # (P, B, Dmax)
+        yb = t["ytr"][rows, bidx]  # (P, B)
+        opt.zero_grad(set_to_none=True)
+        logits = torch.baddbmm(bias, xb, weight).view(P, bmax, L, cmax) + t["cls_mask"]
+        target = yb[:, :, None].expand(P, bmax, L).reshape(-1)
+        ce = F.cross_entropy(logits.reshape(-1, cmax), target, reduction="none")
+        loss = (ce.view(P, bmax, L) * t["row_w"][:, :, None] * lr_w).sum()
+        loss.backward()
+        opt.step()
+
+    counts = torch.tensor([len(p.xva) for p in probs], device=device, dtype=torch.float64)
+    valid = torch.arange(mmax, device=device)[None, :] < counts[:, None]  # (P, M)
+    with torch.no_grad():
+        logits = torch.baddbmm(bias, t["xva"], weight).view(P, mmax, L, cmax) + t["cls_mask"]
+        pred = logits.argmax(dim=-1)  # (P, M, L)
+        ok = (pred == t["yva"][:, :, None]) & torch.isfinite(logits).all(dim=-1)
+        ok &= valid[:, :, None]
+        acc = (ok.sum(dim=1).double() / counts[:, None]).cpu().numpy()
+    return acc
+
+
+def linear_probe_scores(
+    problems: Sequence[Problem],
+    lrs: Sequence[float] = DEFAULT_LRS,
+    steps: int = DEFAULT_STEPS,
+    seed: int = 0,
+    device: str = "cpu",
+    *,
+    batch_size: int = DEFAULT_BATCH,
+    momentum: float = DEFAULT_MOMENTUM,
+    threads: int | None = None,
+    max_bytes: int = _DEFAULT_MAX_BYTES,
+) -> np.ndarray:
+    """Validation accuracy of every (problem, lr) pair: float64 array (P, len(lrs)).
+
+    Problems are trained in batched groups whose padded tensors stay under ``max_bytes``;
+    ``threads`` sets torch's CPU threads for the call; by default 1 for small problems (where
+    thread start-up and contention cost more than they save), else ``min(4, cpu_count)``."""
+    import torch
+
+    if not lrs or any(float(lr) <= 0 for lr in lrs):
+        raise ValueError("lrs must be a non-empty list of positive learning rates")
+    if steps < 1 or batch_size < 1:
+        raise ValueError("steps and batch_size must be >= 1")
+    probs = [_prepare(i, p) for i, p in enumerate(problems)]
+    out = np.zeros((len(probs), len(lrs)))
+    if not probs:
+        return out
+    dev = torch.device(device)
+    if threads is None:
+        work = sum(min(batch_size, len(p.xtr)) * p.dim * p.classes for p in probs) * len(lrs)
+        threads = 1 if work < _SMALL_WORK else min(4, os.cpu_count() or 1)
+    prev_threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, threads))
+    try:
+        for group in _groups(probs, len(lrs), max_bytes):
+            acc = _run_group(
+                [probs[i] for i in group],
+                list(lrs),
+                steps,
+                seed,
+                batch_size,
+                momentum,
+                dev,
+            )
+            out[group] = acc
+    finally:
+        torch.set_num_threads(prev_threads)
+    return out
+
+
+def linear_probe_many(
+    problems: Sequence[Problem],
+    lrs: Sequence[float] = DEFAULT_LRS,
+    steps: int = DEFAULT_STEPS,
+    seed: int = 0,
+    device: str = "cpu",
+    **kwargs: Any,
+) -> list[float]:
+    """``score_p = max_lr val_accuracy(p, lr)`` for every problem, trained in one batched
+    program (see module doc; ``kwargs`` go to ``linear_probe_scores``)."""
+    scores = linear_probe_scores(problems, lrs, steps, seed, device, **kwargs)
+    return [float(s) for s in scores.max(axis=1)] if len(scores) else []
+
+
+def linear_probe(
+    train_x: Any,
+    train_y: Any,
+    val_x: Any,
+    val_y: Any,
+    lrs: Sequence[float] = DEFAULT_LRS,
+    steps: int = DEFAULT_STEPS,
+    seed: int = 0,
+    device: str = "cpu",
+    **kwargs: Any,
+) -> float:
+    """Single-problem ``linear_probe_many``: best validation accuracy over ``lrs``."""
+    return linear_probe_many(
+        [(train_x, train_y, val_x, val_y)], lrs, steps, seed, device, **kwargs
+    )[0]
