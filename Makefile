@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export HNSWLIB_NO_NATIVE := 1
 
-.PHONY: install test lint format demo bench clean
+.PHONY: install test lint format bench clean
 
 install: $(BIN)/shift
 
@@ -24,9 +24,6 @@ lint:
 format:
 	$(BIN)/ruff format shift tests benchmarks
 	$(BIN)/ruff check --fix shift tests benchmarks
-
-demo: install
-	$(BIN)/python -m shift.demo
 
 bench: install
 	$(BIN)/python -m benchmarks.run_all

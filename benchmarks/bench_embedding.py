@@ -21,15 +21,25 @@ def _record(path: Path, model: Any, size: int) -> Any:
     from shift.fsutil import sha256_file
     from shift.schemas import InputSpec, ModelRecord
 
-    return ModelRecord(name="bench-resnet", path=str(path), sha256=sha256_file(path),
-                       family="resnet", params=sum(p.numel() for p in model.parameters()),
-                       dim=model.dim, output="embedding", head_output="logits", head_classes=1000,
-                       input_name="input", input=InputSpec(height=size, width=size),
-                       source="benchmark")
+    return ModelRecord(
+        name="bench-resnet",
+        path=str(path),
+        sha256=sha256_file(path),
+        family="resnet",
+        params=sum(p.numel() for p in model.parameters()),
+        dim=model.dim,
+        output="embedding",
+        head_output="logits",
+        head_classes=1000,
+        input_name="input",
+        input=InputSpec(height=size, width=size),
+        source="benchmark",
+    )
 
 
-def ort_vs_torch(model: Any, rec: Any, images: np.ndarray, batch: int, threads: int
-                 ) -> dict[str, Any]:
+def ort_vs_torch(
+    model: Any, rec: Any, images: np.ndarray, batch: int, threads: int
+) -> dict[str, Any]:
     import torch
 
     from shift.engine.onnx_embedder import OnnxEmbedder
@@ -37,7 +47,7 @@ def ort_vs_torch(model: Any, rec: Any, images: np.ndarray, batch: int, threads: 
 
     torch.set_num_threads(threads)
     emb = OnnxEmbedder(rec.path, rec, device="cpu", intra_op_threads=threads)
-    batches = [images[i:i + batch] for i in range(0, len(images), batch)]
+    batches = [images[i : i + batch] for i in range(0, len(images), batch)]
 
     def run_ort() -> None:
         for b in batches:
@@ -73,15 +83,23 @@ def ray_actors(rec: Any, images: np.ndarray, batch: int) -> dict[str, Any]:
     ensure_ray()
     out: dict[str, Any] = {}
     try:
-        batches = [(f"b{i}", images[i:i + batch]) for i in range(0, len(images), batch)]
+        batches = [(f"b{i}", images[i : i + batch]) for i in range(0, len(images), batch)]
         for n in (1, 2):
             ex = RayExecutor(num_actors=n)
             # warm-up run (actor start + model load), then the timed run
-            ex.run([EmbedJob("m", rec.path, rec, batches[:n])], lambda r: None, lambda f: None,
-                   progress=False)
+            ex.run(
+                [EmbedJob("m", rec.path, rec, batches[:n])],
+                lambda r: None,
+                lambda f: None,
+                progress=False,
+            )
             t = time.perf_counter()
-            ex.run([EmbedJob("m", rec.path, rec, batches)], lambda r: None, lambda f: None,
-                   progress=False)
+            ex.run(
+                [EmbedJob("m", rec.path, rec, batches)],
+                lambda r: None,
+                lambda f: None,
+                progress=False,
+            )
             secs = time.perf_counter() - t
             out[f"actors_{n}"] = {"img_per_s": len(images) / secs, "seconds": secs}
         out["ratio_2_over_1"] = out["actors_2"]["img_per_s"] / out["actors_1"]["img_per_s"]
@@ -105,16 +123,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         path = Path(d) / "resnet.onnx"
         export_onnx(model, path, args.size, ["embedding", "logits"])
         rec = _record(path, model, args.size)
-        res = {"model": f"resnet{args.depth}", "params": rec.params, "input_px": args.size,
-               "images": args.images, "batch": args.batch,
-               "ort_vs_torch": ort_vs_torch(model, rec, images, args.batch, args.threads),
-               "ray": ray_actors(rec, images, args.batch)}
+        res = {
+            "model": f"resnet{args.depth}",
+            "params": rec.params,
+            "input_px": args.size,
+            "images": args.images,
+            "batch": args.batch,
+            "ort_vs_torch": ort_vs_torch(model, rec, images, args.batch, args.threads),
+            "ray": ray_actors(rec, images, args.batch),
+        }
     path = write_result(f"embedding_resnet{args.depth}_{args.size}px", res)
     o, r = res["ort_vs_torch"], res["ray"]
-    print(f"resnet{args.depth} @ {args.size}px: ORT {o['onnxruntime']['img_per_s']:.1f} img/s, "
-          f"torch {o['torch_eager']['img_per_s']:.1f} img/s → {o['ratio_ort_over_torch']:.2f}×; "
-          f"Ray 1 actor {r['actors_1']['img_per_s']:.1f}, 2 actors {r['actors_2']['img_per_s']:.1f}"
-          f" img/s → {r['ratio_2_over_1']:.2f}×  ({path})")
+    print(
+        f"resnet{args.depth} @ {args.size}px: ORT {o['onnxruntime']['img_per_s']:.1f} img/s, "
+        f"torch {o['torch_eager']['img_per_s']:.1f} img/s → {o['ratio_ort_over_torch']:.2f}×; "
+        f"Ray 1 actor {r['actors_1']['img_per_s']:.1f}, 2 actors {r['actors_2']['img_per_s']:.1f}"
+        f" img/s → {r['ratio_2_over_1']:.2f}×  ({path})"
+    )
     return res
 
 

@@ -25,8 +25,12 @@ def _home(root: Path, name: str, files: list[Path], x: Any, y: Any) -> Any:
     c = shift.connect(root / name)
     for i, f in enumerate(files):
         register_onnx(c.registry, f, f"m{i:03d}")
-    TaskStore(c.registry).add("blobs", Samples(x, y, None, [], []), kind="generated",
-                              source="benchmarks.workloads.blob_task")
+    TaskStore(c.registry).add(
+        "blobs",
+        Samples(x, y, None, [], []),
+        kind="generated",
+        source="benchmarks.workloads.blob_task",
+    )
     return c
 
 
@@ -36,8 +40,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--images", type=int, default=1000)
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--executor", default="ray", choices=("ray", "inprocess"))
-    ap.add_argument("--arch", default="resnet18", choices=("tiny", "resnet18"),
-                    help="the base model whose perturbed copies are indexed")
+    ap.add_argument(
+        "--arch",
+        default="resnet18",
+        choices=("tiny", "resnet18"),
+        help="the base model whose perturbed copies are indexed",
+    )
     args = ap.parse_args(argv)
     from shift.engine.search import Engine
 
@@ -79,14 +87,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         shutil.rmtree(root, ignore_errors=True)
     frac = add_s / full_s
     target = 1 / (m + 1) + 0.10
-    res = {"models_indexed": m, "arch": args.arch, "images": args.images, "input_px": args.size,
-           "executor": args.executor, "full_rebuild_s": full_s, "add_one_s": add_s,
-           "fraction": frac, "target_fraction": target,
-           "embedded_on_add": report.embedded if report else {},
-           "inference_calls": {"full": calls_full, "add_one": calls_add}}
+    res = {
+        "models_indexed": m,
+        "arch": args.arch,
+        "images": args.images,
+        "input_px": args.size,
+        "executor": args.executor,
+        "full_rebuild_s": full_s,
+        "add_one_s": add_s,
+        "fraction": frac,
+        "target_fraction": target,
+        "embedded_on_add": report.embedded if report else {},
+        "inference_calls": {"full": calls_full, "add_one": calls_add},
+    }
     path = write_result("incremental", res)
-    print(f"add 1 model to {m} indexed: {add_s:.2f} s vs full rebuild of {m + 1}: {full_s:.2f} s "
-          f"→ {frac:.3f} (target ≤ {target:.3f}); batches {calls_add} vs {calls_full}  ({path})")
+    print(
+        f"add 1 model to {m} indexed: {add_s:.2f} s vs full rebuild of {m + 1}: {full_s:.2f} s "
+        f"→ {frac:.3f} (target ≤ {target:.3f}); batches {calls_add} vs {calls_full}  ({path})"
+    )
     return res
 
 

@@ -30,11 +30,20 @@ def build_home(home: Path, n_models: int) -> None:
     files = tiny_variants(tiny_cnn(home.parent / "base.onnx"), home.parent / "models", n_models)
     with shift.connect(home, executor="inprocess") as c:
         for i, f in enumerate(files):
-            register_onnx(c.registry, f, f"m{i:04d}", imagenet_top1=50 + (i % 300) / 10,
-                          imagenet_source="synthetic benchmark value")
+            register_onnx(
+                c.registry,
+                f,
+                f"m{i:04d}",
+                imagenet_top1=50 + (i % 300) / 10,
+                imagenet_source="synthetic benchmark value",
+            )
         x, y = blob_task(200)
-        TaskStore(c.registry).add("blobs", Samples(x, y, None, ["0", "1", "2", "3"], []),
-                                  kind="generated", source="benchmarks.workloads.blob_task")
+        TaskStore(c.registry).add(
+            "blobs",
+            Samples(x, y, None, ["0", "1", "2", "3"], []),
+            kind="generated",
+            source="benchmarks.workloads.blob_task",
+        )
         t = time.perf_counter()
         c.query(QUERY)  # indexes and scores everything once
         print(f"cold query over {n_models} models: {time.perf_counter() - t:.1f} s")
@@ -63,14 +72,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             t = time.perf_counter()
             subprocess.run([str(exe), "query", QUERY], env=env, check=True, capture_output=True)
             walls.append(time.perf_counter() - t)
-    res = {"models": args.models, "query": QUERY, "picked": names, "setup_seconds": setup_s,
-           "client_cached": client, "client_agnostic": agnostic,
-           "cli_wall_s": {"median": statistics.median(walls), "all": walls},
-           "targets": {"client_median_ms": 5.0, "cli_wall_s": 0.6}}
+    res = {
+        "models": args.models,
+        "query": QUERY,
+        "picked": names,
+        "setup_seconds": setup_s,
+        "client_cached": client,
+        "client_agnostic": agnostic,
+        "cli_wall_s": {"median": statistics.median(walls), "all": walls},
+        "targets": {"client_median_ms": 5.0, "cli_wall_s": 0.6},
+    }
     path = write_result("query_latency", res)
-    print(f"{args.models} models: client cached query median {client['median_ms']:.2f} ms "
-          f"(agnostic {agnostic['median_ms']:.2f} ms); `shift query` wall "
-          f"{statistics.median(walls):.2f} s  ({path})")
+    print(
+        f"{args.models} models: client cached query median {client['median_ms']:.2f} ms "
+        f"(agnostic {agnostic['median_ms']:.2f} ms); `shift query` wall "
+        f"{statistics.median(walls):.2f} s  ({path})"
+    )
     return res
 
 

@@ -19,15 +19,23 @@ RESULTS = Path(__file__).parent / "results"
 def machine() -> dict[str, Any]:
     import os
 
-    return {"python": platform.python_version(), "cpus": os.cpu_count(),
-            "machine": platform.machine(), "processor": platform.processor() or "unknown"}
+    return {
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "machine": platform.machine(),
+        "processor": platform.processor() or "unknown",
+    }
 
 
 def write_result(name: str, data: dict[str, Any]) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
-    payload = {"benchmark": name, "machine": machine(),
-               "date": time.strftime("%Y-%m-%d %H:%M:%S"), **data}
+    payload = {
+        "benchmark": name,
+        "machine": machine(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        **data,
+    }
     path.write_text(json.dumps(payload, indent=2) + "\n")
     return path
 
@@ -41,8 +49,12 @@ def median_ms(fn: Callable[[], Any], repeat: int, warmup: int = 2) -> dict[str, 
         fn()
         times.append((time.perf_counter() - t) * 1000)
     times.sort()
-    return {"median_ms": statistics.median(times), "p90_ms": times[int(0.9 * (len(times) - 1))],
-            "min_ms": times[0], "repeat": repeat}
+    return {
+        "median_ms": statistics.median(times),
+        "p90_ms": times[int(0.9 * (len(times) - 1))],
+        "min_ms": times[0],
+        "repeat": repeat,
+    }
 
 
 def export_onnx(model: Any, path: Path, size: int, outputs: list[str]) -> None:
@@ -50,10 +62,15 @@ def export_onnx(model: Any, path: Path, size: int, outputs: list[str]) -> None:
 
     with warnings.catch_warnings(), redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
-        torch.onnx.export(model.eval(), (torch.zeros(1, 3, size, size),), str(path),
-                          input_names=["input"], output_names=outputs,
-                          dynamic_axes={n: {0: "batch"} for n in ["input", *outputs]},
-                          dynamo=False)
+        torch.onnx.export(
+            model.eval(),
+            (torch.zeros(1, 3, size, size),),
+            str(path),
+            input_names=["input"],
+            output_names=outputs,
+            dynamic_axes={n: {0: "batch"} for n in ["input", *outputs]},
+            dynamo=False,
+        )
 
 
 def resnet(depth: int = 18, classes: int = 1000) -> Any:
@@ -71,8 +88,11 @@ def resnet(depth: int = 18, classes: int = 1000) -> Any:
             self.b1 = nn.BatchNorm2d(c)
             self.c2 = nn.Conv2d(c, c, 3, 1, 1, bias=False)
             self.b2 = nn.BatchNorm2d(c)
-            self.down = None if stride == 1 and cin == c else nn.Sequential(
-                nn.Conv2d(cin, c, 1, stride, bias=False), nn.BatchNorm2d(c))
+            self.down = (
+                None
+                if stride == 1 and cin == c
+                else nn.Sequential(nn.Conv2d(cin, c, 1, stride, bias=False), nn.BatchNorm2d(c))
+            )
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             idt = x if self.down is None else self.down(x)
@@ -85,11 +105,20 @@ def resnet(depth: int = 18, classes: int = 1000) -> Any:
             super().__init__()
             out = c * 4
             self.body = nn.Sequential(
-                nn.Conv2d(cin, c, 1, bias=False), nn.BatchNorm2d(c), nn.ReLU(),
-                nn.Conv2d(c, c, 3, stride, 1, bias=False), nn.BatchNorm2d(c), nn.ReLU(),
-                nn.Conv2d(c, out, 1, bias=False), nn.BatchNorm2d(out))
-            self.down = None if stride == 1 and cin == out else nn.Sequential(
-                nn.Conv2d(cin, out, 1, stride, bias=False), nn.BatchNorm2d(out))
+                nn.Conv2d(cin, c, 1, bias=False),
+                nn.BatchNorm2d(c),
+                nn.ReLU(),
+                nn.Conv2d(c, c, 3, stride, 1, bias=False),
+                nn.BatchNorm2d(c),
+                nn.ReLU(),
+                nn.Conv2d(c, out, 1, bias=False),
+                nn.BatchNorm2d(out),
+            )
+            self.down = (
+                None
+                if stride == 1 and cin == out
+                else nn.Sequential(nn.Conv2d(cin, out, 1, stride, bias=False), nn.BatchNorm2d(out))
+            )
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             idt = x if self.down is None else self.down(x)
@@ -100,8 +129,12 @@ def resnet(depth: int = 18, classes: int = 1000) -> Any:
     class ResNet(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.stem = nn.Sequential(nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64),
-                                      nn.ReLU(), nn.MaxPool2d(3, 2, 1))
+            self.stem = nn.Sequential(
+                nn.Conv2d(3, 64, 7, 2, 3, bias=False),
+                nn.BatchNorm2d(64),
+                nn.ReLU(),
+                nn.MaxPool2d(3, 2, 1),
+            )
             blocks, cin = [], 64
             for i, n in enumerate(layers):
                 c = 64 * 2**i

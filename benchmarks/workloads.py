@@ -38,8 +38,9 @@ def tiny_cnn(path: Path, size: int = 32, dim: int = 16, seed: int = 0) -> Path:
     class Tiny(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.f = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU(), nn.Conv2d(8, 16, 3, 2, 1),
-                                   nn.ReLU())
+            self.f = nn.Sequential(
+                nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU(), nn.Conv2d(8, 16, 3, 2, 1), nn.ReLU()
+            )
             self.e = nn.Linear(16, dim)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -49,13 +50,14 @@ def tiny_cnn(path: Path, size: int = 32, dim: int = 16, seed: int = 0) -> Path:
     return path
 
 
-def blob_task(n: int, classes: int = 4, size: int = 32, seed: int = 0
-              ) -> tuple[np.ndarray, np.ndarray]:
+def blob_task(
+    n: int, classes: int = 4, size: int = 32, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """Images whose brightness and a coloured square depend on the class."""
     rng = np.random.default_rng(seed)
     y = np.arange(n) % classes
     x = rng.integers(0, 80, (n, size, size, 3)).astype(np.int32)
     for i, c in enumerate(y):
         r, col = (c * 7) % (size - 8), (c * 11) % (size - 8)
-        x[i, r:r + 8, col:col + 8, c % 3] += 150
+        x[i, r : r + 8, col : col + 8, c % 3] += 150
     return np.clip(x, 0, 255).astype(np.uint8), y.astype(np.int64)

@@ -15,8 +15,12 @@ from rich.console import Console
 
 from shift.errors import QueryError, ShiftError
 
-app = typer.Typer(help="shift: which B models should I fine-tune?", no_args_is_help=True,
-                  pretty_exceptions_enable=False, add_completion=False)
+app = typer.Typer(
+    help="shift: which B models should I fine-tune?",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
 models_app = typer.Typer(help="Register and inspect models.", no_args_is_help=True)
 pools_app = typer.Typer(help="Named model pools.", no_args_is_help=True)
 tasks_app = typer.Typer(help="Labelled datasets to rank models for.", no_args_is_help=True)
@@ -31,8 +35,10 @@ err = Console(stderr=True)
 def report(e: ShiftError) -> None:
     """Print a ShiftError for a person: message, position and caret for queries, and the hint."""
     if isinstance(e, QueryError):
-        err.print(f"[red]query error:[/red] {e.message} (line {e.line}, column {e.column})",
-                  highlight=False)
+        err.print(
+            f"[red]query error:[/red] {e.message} (line {e.line}, column {e.column})",
+            highlight=False,
+        )
         err.print(e.snippet, markup=False, highlight=False)
     else:
         err.print(f"[red]error:[/red] {e.message}", highlight=False)
@@ -60,16 +66,21 @@ def command(typer_app: typer.Typer, name: str | None = None) -> Callable[..., An
 
     return deco
 
-HomeOpt = Annotated[Path | None, typer.Option("--home", envvar="SHIFT_HOME",
-                                              help="shift home (registry + indexes)")]
+
+HomeOpt = Annotated[
+    Path | None, typer.Option("--home", envvar="SHIFT_HOME", help="shift home (registry + indexes)")
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
 ExecOpt = Annotated[str, typer.Option("--executor", help="ray | inprocess")]
-RayOpt = Annotated[str | None, typer.Option("--ray-address", envvar="SHIFT_RAY_ADDRESS",
-                                            help="join an existing Ray cluster")]
+RayOpt = Annotated[
+    str | None,
+    typer.Option("--ray-address", envvar="SHIFT_RAY_ADDRESS", help="join an existing Ray cluster"),
+]
 
 
-def _client(home: Path | None, executor: str = "ray", ray_address: str | None = None,
-            progress: bool = True) -> Any:
+def _client(
+    home: Path | None, executor: str = "ray", ray_address: str | None = None, progress: bool = True
+) -> Any:
     from shift.client import Client
 
     return Client(home, executor=executor, ray_address=ray_address, progress=progress)
@@ -80,10 +91,15 @@ def _print_json(data: Any) -> None:
 
 
 @command(app)
-def query(text: Annotated[str, typer.Argument(help="a query, e.g. \"SELECT top 2 FROM pool "
-                                                   "all WHERE task=digits\"")],
-          home: HomeOpt = None, as_json: JsonOpt = False, executor: ExecOpt = "ray",
-          ray_address: RayOpt = None) -> None:
+def query(
+    text: Annotated[
+        str, typer.Argument(help='a query, e.g. "SELECT top 2 FROM pool all WHERE task=digits"')
+    ],
+    home: HomeOpt = None,
+    as_json: JsonOpt = False,
+    executor: ExecOpt = "ray",
+    ray_address: RayOpt = None,
+) -> None:
     """Run a query and print the ranked models."""
     from shift.render import print_result
 
@@ -120,7 +136,9 @@ def models_add(
     head_output: Annotated[str | None, typer.Option(help="output with classifier logits")] = None,
     input_size: Annotated[int | None, typer.Option(help="input pixels if dynamic")] = None,
     imagenet_top1: Annotated[float | None, typer.Option(help="ImageNet top-1, percent")] = None,
-    imagenet_source: Annotated[str | None, typer.Option(help="where that number comes from")] = None,
+    imagenet_source: Annotated[
+        str | None, typer.Option(help="where that number comes from")
+    ] = None,
     family: Annotated[str | None, typer.Option(help="architecture family")] = None,
     upstream_dataset: Annotated[str | None, typer.Option()] = None,
     upstream_size: Annotated[int | None, typer.Option()] = None,
@@ -148,17 +166,33 @@ def models_add(
 
     with Registry.open(home) as reg:
         rec = register_onnx(
-            reg, file, name, output=output, head_output=head_output, input_size=input_size,
-            input_overrides={"mean": floats(mean, "mean"), "std": floats(std, "std"),
-                             "color": color, "resize": resize},
-            replace=replace, imagenet_top1=imagenet_top1, imagenet_source=imagenet_source,
-            family=family, upstream_dataset=upstream_dataset, upstream_size=upstream_size,
-            source=source, tags=tag or None, license=license,
+            reg,
+            file,
+            name,
+            output=output,
+            head_output=head_output,
+            input_size=input_size,
+            input_overrides={
+                "mean": floats(mean, "mean"),
+                "std": floats(std, "std"),
+                "color": color,
+                "resize": resize,
+            },
+            replace=replace,
+            imagenet_top1=imagenet_top1,
+            imagenet_source=imagenet_source,
+            family=family,
+            upstream_dataset=upstream_dataset,
+            upstream_size=upstream_size,
+            source=source,
+            tags=tag or None,
+            license=license,
         )
-    out.print(f"registered [bold]{rec.name}[/bold]: {rec.params:,} parameters, "
-              f"{rec.dim}-d embedding from {rec.output!r}"
-              + (f", head {rec.head_output!r} ({rec.head_classes} classes)" if rec.head_output
-                 else ""))
+    out.print(
+        f"registered [bold]{rec.name}[/bold]: {rec.params:,} parameters, "
+        f"{rec.dim}-d embedding from {rec.output!r}"
+        + (f", head {rec.head_output!r} ({rec.head_classes} classes)" if rec.head_output else "")
+    )
 
 
 @command(models_app, "list")
@@ -172,8 +206,16 @@ def models_list(home: HomeOpt = None, as_json: JsonOpt = False) -> None:
     if as_json:
         _print_json([m.model_dump() for m in models])
         return
-    cols = ["name", "family", "params", "dim", "imagenet_top1", "upstream_dataset", "source",
-            "tags"]
+    cols = [
+        "name",
+        "family",
+        "params",
+        "dim",
+        "imagenet_top1",
+        "upstream_dataset",
+        "source",
+        "tags",
+    ]
     out.print(records_table([m.model_dump() for m in models], cols, f"{len(models)} models"))
 
 
@@ -209,19 +251,24 @@ def pools_list(home: HomeOpt = None, as_json: JsonOpt = False) -> None:
     rows = []
     with Registry.open(home) as reg:
         for p in reg.pools():
-            where, params = compile_condition(parse_condition(p.filter), p.filter) \
-                if p.filter else ("", [])
+            where, params = (
+                compile_condition(parse_condition(p.filter), p.filter) if p.filter else ("", [])
+            )
             rows.append({**p.model_dump(), "models": reg.count_models(where, params)})
     if as_json:
         _print_json(rows)
         return
-    out.print(records_table(rows, ["name", "filter", "models", "builtin", "description"],
-                            "pools"))
+    out.print(records_table(rows, ["name", "filter", "models", "builtin", "description"], "pools"))
 
 
 @command(pools_app, "add")
-def pools_add(name: str, condition: Annotated[str, typer.Argument(help="e.g. \"WHERE dim <= 1024\"")],
-              description: str = "", replace: bool = False, home: HomeOpt = None) -> None:
+def pools_add(
+    name: str,
+    condition: Annotated[str, typer.Argument(help='e.g. "WHERE dim <= 1024"')],
+    description: str = "",
+    replace: bool = False,
+    home: HomeOpt = None,
+) -> None:
     """Save a pool as a named condition."""
     from shift.registry import Registry
 
@@ -256,8 +303,9 @@ def tasks_list(home: HomeOpt = None, as_json: JsonOpt = False) -> None:
     out.print(records_table([t.model_dump() for t in tasks], cols, f"{len(tasks)} tasks"))
 
 
-def _read_samples(images: Path | None, npz: Path | None, store_size: int | None,
-                  classes: list[str] | None = None) -> tuple[Any, str, str]:
+def _read_samples(
+    images: Path | None, npz: Path | None, store_size: int | None, classes: list[str] | None = None
+) -> tuple[Any, str, str]:
     from shift.tasks import read_image_folder, read_npz
 
     if (images is None) == (npz is None):
@@ -268,35 +316,60 @@ def _read_samples(images: Path | None, npz: Path | None, store_size: int | None,
     return read_npz(npz), "npz", str(npz)
 
 
-ImagesOpt = Annotated[Path | None, typer.Option("--images", help="folder: <class>/* or "
-                                                "train/<class>/* + val/<class>/*")]
+ImagesOpt = Annotated[
+    Path | None,
+    typer.Option("--images", help="folder: <class>/* or train/<class>/* + val/<class>/*"),
+]
 NpzOpt = Annotated[Path | None, typer.Option("--npz", help="arrays x, y and optional split")]
-ValOpt = Annotated[float, typer.Option("--val-fraction", help="validation share when no split "
-                                       "is given")]
+ValOpt = Annotated[
+    float, typer.Option("--val-fraction", help="validation share when no split is given")
+]
 SeedOpt = Annotated[int, typer.Option("--seed", help="seed of the deterministic split")]
 
 
 @command(tasks_app, "add")
-def tasks_add(name: str, images: ImagesOpt = None, npz: NpzOpt = None, val_fraction: ValOpt = 0.2,
-              seed: SeedOpt = 0,
-              store_size: Annotated[int | None, typer.Option(help="resize images to this square "
-                                                             "size when stored")] = None,
-              replace: bool = False, home: HomeOpt = None) -> None:
+def tasks_add(
+    name: str,
+    images: ImagesOpt = None,
+    npz: NpzOpt = None,
+    val_fraction: ValOpt = 0.2,
+    seed: SeedOpt = 0,
+    store_size: Annotated[
+        int | None, typer.Option(help="resize images to this square size when stored")
+    ] = None,
+    replace: bool = False,
+    home: HomeOpt = None,
+) -> None:
     """Register a labelled dataset as a task."""
     from shift.registry import Registry
     from shift.tasks import TaskStore
 
     samples, kind, source = _read_samples(images, npz, store_size)
     with Registry.open(home) as reg:
-        rec = TaskStore(reg).add(name, samples, kind=kind, source=source,
-                                 val_fraction=val_fraction, seed=seed, replace=replace)
-    out.print(f"task [bold]{rec.name}[/bold]: {rec.num_samples} samples ({rec.num_train} train, "
-              f"{rec.num_val} val), {rec.num_classes} classes, hash {rec.content_hash[:12]}")
+        rec = TaskStore(reg).add(
+            name,
+            samples,
+            kind=kind,
+            source=source,
+            val_fraction=val_fraction,
+            seed=seed,
+            replace=replace,
+        )
+    out.print(
+        f"task [bold]{rec.name}[/bold]: {rec.num_samples} samples ({rec.num_train} train, "
+        f"{rec.num_val} val), {rec.num_classes} classes, hash {rec.content_hash[:12]}"
+    )
 
 
 @command(tasks_app, "append")
-def tasks_append(name: str, images: ImagesOpt = None, npz: NpzOpt = None,
-                 val_fraction: ValOpt = 0.2, seed: SeedOpt = 0, home: HomeOpt = None) -> None:
+def tasks_append(
+    name: str,
+    images: ImagesOpt = None,
+    npz: NpzOpt = None,
+    val_fraction: ValOpt = 0.2,
+    seed: SeedOpt = 0,
+    home: HomeOpt = None,
+) -> None:
     """Add samples to a task; the next query embeds only them."""
     from shift.registry import Registry
     from shift.tasks import TaskStore
@@ -309,9 +382,11 @@ def tasks_append(name: str, images: ImagesOpt = None, npz: NpzOpt = None,
 
 
 @command(tasks_app, "relabel")
-def tasks_relabel(name: str, npz: Annotated[Path, typer.Option("--npz", help="array y: one "
-                                                                "label per sample, task order")],
-                  home: HomeOpt = None) -> None:
+def tasks_relabel(
+    name: str,
+    npz: Annotated[Path, typer.Option("--npz", help="array y: one label per sample, task order")],
+    home: HomeOpt = None,
+) -> None:
     """Replace a task's labels; indexes are reused, only scores are recomputed."""
     import numpy as np
 
@@ -340,8 +415,13 @@ def tasks_remove(name: str, home: HomeOpt = None) -> None:
 
 
 @command(app, "index")
-def index_cmd(task: str, pool: Annotated[str, typer.Option(help="pool to index")] = "all",
-              home: HomeOpt = None, executor: ExecOpt = "ray", ray_address: RayOpt = None) -> None:
+def index_cmd(
+    task: str,
+    pool: Annotated[str, typer.Option(help="pool to index")] = "all",
+    home: HomeOpt = None,
+    executor: ExecOpt = "ray",
+    ray_address: RayOpt = None,
+) -> None:
     """Precompute the embedding indexes of TASK for every model in a pool."""
     from shift.client import Client
     from shift.config import validate_name
@@ -355,9 +435,11 @@ def index_cmd(task: str, pool: Annotated[str, typer.Option(help="pool to index")
         models = c.registry.models(where, params)
         c.engine.index(task, models)
         rep = c.engine.last_report
-    out.print(f"indexed {task}: {len(rep.embedded)} models embedded "
-              f"({sum(rep.embedded.values()):,} samples), {len(rep.reused)} reused, "
-              f"{len(rep.relabelled)} relabelled, {len(rep.failed)} failed in {rep.seconds:.1f} s")
+    out.print(
+        f"indexed {task}: {len(rep.embedded)} models embedded "
+        f"({sum(rep.embedded.values()):,} samples), {len(rep.reused)} reused, "
+        f"{len(rep.relabelled)} relabelled, {len(rep.failed)} failed in {rep.seconds:.1f} s"
+    )
     for name, e in rep.failed.items():
         err.print(f"[red]failed:[/red] {name}: {e}", highlight=False)
 

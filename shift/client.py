@@ -1,8 +1,8 @@
 """The Python client: the same queries as the CLI, in-process.
 
-    >>> import shift
-    >>> c = shift.connect()
-    >>> c.query("SELECT top 2 FROM pool all WHERE task=digits").names
+>>> import shift
+>>> c = shift.connect()
+>>> c.query("SELECT top 2 FROM pool all WHERE task=digits").names
 """
 
 from __future__ import annotations
@@ -22,11 +22,20 @@ from shift.schemas import ModelRecord, PoolRecord, Result, TaskRecord, Timings
 
 
 class Client:
-    def __init__(self, home: str | Path | None = None, *, executor: str = "auto",
-                 ray_address: str | None = None, progress: bool = False) -> None:
+    def __init__(
+        self,
+        home: str | Path | None = None,
+        *,
+        executor: str = "auto",
+        ray_address: str | None = None,
+        progress: bool = False,
+    ) -> None:
         self.registry = Registry.open(home)
-        self._engine_opts: dict[str, Any] = {"executor": executor, "ray_address": ray_address,
-                                             "progress": progress}
+        self._engine_opts: dict[str, Any] = {
+            "executor": executor,
+            "ray_address": ray_address,
+            "progress": progress,
+        }
         self._engine: ScoreSource | None = None
 
     @property

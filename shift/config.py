@@ -65,7 +65,9 @@ class Home:
 
     def index_path(self, task: str, model: str) -> Path:
         """``indexes/<task>/<model>``; both names are validated so the path stays inside."""
-        return self.index_dir / validate_name(task, "task name") / validate_name(model, "model name")
+        return (
+            self.index_dir / validate_name(task, "task name") / validate_name(model, "model name")
+        )
 
     def ensure(self) -> Home:
         for d in (self.registry_dir, self.index_dir, self.models_dir, self.tasks_dir):

@@ -15,8 +15,9 @@ from shift.schemas import InputSpec, ModelRecord
 
 
 def validation_message(e: ValidationError) -> str:
-    return "; ".join(f"{'.'.join(map(str, err['loc'])) or 'value'}: {err['msg']}"
-                     for err in e.errors())
+    return "; ".join(
+        f"{'.'.join(map(str, err['loc'])) or 'value'}: {err['msg']}" for err in e.errors()
+    )
 
 
 def register_onnx(
@@ -38,8 +39,10 @@ def register_onnx(
     tensor, layout, channels, h, w = image_input(info, input_size)
     dim = emb.feature_size
     if dim is None:
-        raise ModelFileError(f"{Path(path).name}: output {emb.name!r} has a dynamic size "
-                             f"{list(emb.shape)}", hint="export the model with a fixed embedding size")
+        raise ModelFileError(
+            f"{Path(path).name}: output {emb.name!r} has a dynamic size {list(emb.shape)}",
+            hint="export the model with a fixed embedding size",
+        )
     head_classes = head.feature_size if head else None
     spec_fields: dict[str, Any] = {"height": h, "width": w, "channels": channels, "layout": layout}
     if channels == 1:

@@ -52,8 +52,10 @@ def describe_onnx(path: str | Path) -> OnnxInfo:
         onnx.checker.check_model(model)
     except Exception as e:  # onnx raises DecodeError, ValidationError, OSError...
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ModelFileError(f"{p.name}: not a valid ONNX model ({first[:200]})",
-                             hint="check the file is complete and was exported with onnx") from None
+        raise ModelFileError(
+            f"{p.name}: not a valid ONNX model ({first[:200]})",
+            hint="check the file is complete and was exported with onnx",
+        ) from None
     graph = model.graph
     init_names = {i.name for i in graph.initializer}
 
@@ -84,15 +86,17 @@ def describe_onnx(path: str | Path) -> OnnxInfo:
     )
 
 
-def pick_outputs(info: OnnxInfo, output: str | None, head_output: str | None
-                 ) -> tuple[TensorInfo, TensorInfo | None]:
+def pick_outputs(
+    info: OnnxInfo, output: str | None, head_output: str | None
+) -> tuple[TensorInfo, TensorInfo | None]:
     """Choose the embedding output (and the classifier-head output, if any)."""
     by_name = {o.name: o for o in info.outputs}
     names = ", ".join(by_name)
     for wanted in (output, head_output):
         if wanted is not None and wanted not in by_name:
-            raise ModelFileError(f"{info.path.name}: no output named {wanted!r}",
-                                 hint=f"outputs: {names}")
+            raise ModelFileError(
+                f"{info.path.name}: no output named {wanted!r}", hint=f"outputs: {names}"
+            )
     if output is None:
         candidates = [o for o in info.outputs if o.name != head_output]
         named = [o for o in candidates if o.name.lower() in _EMBEDDING_NAMES]
@@ -101,38 +105,48 @@ def pick_outputs(info: OnnxInfo, output: str | None, head_output: str | None
         elif len(named) == 1:
             output = named[0].name
         else:
-            raise ModelFileError(f"{info.path.name}: several outputs, which one is the embedding?",
-                                 hint=f"pass --output (outputs: {names})")
+            raise ModelFileError(
+                f"{info.path.name}: several outputs, which one is the embedding?",
+                hint=f"pass --output (outputs: {names})",
+            )
     if head_output is None:
         heads = [o for o in info.outputs if o.name != output and o.name.lower() in _HEAD_NAMES]
         head_output = heads[0].name if len(heads) == 1 else None
     return by_name[output], (by_name[head_output] if head_output else None)
 
 
-def image_input(info: OnnxInfo, size: int | None = None
-                ) -> tuple[TensorInfo, str, int, int, int]:
+def image_input(info: OnnxInfo, size: int | None = None) -> tuple[TensorInfo, str, int, int, int]:
     """The single image input → (tensor, layout NCHW|NHWC, channels, height, width)."""
     if len(info.inputs) != 1:
-        raise ModelFileError(f"{info.path.name}: expected one image input, found "
-                             f"{len(info.inputs)} ({', '.join(i.name for i in info.inputs)})")
+        raise ModelFileError(
+            f"{info.path.name}: expected one image input, found "
+            f"{len(info.inputs)} ({', '.join(i.name for i in info.inputs)})"
+        )
     t = info.inputs[0]
     if len(t.shape) != 4:
-        raise ModelFileError(f"{info.path.name}: input {t.name!r} has shape {list(t.shape)}; "
-                             "an image model takes a 4-d batch (N, C, H, W) or (N, H, W, C)")
+        raise ModelFileError(
+            f"{info.path.name}: input {t.name!r} has shape {list(t.shape)}; "
+            "an image model takes a 4-d batch (N, C, H, W) or (N, H, W, C)"
+        )
     _, a, b, c = t.shape
     if a in (1, 3):
         layout, ch, h, w = "NCHW", a, b, c
     elif c in (1, 3):
         layout, ch, h, w = "NHWC", c, a, b
     else:
-        raise ModelFileError(f"{info.path.name}: cannot tell the channel axis of input shape "
-                             f"{list(t.shape)}", hint="1 or 3 channels expected in axis 1 or 3")
+        raise ModelFileError(
+            f"{info.path.name}: cannot tell the channel axis of input shape {list(t.shape)}",
+            hint="1 or 3 channels expected in axis 1 or 3",
+        )
     if not isinstance(h, int) or not isinstance(w, int) or h <= 0 or w <= 0:
         if size is None:
-            raise ModelFileError(f"{info.path.name}: the input size is dynamic ({list(t.shape)})",
-                                 hint="pass --input-size PIXELS")
+            raise ModelFileError(
+                f"{info.path.name}: the input size is dynamic ({list(t.shape)})",
+                hint="pass --input-size PIXELS",
+            )
         h = w = size
     elif size is not None and (h, w) != (size, size):
-        raise ModelFileError(f"{info.path.name}: --input-size {size} contradicts the graph's "
-                             f"fixed input {h}x{w}")
+        raise ModelFileError(
+            f"{info.path.name}: --input-size {size} contradicts the graph's fixed input {h}x{w}"
+        )
     return t, layout, int(ch), int(h), int(w)

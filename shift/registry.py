@@ -24,8 +24,9 @@ BUSY_TIMEOUT_MS = 30_000
 
 
 def _connect(path: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
-                           check_same_thread=False)
+    conn = sqlite3.connect(
+        str(path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
+    )
     conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA synchronous = NORMAL")
@@ -102,13 +103,15 @@ class Registry:
         p = Path(rec.path)
         return p if p.is_absolute() else self.home.registry_dir / p
 
-    def add_model(self, rec: ModelRecord, src_file: str | Path | None = None,
-                  replace: bool = False) -> ModelRecord:
+    def add_model(
+        self, rec: ModelRecord, src_file: str | Path | None = None, replace: bool = False
+    ) -> ModelRecord:
         """Register ``rec``. With ``src_file`` the ONNX file is copied (atomically) into the home,
         content-addressed as ``models/<sha256>.onnx``, and ``rec.path`` points there."""
         if not replace and self.has_model(rec.name):
-            raise ShiftError(f"model {rec.name!r} already exists",
-                             hint="remove it first or pass --replace")
+            raise ShiftError(
+                f"model {rec.name!r} already exists", hint="remove it first or pass --replace"
+            )
         if src_file is not None:
             dst = self.home.models_dir / f"{rec.sha256}.onnx"
             if not dst.exists():
@@ -146,13 +149,15 @@ class Registry:
         commits a change (``PRAGMA data_version`` + our own commit count)."""
         version = (self.db.conn.execute("PRAGMA data_version").fetchone()[0], self._writes)
         if version != self._model_cache_version:
-            self._model_cache = {r["name"]: row_to_model(r)
-                                 for r in self.db.query("SELECT * FROM models")}
+            self._model_cache = {
+                r["name"]: row_to_model(r) for r in self.db.query("SELECT * FROM models")
+            }
             self._model_cache_version = version
         return self._model_cache
 
-    def models(self, where: str = "", params: Iterable[Any] = (),
-               order: str = "m.name") -> list[ModelRecord]:
+    def models(
+        self, where: str = "", params: Iterable[Any] = (), order: str = "m.name"
+    ) -> list[ModelRecord]:
         """Models matching a compiled condition (see :mod:`shift.query.compile`), in ``order``.
         SQL selects the names; the records come from the cache."""
         sql = "SELECT m.name FROM models m" + (f" WHERE {where}" if where else "")
@@ -170,8 +175,10 @@ class Registry:
 
     # ---- pools --------------------------------------------------------------------------------
     def pools(self) -> list[PoolRecord]:
-        user = [PoolRecord(name=r["name"], filter=r["filter"], description=r["description"] or "")
-                for r in self.db.query("SELECT * FROM pools ORDER BY name")]
+        user = [
+            PoolRecord(name=r["name"], filter=r["filter"], description=r["description"] or "")
+            for r in self.db.query("SELECT * FROM pools ORDER BY name")
+        ]
         return [*BUILTIN_POOLS.values(), *user]
 
     def get_pool(self, name: str) -> PoolRecord | None:
@@ -183,8 +190,9 @@ class Registry:
         r = rows[0]
         return PoolRecord(name=r["name"], filter=r["filter"], description=r["description"] or "")
 
-    def add_pool(self, name: str, condition: str, description: str = "",
-                 replace: bool = False) -> PoolRecord:
+    def add_pool(
+        self, name: str, condition: str, description: str = "", replace: bool = False
+    ) -> PoolRecord:
         """Save a pool as a named condition. The condition is parsed and checked first."""
         from shift.query.planner import check_condition
 
@@ -195,8 +203,10 @@ class Registry:
             raise ShiftError(f"pool {name!r} already exists", hint="pass --replace to redefine it")
         text = check_condition(condition)
         with self.transaction():
-            self.db["pools"].upsert({"name": name, "filter": text, "description": description,
-                                     "date_added": utcnow()}, pk="name")
+            self.db["pools"].upsert(
+                {"name": name, "filter": text, "description": description, "date_added": utcnow()},
+                pk="name",
+            )
         return PoolRecord(name=name, filter=text, description=description)
 
     def remove_pool(self, name: str) -> None:
@@ -209,8 +219,9 @@ class Registry:
 
     # ---- tasks --------------------------------------------------------------------------------
     def tasks(self) -> list[TaskRecord]:
-        return [TaskRecord.model_validate(r)
-                for r in self.db.query("SELECT * FROM tasks ORDER BY name")]
+        return [
+            TaskRecord.model_validate(r) for r in self.db.query("SELECT * FROM tasks ORDER BY name")
+        ]
 
     def task_names(self) -> list[str]:
         return [r["name"] for r in self.db.query("SELECT name FROM tasks ORDER BY name")]
@@ -224,8 +235,12 @@ class Registry:
     def has_task(self, name: str) -> bool:
         return bool(list(self.db.query("SELECT 1 FROM tasks WHERE name = ?", [name])))
 
-    def put_task(self, rec: TaskRecord, samples: list[dict[str, Any]] | None = None,
-                 replace_samples: bool = False) -> None:
+    def put_task(
+        self,
+        rec: TaskRecord,
+        samples: list[dict[str, Any]] | None = None,
+        replace_samples: bool = False,
+    ) -> None:
         """Insert or update a task and (some of) its samples in one transaction."""
         with self.transaction():
             row = rec.model_dump()
@@ -247,26 +262,35 @@ class Registry:
             self.db.execute("DELETE FROM tasks WHERE name = ?", [name])
 
     # ---- cached scores ------------------------------------------------------------------------
-    def get_scores(self, task_hash: str, proxy: str, params: str,
-                   model_shas: Iterable[str]) -> dict[str, dict[str, Any]]:
+    def get_scores(
+        self, task_hash: str, proxy: str, params: str, model_shas: Iterable[str]
+    ) -> dict[str, dict[str, Any]]:
         """Cached scores keyed by model sha256 for one (task hash, proxy, params)."""
         wanted = set(model_shas)
         cur = self.db.conn.execute(
             "SELECT model_sha, score, n_train, n_val FROM scores WHERE task_hash = ? AND "
-            "proxy = ? AND params = ?", [task_hash, proxy, params])
-        return {sha: {"score": score, "n_train": n_train, "n_val": n_val}
-                for sha, score, n_train, n_val in cur if sha in wanted}
+            "proxy = ? AND params = ?",
+            [task_hash, proxy, params],
+        )
+        return {
+            sha: {"score": score, "n_train": n_train, "n_val": n_val}
+            for sha, score, n_train, n_val in cur
+            if sha in wanted
+        }
 
     def put_scores(self, rows: list[dict[str, Any]]) -> None:
         with self.transaction():
             self.db["scores"].upsert_all(
                 [{**r, "computed_at": r.get("computed_at") or utcnow()} for r in rows],
-                pk=("task_hash", "model_sha", "proxy", "params"))
+                pk=("task_hash", "model_sha", "proxy", "params"),
+            )
 
     # ---- index entries ------------------------------------------------------------------------
     def index_entries(self, task: str) -> dict[str, dict[str, Any]]:
-        return {r["model"]: r
-                for r in self.db.query("SELECT * FROM index_entries WHERE task = ?", [task])}
+        return {
+            r["model"]: r
+            for r in self.db.query("SELECT * FROM index_entries WHERE task = ?", [task])
+        }
 
     def put_index_entry(self, row: dict[str, Any]) -> None:
         with self.transaction():
@@ -274,7 +298,9 @@ class Registry:
 
     # ---- helpers ------------------------------------------------------------------------------
     def _names_hint(self, table: str) -> str:
-        names = [r["name"] for r in self.db.query(f"SELECT name FROM {table} ORDER BY name LIMIT 21")]
+        names = [
+            r["name"] for r in self.db.query(f"SELECT name FROM {table} ORDER BY name LIMIT 21")
+        ]
         if not names:
             return f"no {table} are registered yet"
         more = ", ..." if len(names) > 20 else ""

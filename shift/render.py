@@ -24,8 +24,11 @@ def fmt(col: str, v: Any) -> str:
     return str(v)
 
 
-HEADERS = {"imagenet_top1": "ImageNet top-1", "agnostic_rank": "agnostic #",
-           "upstream_dataset": "upstream"}
+HEADERS = {
+    "imagenet_top1": "ImageNet top-1",
+    "agnostic_rank": "agnostic #",
+    "upstream_dataset": "upstream",
+}
 
 
 def result_table(res: Result, title: str | None = None) -> Table:
@@ -41,8 +44,9 @@ def print_result(res: Result, console: Console | None = None) -> None:
     console = console or Console()
     console.print(result_table(res))
     tm = res.timings
-    console.print(f"[dim]{len(res.rows)} rows · {tm.total_ms:.1f} ms "
-                  f"(score {tm.score_ms:.1f} ms)[/dim]")
+    console.print(
+        f"[dim]{len(res.rows)} rows · {tm.total_ms:.1f} ms (score {tm.score_ms:.1f} ms)[/dim]"
+    )
 
 
 def records_table(rows: list[dict[str, Any]], columns: list[str], title: str = "") -> Table:

@@ -17,7 +17,7 @@ def utcnow() -> str:
 
 class InputSpec(BaseModel):
     """How an image becomes the model's input tensor:
-    ``x = (resize(img, size) / 255 * scale_to_255? - mean) / std`` in ``layout`` and ``color`` order.
+    ``x = (resize(img, size) / 255 - mean) / std``, in ``layout`` and ``color`` order.
 
     ``mean``/``std`` are on the 0..1 pixel scale (ImageNet: 0.485.../0.229...).
     """
@@ -49,7 +49,7 @@ class InputSpec(BaseModel):
 
 
 class ModelRecord(BaseModel):
-    """One registered model. ``name`` is the identity users type; ``sha256`` identifies the weights."""
+    """One registered model: ``name`` is what users type, ``sha256`` identifies the weights."""
 
     model_config = ConfigDict(extra="forbid")
 

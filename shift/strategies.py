@@ -52,28 +52,43 @@ def _score_key(scores: dict[str, float | None], order: dict[str, int]):
     return key
 
 
-def rank(models: list[ModelRecord], budget: int | None, kind: str, proxy: str | None = None,
-         scores: dict[str, float | None] | None = None) -> list[Pick]:
+def rank(
+    models: list[ModelRecord],
+    budget: int | None,
+    kind: str,
+    proxy: str | None = None,
+    scores: dict[str, float | None] | None = None,
+) -> list[Pick]:
     """Rank ``models`` with strategy ``kind`` ∈ {agnostic, proxy, hybrid}; keep ``budget`` picks."""
     scores = scores or {}
     agn = rank_agnostic(models)
     order = {m.name: i + 1 for i, m in enumerate(agn)}
     n = len(models) if budget is None else min(budget, len(models))
     if kind == "agnostic":
-        return [Pick(m, order[m.name], scores.get(m.name), f"task-agnostic: {agnostic_reason(m)}")
-                for m in agn[:n]]
+        return [
+            Pick(m, order[m.name], scores.get(m.name), f"task-agnostic: {agnostic_reason(m)}")
+            for m in agn[:n]
+        ]
     by_score = sorted(models, key=_score_key(scores, order))
     if kind == "proxy":
-        return [Pick(m, order[m.name], scores.get(m.name),
-                     f"task-aware: #{i + 1} by {proxy}") for i, m in enumerate(by_score[:n])]
+        return [
+            Pick(m, order[m.name], scores.get(m.name), f"task-aware: #{i + 1} by {proxy}")
+            for i, m in enumerate(by_score[:n])
+        ]
     if kind == "hybrid":
         if n == 0:
             return []
         top = agn[0]
         picks = [Pick(top, 1, scores.get(top.name), f"task-agnostic: {agnostic_reason(top)}")]
         rest = [m for m in by_score if m.name != top.name]
-        picks += [Pick(m, order[m.name], scores.get(m.name),
-                       f"task-aware: #{i + 1} by {proxy} among the rest")
-                  for i, m in enumerate(rest[: n - 1])]
+        picks += [
+            Pick(
+                m,
+                order[m.name],
+                scores.get(m.name),
+                f"task-aware: #{i + 1} by {proxy} among the rest",
+            )
+            for i, m in enumerate(rest[: n - 1])
+        ]
         return picks
     raise ValueError(f"unknown strategy {kind!r}")

@@ -68,10 +68,16 @@ def decode_image(path: Path, size: int | None) -> np.ndarray:
         with Image.open(path) as im:
             im.load()
             rgb = im.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError,
-            Image.DecompressionBombError) as e:
-        raise TaskDataError(f"cannot decode image {path}: {e}",
-                            hint="remove or replace the file; jpg/png expected") from None
+    except (
+        UnidentifiedImageError,
+        OSError,
+        SyntaxError,
+        ValueError,
+        Image.DecompressionBombError,
+    ) as e:
+        raise TaskDataError(
+            f"cannot decode image {path}: {e}", hint="remove or replace the file; jpg/png expected"
+        ) from None
     if size is not None and rgb.size != (size, size):
         w, h = rgb.size
         s = min(w, h)
@@ -88,8 +94,9 @@ def _image_files(d: Path) -> list[Path]:
     return sorted(f for f in d.rglob("*") if f.is_file() and not f.name.startswith("."))
 
 
-def read_image_folder(root: Path, store_size: int | None = None,
-                      classes: list[str] | None = None) -> Samples:
+def read_image_folder(
+    root: Path, store_size: int | None = None, classes: list[str] | None = None
+) -> Samples:
     """``root/<class>/*`` or ``root/train/<class>/*`` + ``root/val/<class>/*``.
 
     Images keep their size when all share one, else are centre-cropped and resized to
@@ -97,21 +104,30 @@ def read_image_folder(root: Path, store_size: int | None = None,
     root = Path(root)
     if not root.is_dir():
         raise TaskDataError(f"{root}: not a directory")
-    split_dirs = {d.name.lower(): d for d in _class_dirs(root) if d.name.lower() in ("train", "val")}
+    split_dirs = {
+        d.name.lower(): d for d in _class_dirs(root) if d.name.lower() in ("train", "val")
+    }
     if split_dirs and set(split_dirs) != {"train", "val"}:
         missing = {"train", "val"} - set(split_dirs)
-        raise TaskDataError(f"{root}: has a {next(iter(split_dirs))}/ folder but no "
-                            f"{missing.pop()}/ folder", hint="give both train/ and val/, or neither")
-    parts = [(split_dirs["train"], "train"), (split_dirs["val"], "val")] if split_dirs \
+        raise TaskDataError(
+            f"{root}: has a {next(iter(split_dirs))}/ folder but no {missing.pop()}/ folder",
+            hint="give both train/ and val/, or neither",
+        )
+    parts = (
+        [(split_dirs["train"], "train"), (split_dirs["val"], "val")]
+        if split_dirs
         else [(root, None)]
+    )
     files: list[tuple[Path, str, str | None]] = []
     for base, split in parts:
         for cdir in _class_dirs(base):
             for f in _image_files(cdir):
                 files.append((f, cdir.name, split))
     if not files:
-        raise TaskDataError(f"{root}: no images found",
-                            hint="put images in one sub-folder per class: ROOT/<class>/*.jpg")
+        raise TaskDataError(
+            f"{root}: no images found",
+            hint="put images in one sub-folder per class: ROOT/<class>/*.jpg",
+        )
     class_list = list(classes or [])
     for name in sorted({c for _, c, _ in files}):
         if name not in class_list:
@@ -134,26 +150,36 @@ def read_npz(path: Path) -> Samples:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
     except ValueError as e:
-        raise TaskDataError(f"{path}: refused ({e})",
-                            hint="object arrays are never unpickled; save plain numeric arrays") from None
+        raise TaskDataError(
+            f"{path}: refused ({e})",
+            hint="object arrays are never unpickled; save plain numeric arrays",
+        ) from None
     except (OSError, EOFError, KeyError) as e:
         raise TaskDataError(f"{path}: not a readable .npz file ({e})") from None
     for k in ("x", "y"):
         if k not in arrays:
-            raise TaskDataError(f"{path}: missing array {k!r}",
-                                hint=f"arrays found: {', '.join(arrays) or 'none'}")
+            raise TaskDataError(
+                f"{path}: missing array {k!r}", hint=f"arrays found: {', '.join(arrays) or 'none'}"
+            )
     x, y = arrays["x"], arrays["y"]
     if x.ndim == 3:
         x = x[..., None]
     if x.ndim != 4 or x.shape[-1] not in (1, 3):
-        raise TaskDataError(f"{path}: field 'x' has shape {x.shape}",
-                            hint="expected (N, H, W), (N, H, W, 1) or (N, H, W, 3)")
+        raise TaskDataError(
+            f"{path}: field 'x' has shape {x.shape}",
+            hint="expected (N, H, W), (N, H, W, 1) or (N, H, W, 3)",
+        )
     if y.ndim != 1 or len(y) != len(x):
-        raise TaskDataError(f"{path}: field 'y' has shape {y.shape} but 'x' has {len(x)} samples",
-                            hint="one integer label per image")
+        raise TaskDataError(
+            f"{path}: field 'y' has shape {y.shape} but 'x' has {len(x)} samples",
+            hint="one integer label per image",
+        )
     if not np.issubdtype(y.dtype, np.integer):
-        if np.issubdtype(y.dtype, np.floating) and np.all(np.isfinite(y)) and \
-                np.all(y == np.round(y)):
+        if (
+            np.issubdtype(y.dtype, np.floating)
+            and np.all(np.isfinite(y))
+            and np.all(y == np.round(y))
+        ):
             y = y.astype(np.int64)
         else:
             raise TaskDataError(f"{path}: field 'y' holds {y.dtype} values, not integer labels")
@@ -177,13 +203,20 @@ def read_npz(path: Path) -> Samples:
             splits = [str(v).lower() for v in s]
             bad = sorted(set(splits) - {"train", "val"})
             if bad:
-                raise TaskDataError(f"{path}: field 'split' has values {bad}",
-                                    hint="use 'train'/'val' or 0 (train)/1 (val)")
+                raise TaskDataError(
+                    f"{path}: field 'split' has values {bad}",
+                    hint="use 'train'/'val' or 0 (train)/1 (val)",
+                )
     if len(y) and y.min() < 0:
         raise TaskDataError(f"{path}: field 'y' has negative labels")
     n_cls = int(y.max()) + 1 if len(y) else 0
-    return Samples(np.ascontiguousarray(x), y.astype(np.int64), splits,
-                   [str(i) for i in range(n_cls)], [f"{path.name}[{i}]" for i in range(len(x))])
+    return Samples(
+        np.ascontiguousarray(x),
+        y.astype(np.int64),
+        splits,
+        [str(i) for i in range(n_cls)],
+        [f"{path.name}[{i}]" for i in range(len(x))],
+    )
 
 
 # ---- storing -------------------------------------------------------------------------------------
@@ -214,18 +247,32 @@ class TaskStore:
         if not any(r["split"] == "train" for r in rows):
             raise TaskDataError(f"task {name!r}: the train split is empty")
         if not val:
-            raise TaskDataError(f"task {name!r}: the validation split is empty",
-                                hint="add val/ images or raise --val-fraction")
+            raise TaskDataError(
+                f"task {name!r}: the validation split is empty",
+                hint="add val/ images or raise --val-fraction",
+            )
         if len(train) < 2:
-            raise TaskDataError(f"task {name!r}: only one class ({next(iter(train))}) in train",
-                                hint="ranking models needs at least two classes")
+            raise TaskDataError(
+                f"task {name!r}: only one class ({next(iter(train))}) in train",
+                hint="ranking models needs at least two classes",
+            )
         unseen = sorted({r["label"] for r in val} - train)
         if unseen:
-            raise TaskDataError(f"task {name!r}: validation labels {unseen[:10]} never occur in "
-                                "train", hint="every validation class needs training examples")
+            raise TaskDataError(
+                f"task {name!r}: validation labels {unseen[:10]} never occur in train",
+                hint="every validation class needs training examples",
+            )
 
-    def _rows(self, name: str, s: Samples, start_seq: int, taken: set[str], chunk: str,
-              val_fraction: float, seed: int) -> list[dict[str, Any]]:
+    def _rows(
+        self,
+        name: str,
+        s: Samples,
+        start_seq: int,
+        taken: set[str],
+        chunk: str,
+        val_fraction: float,
+        seed: int,
+    ) -> list[dict[str, Any]]:
         rows = []
         for i in range(len(s.images)):
             base = sample_hash(s.images[i])
@@ -235,9 +282,18 @@ class TaskStore:
                 sid = f"{base}-{k}"
             taken.add(sid)
             split = s.splits[i] if s.splits is not None else hash_split(sid, val_fraction, seed)
-            rows.append({"task": name, "sample_id": sid, "content_hash": base,
-                         "label": int(s.labels[i]), "split": split, "chunk": chunk,
-                         "offset": i, "seq": start_seq + i})
+            rows.append(
+                {
+                    "task": name,
+                    "sample_id": sid,
+                    "content_hash": base,
+                    "label": int(s.labels[i]),
+                    "split": split,
+                    "chunk": chunk,
+                    "offset": i,
+                    "seq": start_seq + i,
+                }
+            )
         return rows
 
     def _write_chunk(self, name: str, images: np.ndarray) -> str:
@@ -250,32 +306,51 @@ class TaskStore:
                 f.write(buf.getvalue())
         return chunk
 
-    def add(self, name: str, samples: Samples, *, kind: str, source: str,
-            val_fraction: float = 0.2, seed: int = 0, replace: bool = False) -> TaskRecord:
+    def add(
+        self,
+        name: str,
+        samples: Samples,
+        *,
+        kind: str,
+        source: str,
+        val_fraction: float = 0.2,
+        seed: int = 0,
+        replace: bool = False,
+    ) -> TaskRecord:
         """Register a new task (or replace one). Nothing is written if validation fails."""
         validate_name(name, "task name", queryable=True)
         if not 0 < val_fraction < 1:
             raise TaskDataError(f"--val-fraction must be between 0 and 1, got {val_fraction}")
         if self.registry.has_task(name) and not replace:
-            raise ShiftError(f"task {name!r} already exists",
-                             hint="use `shift tasks append` to add samples, or --replace")
+            raise ShiftError(
+                f"task {name!r} already exists",
+                hint="use `shift tasks append` to add samples, or --replace",
+            )
         rows = self._rows(name, samples, 0, set(), "", val_fraction, seed)
         self.check(name, rows)
         chunk = self._write_chunk(name, samples.images)
         for r in rows:
             r["chunk"] = chunk
         content, data = self.hashes(rows)
-        rec = TaskRecord(name=name, content_hash=content, data_hash=data, kind=kind,  # type: ignore[arg-type]
-                         source=source, num_samples=len(rows),
-                         num_train=sum(r["split"] == "train" for r in rows),
-                         num_val=sum(r["split"] == "val" for r in rows),
-                         num_classes=len({r["label"] for r in rows}), classes=samples.classes)
+        rec = TaskRecord(
+            name=name,
+            content_hash=content,
+            data_hash=data,
+            kind=kind,  # type: ignore[arg-type]
+            source=source,
+            num_samples=len(rows),
+            num_train=sum(r["split"] == "train" for r in rows),
+            num_val=sum(r["split"] == "val" for r in rows),
+            num_classes=len({r["label"] for r in rows}),
+            classes=samples.classes,
+        )
         self.registry.put_task(rec, rows, replace_samples=True)
         self._gc_chunks(name)
         return rec
 
-    def append(self, name: str, samples: Samples, *, val_fraction: float = 0.2,
-               seed: int = 0) -> tuple[TaskRecord, int]:
+    def append(
+        self, name: str, samples: Samples, *, val_fraction: float = 0.2, seed: int = 0
+    ) -> tuple[TaskRecord, int]:
         """Add samples to a task; returns the new record and how many samples were new."""
         old = self.registry.get_task(name)
         existing = self.registry.samples(name)
@@ -288,11 +363,17 @@ class TaskStore:
             r["chunk"] = chunk
         content, data = self.hashes(all_rows)
         classes = samples.classes if len(samples.classes) >= len(old.classes) else old.classes
-        rec = old.model_copy(update={
-            "content_hash": content, "data_hash": data, "num_samples": len(all_rows),
-            "num_train": sum(r["split"] == "train" for r in all_rows),
-            "num_val": sum(r["split"] == "val" for r in all_rows),
-            "num_classes": len({r["label"] for r in all_rows}), "classes": classes})
+        rec = old.model_copy(
+            update={
+                "content_hash": content,
+                "data_hash": data,
+                "num_samples": len(all_rows),
+                "num_train": sum(r["split"] == "train" for r in all_rows),
+                "num_val": sum(r["split"] == "val" for r in all_rows),
+                "num_classes": len({r["label"] for r in all_rows}),
+                "classes": classes,
+            }
+        )
         self.registry.put_task(rec, rows)
         return rec, len(rows)
 
@@ -302,8 +383,9 @@ class TaskStore:
         rows = self.registry.samples(name)
         labels = np.asarray(labels)
         if labels.ndim != 1 or len(labels) != len(rows):
-            raise TaskDataError(f"task {name!r} has {len(rows)} samples but {labels.shape} labels "
-                                "were given")
+            raise TaskDataError(
+                f"task {name!r} has {len(rows)} samples but {labels.shape} labels were given"
+            )
         if not np.issubdtype(labels.dtype, np.integer) or (len(labels) and labels.min() < 0):
             raise TaskDataError(f"task {name!r}: labels must be non-negative integers")
         new_rows = [{**r, "label": int(v)} for r, v in zip(rows, labels, strict=True)]
@@ -311,9 +393,14 @@ class TaskStore:
         content, data = self.hashes(new_rows)
         n_cls = int(labels.max()) + 1
         classes = old.classes if len(old.classes) >= n_cls else [str(i) for i in range(n_cls)]
-        rec = old.model_copy(update={"content_hash": content, "data_hash": data,
-                                     "num_classes": len(set(labels.tolist())),
-                                     "classes": classes})
+        rec = old.model_copy(
+            update={
+                "content_hash": content,
+                "data_hash": data,
+                "num_classes": len(set(labels.tolist())),
+                "classes": classes,
+            }
+        )
         self.registry.put_task(rec, new_rows)
         return rec
 
@@ -343,8 +430,10 @@ class TaskStore:
             if arr is None:
                 path = self.task_dir(name) / r["chunk"]
                 if not path.is_file():
-                    raise TaskDataError(f"task {name!r}: data file {path.name} is missing",
-                                        hint="re-add the task (`shift tasks add --replace`)")
+                    raise TaskDataError(
+                        f"task {name!r}: data file {path.name} is missing",
+                        hint="re-add the task (`shift tasks add --replace`)",
+                    )
                 arr = cache[r["chunk"]] = np.load(path, mmap_mode="r", allow_pickle=False)
             out.append(arr[r["offset"]])
         shapes = {o.shape for o in out}
@@ -352,8 +441,14 @@ class TaskStore:
             from PIL import Image
 
             h, w = out[0].shape[:2]
-            out = [o if o.shape[:2] == (h, w) else
-                   np.asarray(Image.fromarray(np.asarray(o).squeeze()).convert(
-                       "RGB" if out[0].shape[-1] == 3 else "L").resize((w, h), Image.BILINEAR)
-                   ).reshape(h, w, -1) for o in out]
+            out = [
+                o
+                if o.shape[:2] == (h, w)
+                else np.asarray(
+                    Image.fromarray(np.asarray(o).squeeze())
+                    .convert("RGB" if out[0].shape[-1] == 3 else "L")
+                    .resize((w, h), Image.BILINEAR)
+                ).reshape(h, w, -1)
+                for o in out
+            ]
         return np.stack(out)

@@ -40,7 +40,11 @@ class TinyCNN(nn.Module):
 
 
 def tiny_torch_model(
-    *, seed: int, dim: int = 16, classes: int | None = 10, nan: bool = False,
+    *,
+    seed: int,
+    dim: int = 16,
+    classes: int | None = 10,
+    nan: bool = False,
     spatial_output: bool = False,
 ) -> TinyCNN:
     """The seeded torch module ``build_tiny_cnn`` exports (same seed -> same weights)."""

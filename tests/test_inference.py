@@ -413,3 +413,24 @@ def test_make_executor_kinds() -> None:
     assert isinstance(make_executor(), RayExecutor)
     with pytest.raises(ShiftError, match="unknown executor"):
         make_executor("dask")
+
+
+@pytest.mark.ray
+def test_ray_runtime_is_local_and_loopback_only(ray_runtime: None) -> None:
+    import ray
+
+    from shift.engine.ray_runtime import ensure_ray, ray_resources
+
+    ensure_ray()  # idempotent
+    assert "node:127.0.0.1" in ray.cluster_resources()
+    assert ray_resources() == {"CPU": 2.0, "GPU": 0.0}
+
+
+def test_executor_data_errors_propagate(
+    executor: InProcessExecutor | RayExecutor, tiny_models: dict[str, ModelRecord]
+) -> None:
+    bad = [("b0", np.zeros((2, 32, 32, 3), np.float32))]  # not uint8: a data bug, not a model's
+    failures: list[JobFailure] = []
+    with pytest.raises(ValueError, match="uint8"):
+        executor.run([job(tiny_models["tiny-a"], bad)], print, failures.append, progress=False)
+    assert failures == []

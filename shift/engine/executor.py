@@ -337,13 +337,13 @@ class RayExecutor:
         def new_actor() -> Any:
             return actor_cls.remote(plan.device, plan.intra_op_threads)
 
-        actors = [new_actor() for _ in range(plan.num_actors)]
         store = float(ray.cluster_resources().get("object_store_memory", 100 * 2**20))
         byte_budget = max(16 * 2**20, int(store // 2))
         record_json = [job.record.model_dump_json() for job in jobs]
 
+        actors: list[Any] = []
         failed: set[int] = set()
-        load = [0] * len(actors)
+        load = [0] * plan.num_actors
         # ref -> (job index, batch id, actor index, actor handle, bytes)
         inflight: dict[Any, tuple[int, str, int, Any, int]] = {}
         inflight_bytes = 0
@@ -359,6 +359,7 @@ class RayExecutor:
 
         with _ProgressView(jobs, progress) as view:
             try:
+                actors.extend(new_actor() for _ in range(plan.num_actors))
                 while True:
                     # fill free slots (per-actor and byte backpressure)
                     while not exhausted:

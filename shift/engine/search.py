@@ -66,9 +66,14 @@ def proxy_params_key(params: dict[str, Any]) -> str:
 class Engine:
     """Indexes tasks and scores models. ``executor``: "ray" (default), "inprocess" or "auto"."""
 
-    def __init__(self, registry: Registry, executor: str = "auto",
-                 ray_address: str | None = None, progress: bool = False,
-                 batch_size: int = DEFAULT_BATCH) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        executor: str = "auto",
+        ray_address: str | None = None,
+        progress: bool = False,
+        batch_size: int = DEFAULT_BATCH,
+    ) -> None:
         self.registry = registry
         self.tasks = TaskStore(registry)
         self.executor_kind = executor
@@ -90,8 +95,9 @@ class Engine:
         self._executor = None
 
     # ---- planning ---------------------------------------------------------------------------
-    def _plan(self, task: TaskRecord, models: list[ModelRecord],
-              rows: list[dict[str, Any]]) -> list[_Work]:
+    def _plan(
+        self, task: TaskRecord, models: list[ModelRecord], rows: list[dict[str, Any]]
+    ) -> list[_Work]:
         from shift.index_store import IndexCorruptError, IndexKey, IndexStore
 
         ids = [r["sample_id"] for r in rows]
@@ -111,8 +117,12 @@ class Engine:
                 same = np.array_equal(np.asarray(idx.labels), [labels[s] for s in idx.sample_ids])
                 work.append(_Work(m, store, key, "ready" if same else "relabel", index=idx))
                 continue
-            if (meta is not None and meta.complete and meta.key.model_sha == key.model_sha
-                    and meta.key.preprocess == key.preprocess):
+            if (
+                meta is not None
+                and meta.complete
+                and meta.key.model_sha == key.model_sha
+                and meta.key.preprocess == key.preprocess
+            ):
                 try:
                     old = store.open(meta.key)
                 except IndexCorruptError:
@@ -133,35 +143,49 @@ class Engine:
         from shift.proxies import get_proxy
 
         spec = get_proxy(proxy)
-        cached = self.registry.get_scores(rec.content_hash, proxy, proxy_params_key(spec.params),
-                                          [m.sha256 for m in models])
+        cached = self.registry.get_scores(
+            rec.content_hash, proxy, proxy_params_key(spec.params), [m.sha256 for m in models]
+        )
         to_embed = [w for w in work if w.mode in ("full", "append")]
         images = sum(len(w.sample_ids) for w in to_embed)
-        secs = sum(len(w.sample_ids) * SECONDS_PER_IMAGE_PER_MPARAM_224 * w.model.params / 1e6
-                   * (w.model.input.height * w.model.input.width) / 224**2 for w in to_embed)
+        secs = sum(
+            len(w.sample_ids)
+            * SECONDS_PER_IMAGE_PER_MPARAM_224
+            * w.model.params
+            / 1e6
+            * (w.model.input.height * w.model.input.width)
+            / 224**2
+            for w in to_embed
+        )
         n_cached = sum(1 for m in models if m.sha256 in cached)
         return {
             "task": task,
             "samples": len(rows),
             "to_embed": len(to_embed),
             "indexed": sum(1 for w in work if w.mode in ("ready", "relabel")),
-            "per_model": {w.model.name: {"index": w.mode, "embed": len(w.sample_ids),
-                                         "score_cached": w.model.sha256 in cached}
-                          for w in work},
+            "per_model": {
+                w.model.name: {
+                    "index": w.mode,
+                    "embed": len(w.sample_ids),
+                    "score_cached": w.model.sha256 in cached,
+                }
+                for w in work
+            },
             "embed_summary": f"{sum(w.mode in ('ready', 'relabel') for w in work)} indexed, "
-                             f"{len(to_embed)} to embed ({images:,} images)",
+            f"{len(to_embed)} to embed ({images:,} images)",
             "to_score": len(models) - n_cached,
             "score_summary": f"{n_cached} cached, {len(models) - n_cached} to compute",
             "images_to_embed": images,
             "estimate": f"{images:,} images through {len(to_embed)} models, "
-                        f"~{secs:.0f} s on one CPU core",
+            f"~{secs:.0f} s on one CPU core",
         }
 
     # ---- indexing ---------------------------------------------------------------------------
-    def _batches(self, task: str, rows_by_id: dict[str, dict[str, Any]], ids: list[str],
-                 skip: set[str]) -> Iterator[tuple[str, np.ndarray]]:
+    def _batches(
+        self, task: str, rows_by_id: dict[str, dict[str, Any]], ids: list[str], skip: set[str]
+    ) -> Iterator[tuple[str, np.ndarray]]:
         for i in range(0, len(ids), self.batch_size):
-            part = ids[i:i + self.batch_size]
+            part = ids[i : i + self.batch_size]
             bid = _batch_id(i // self.batch_size, part)
             if bid in skip:
                 continue
@@ -197,17 +221,26 @@ class Engine:
                 else:
                     pending[name] = {"w": w, "emb": {}, "logits": {}}
                 n_batches = -(-len(w.sample_ids) // self.batch_size)
-                jobs.append(EmbedJob(name, str(self.registry.model_file(w.model)), w.model,
-                                     self._batches(task, rows_by_id, w.sample_ids, skip),
-                                     total_batches=n_batches - len(skip)))
+                jobs.append(
+                    EmbedJob(
+                        name,
+                        str(self.registry.model_file(w.model)),
+                        w.model,
+                        self._batches(task, rows_by_id, w.sample_ids, skip),
+                        total_batches=n_batches - len(skip),
+                    )
+                )
                 pending.setdefault(name, {"w": w})
                 report.embedded[name] = len(w.sample_ids)
         batch_ids: dict[str, dict[str, list[str]]] = {}
         for job_name in pending:
             ids = pending[job_name]["w"].sample_ids
             batch_ids[job_name] = {
-                _batch_id(i // self.batch_size, ids[i:i + self.batch_size]):
-                    ids[i:i + self.batch_size] for i in range(0, len(ids), self.batch_size)}
+                _batch_id(i // self.batch_size, ids[i : i + self.batch_size]): ids[
+                    i : i + self.batch_size
+                ]
+                for i in range(0, len(ids), self.batch_size)
+            }
 
         def on_result(r: Any) -> None:
             ids = batch_ids[r.model_name][r.batch_id]
@@ -234,19 +267,38 @@ class Engine:
             else:
                 bids = list(batch_ids[name])
                 emb = np.concatenate([p["emb"][b] for b in bids]) if bids else None
-                lg = (np.concatenate([p["logits"][b] for b in bids])
-                      if bids and w.model.head_output else None)
+                lg = (
+                    np.concatenate([p["logits"][b] for b in bids])
+                    if bids and w.model.head_output
+                    else None
+                )
                 if emb is None:  # nothing new, only the hash changed (e.g. samples reordered)
                     idx = w.store.relabel(w.old, w.key, labels)
                 else:
-                    idx = w.store.append(w.old, w.sample_ids, emb, lg, labels, key=w.key,
-                                         providers=report.providers.get(name, []))
+                    idx = w.store.append(
+                        w.old,
+                        w.sample_ids,
+                        emb,
+                        lg,
+                        labels,
+                        key=w.key,
+                        providers=report.providers.get(name, []),
+                    )
             out[name] = idx
-            self.registry.put_index_entry({
-                "task": task, "model": name, "key_digest": w.key.digest(),
-                "task_hash": rec.data_hash, "model_sha": w.model.sha256,
-                "preprocess": w.key.preprocess, "path": str(w.store.root), "count": len(idx),
-                "dim": w.model.dim, "providers": json.dumps(report.providers.get(name, []))})
+            self.registry.put_index_entry(
+                {
+                    "task": task,
+                    "model": name,
+                    "key_digest": w.key.digest(),
+                    "task_hash": rec.data_hash,
+                    "model_sha": w.model.sha256,
+                    "preprocess": w.key.preprocess,
+                    "path": str(w.store.root),
+                    "count": len(idx),
+                    "dim": w.model.dim,
+                    "providers": json.dumps(report.providers.get(name, [])),
+                }
+            )
         report.seconds = time.perf_counter() - t0
         self.last_report = report
         return out
@@ -259,19 +311,21 @@ class Engine:
         spec = get_proxy(proxy)
         rec = self.registry.get_task(task)
         pkey = proxy_params_key(spec.params)
-        cached = self.registry.get_scores(rec.content_hash, proxy, pkey,
-                                          [m.sha256 for m in models])
-        result: dict[str, float | None] = {m.name: cached[m.sha256]["score"]
-                                           for m in models if m.sha256 in cached}
+        cached = self.registry.get_scores(rec.content_hash, proxy, pkey, [m.sha256 for m in models])
+        result: dict[str, float | None] = {
+            m.name: cached[m.sha256]["score"] for m in models if m.sha256 in cached
+        }
         missing = [m for m in models if m.sha256 not in cached]
         if not missing:
             return result
         if spec.needs_logits:
             no_head = [m.name for m in missing if not m.head_output]
             if no_head:
-                raise ShiftError(f"{proxy} needs a source-classifier head; these models have "
-                                 f"none: {', '.join(no_head)}",
-                                 hint="filter with has_head = true")
+                raise ShiftError(
+                    f"{proxy} needs a source-classifier head; these models have "
+                    f"none: {', '.join(no_head)}",
+                    hint="filter with has_head = true",
+                )
         indexes = self.index(task, missing)
         rows = self.registry.samples(task)
         train = [r["sample_id"] for r in rows if r["split"] == "train"]
@@ -288,10 +342,21 @@ class Engine:
             problems.append((np.asarray(xtr), ytr, np.asarray(xva), yva))
         values = spec.score_many(problems) if problems else []
         secs = (time.perf_counter() - t0) / max(1, len(problems))
-        self.registry.put_scores([
-            {"task_hash": rec.content_hash, "model_sha": m.sha256, "proxy": proxy,
-             "params": pkey, "score": float(v), "n_train": len(train), "n_val": len(val),
-             "seconds": secs} for m, v in zip(scored, values, strict=True)])
+        self.registry.put_scores(
+            [
+                {
+                    "task_hash": rec.content_hash,
+                    "model_sha": m.sha256,
+                    "proxy": proxy,
+                    "params": pkey,
+                    "score": float(v),
+                    "n_train": len(train),
+                    "n_val": len(val),
+                    "seconds": secs,
+                }
+                for m, v in zip(scored, values, strict=True)
+            ]
+        )
         result.update({m.name: float(v) for m, v in zip(scored, values, strict=True)})
         for m in missing:
             result.setdefault(m.name, None)

@@ -4,7 +4,6 @@ positions (``Span``) are carried for error messages and ignored by equality."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Union
 
 
 @dataclass(frozen=True)
@@ -17,7 +16,7 @@ class Span:
 
 
 NOWHERE = Span()
-Scalar = Union[int, float, str, bool]
+Scalar = int | float | str | bool
 
 
 def _pos() -> Span:
@@ -85,13 +84,13 @@ class Or:
     pos: Span = _pos()
 
 
-Predicate = Union[Compare, InList, Like, IsNull]
-Expr = Union[Predicate, Not, And, Or]
+Predicate = Compare | InList | Like | IsNull
+Expr = Predicate | Not | And | Or
 
 
 @dataclass(frozen=True)
 class Ranker:
-    """``RANK BY name`` or ``RANK BY name(arg, ...)``, e.g. ``agnostic``, ``knn``, ``hybrid(linear)``."""
+    """``RANK BY name`` or ``RANK BY name(arg, ...)``: ``agnostic``, ``knn``, ``hybrid(linear)``."""
 
     name: str
     args: tuple[Scalar, ...] = ()
@@ -110,7 +109,8 @@ class OrderBy:
 
 @dataclass(frozen=True)
 class Select:
-    """``[EXPLAIN] SELECT (top N | *) FROM (pool P | models) [WHERE e] [RANK BY r] [ORDER BY c] [LIMIT n]``.
+    """``[EXPLAIN] SELECT (top N | *) FROM (pool P | models) [WHERE e] [RANK BY r]
+    [ORDER BY c] [LIMIT n]``.
 
     ``top`` is the budget B (None for ``*``); ``pool`` is ``"all"`` for ``FROM models``.
     """

@@ -1,7 +1,7 @@
 """A fluent builder producing the same AST as the text form::
 
-    c.select(2).pool("resnet50").where(task="flowers").rank("hybrid", "linear")
-    ==  SELECT top 2 FROM pool resnet50 WHERE task=flowers RANK BY hybrid(linear)
+c.select(2).pool("resnet50").where(task="flowers").rank("hybrid", "linear")
+==  SELECT top 2 FROM pool resnet50 WHERE task=flowers RANK BY hybrid(linear)
 """
 
 from __future__ import annotations

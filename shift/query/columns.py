@@ -24,7 +24,9 @@ COLUMNS: dict[str, Column] = {
         Column("params", "int", "m.params", "number of parameters (30M = 30,000,000)"),
         Column("dim", "int", "m.dim", "embedding dimension"),
         Column("input_size", "int", "m.input_height", "input height in pixels"),
-        Column("upstream_dataset", "text", "m.upstream_dataset", "dataset the model was trained on"),
+        Column(
+            "upstream_dataset", "text", "m.upstream_dataset", "dataset the model was trained on"
+        ),
         Column("upstream_size", "int", "m.upstream_size", "number of upstream training samples"),
         Column("imagenet_top1", "real", "m.imagenet_top1", "ImageNet top-1 accuracy, percent"),
         Column("has_head", "bool", "(m.head_output IS NOT NULL)", "has a source-classifier head"),

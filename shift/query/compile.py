@@ -15,8 +15,9 @@ _OPS = {"=", "!=", "<", "<=", ">", ">="}
 
 
 def _error(text: str, span: ast.Span, msg: str, hint: str | None) -> QueryError:
-    return QueryError(msg, text=text, line=span.line, column=span.column, length=span.length,
-                      hint=hint)
+    return QueryError(
+        msg, text=text, line=span.line, column=span.column, length=span.length, hint=hint
+    )
 
 
 def column(name: str, span: ast.Span, text: str) -> Column:
@@ -25,8 +26,11 @@ def column(name: str, span: ast.Span, text: str) -> Column:
     if col is not None:
         return col
     close = difflib.get_close_matches(name, [*COLUMNS, TASK_COLUMN], n=1)
-    hint = (f"did you mean {close[0]!r}? " if close else "") + "valid columns: " + ", ".join(
-        [*COLUMNS, TASK_COLUMN])
+    hint = (
+        (f"did you mean {close[0]!r}? " if close else "")
+        + "valid columns: "
+        + ", ".join([*COLUMNS, TASK_COLUMN])
+    )
     return _raise(_error(text, span, f"unknown column {name!r}", hint))
 
 
@@ -38,13 +42,25 @@ def _value(col: Column, lit: ast.Literal, text: str) -> Any:
     v = lit.value
     if col.type in ("int", "real"):
         if isinstance(v, bool) or not isinstance(v, int | float):
-            _raise(_error(text, lit.pos, f"{col.name} is a number, got {v!r}",
-                          f"compare {col.name} with a number, e.g. {col.name} < 30M"))
+            _raise(
+                _error(
+                    text,
+                    lit.pos,
+                    f"{col.name} is a number, got {v!r}",
+                    f"compare {col.name} with a number, e.g. {col.name} < 30M",
+                )
+            )
         return v
     if col.type == "bool":
         if not isinstance(v, bool):
-            _raise(_error(text, lit.pos, f"{col.name} is true or false, got {v!r}",
-                          f"write {col.name} = true"))
+            _raise(
+                _error(
+                    text,
+                    lit.pos,
+                    f"{col.name} is true or false, got {v!r}",
+                    f"write {col.name} = true",
+                )
+            )
         return int(v)
     if isinstance(v, bool):
         return "true" if v else "false"
@@ -63,17 +79,29 @@ def compile_condition(expr: ast.Expr, text: str) -> tuple[str, list[Any]]:
         if isinstance(node, ast.Not):
             return f"(NOT {walk(node.expr)})"
         if node.column == TASK_COLUMN:
-            _raise(_error(text, node.column_pos, "task can only be chosen as task = NAME joined "
-                          "to the rest of the condition with AND",
-                          "e.g. WHERE task=flowers AND params < 30M"))
+            _raise(
+                _error(
+                    text,
+                    node.column_pos,
+                    "task can only be chosen as task = NAME joined "
+                    "to the rest of the condition with AND",
+                    "e.g. WHERE task=flowers AND params < 30M",
+                )
+            )
         col = column(node.column, node.column_pos, text)
         if isinstance(node, ast.Compare):
             if node.op not in _OPS:  # pragma: no cover - grammar guarantees it
                 _raise(_error(text, node.pos, f"unknown operator {node.op}", None))
             if col.type == "tags":
                 if node.op not in ("=", "!="):
-                    _raise(_error(text, node.pos, "tag supports only = and != and IN",
-                                  "e.g. tag = 'expert'"))
+                    _raise(
+                        _error(
+                            text,
+                            node.pos,
+                            "tag supports only = and != and IN",
+                            "e.g. tag = 'expert'",
+                        )
+                    )
                 params.append(_value(col, node.value, text))
                 neg = "NOT " if node.op == "!=" else ""
                 return f"({neg}EXISTS (SELECT 1 FROM json_each(m.tags) WHERE value = ?))"
@@ -89,8 +117,14 @@ def compile_condition(expr: ast.Expr, text: str) -> tuple[str, list[Any]]:
             return f"({col.sql} {neg}IN ({marks}))"
         if isinstance(node, ast.Like):
             if col.type not in ("text", "tags"):
-                _raise(_error(text, node.pos, f"LIKE needs a text column; {col.name} is "
-                              f"{col.type}", "use = < > for numbers"))
+                _raise(
+                    _error(
+                        text,
+                        node.pos,
+                        f"LIKE needs a text column; {col.name} is {col.type}",
+                        "use = < > for numbers",
+                    )
+                )
             params.append(_value(col, node.pattern, text))
             neg = "NOT " if node.negated else ""
             if col.type == "tags":

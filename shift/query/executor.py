@@ -56,10 +56,20 @@ def explain(plan: Plan, registry: Registry, engine: ScoreSource | None) -> Resul
         part = plan.filters[: i + 1]
         sql = " AND ".join(x.sql for x in part)
         params = [p for x in part for p in x.params]
-        steps.append({"step": "filter", "detail": plan.filters[i].label,
-                      "models": registry.count_models(sql, params)})
-    info: dict[str, Any] = {"pool": plan.pool, "ranker": plan.ranker, "budget": plan.budget,
-                            "task": plan.task, "steps": steps}
+        steps.append(
+            {
+                "step": "filter",
+                "detail": plan.filters[i].label,
+                "models": registry.count_models(sql, params),
+            }
+        )
+    info: dict[str, Any] = {
+        "pool": plan.pool,
+        "ranker": plan.ranker,
+        "budget": plan.budget,
+        "task": plan.task,
+        "steps": steps,
+    }
     if plan.task and plan.proxy:
         where, params = plan.where_sql
         models = registry.models(where, params)
@@ -69,17 +79,32 @@ def explain(plan: Plan, registry: Registry, engine: ScoreSource | None) -> Resul
             engine = Engine(registry)
         status = engine.status(plan.task, models, plan.proxy)
         info["work"] = status
-        steps.append({"step": "embed", "detail": status["embed_summary"],
-                      "models": status["to_embed"]})
-        steps.append({"step": f"score {plan.proxy}", "detail": status["score_summary"],
-                      "models": status["to_score"]})
-    steps.append({"step": "rank", "detail": plan.ranker
-                  + (f", keep {plan.budget}" if plan.budget else ""), "models": None})
+        steps.append(
+            {"step": "embed", "detail": status["embed_summary"], "models": status["to_embed"]}
+        )
+        steps.append(
+            {
+                "step": f"score {plan.proxy}",
+                "detail": status["score_summary"],
+                "models": status["to_score"],
+            }
+        )
+    steps.append(
+        {
+            "step": "rank",
+            "detail": plan.ranker + (f", keep {plan.budget}" if plan.budget else ""),
+            "models": None,
+        }
+    )
     return Result(query=plan.text, columns=["step", "detail", "models"], rows=steps, plan=info)
 
 
-def execute(plan: Plan, registry: Registry, engine: ScoreSource | None = None,
-            timings: Timings | None = None) -> Result:
+def execute(
+    plan: Plan,
+    registry: Registry,
+    engine: ScoreSource | None = None,
+    timings: Timings | None = None,
+) -> Result:
     timings = timings or Timings()
     t0 = time.perf_counter()
     if plan.select.explain:
@@ -87,16 +112,26 @@ def execute(plan: Plan, registry: Registry, engine: ScoreSource | None = None,
         res.timings = timings
         return res
     where, params = plan.where_sql
-    plan_info = {"pool": plan.pool, "ranker": plan.ranker, "budget": plan.budget,
-                 "task": plan.task, "filters": [f.label for f in plan.filters]}
+    plan_info = {
+        "pool": plan.pool,
+        "ranker": plan.ranker,
+        "budget": plan.budget,
+        "task": plan.task,
+        "filters": [f.label for f in plan.filters],
+    }
     if plan.strategy == "order":
         models = registry.models(where, params, order=_sort_sql(plan))
         if plan.budget is not None:
             models = models[: plan.budget]
         rows = [{"rank": i + 1, **_row(m)} for i, m in enumerate(models)]
         timings.total_ms += (time.perf_counter() - t0) * 1000
-        return Result(query=plan.text, columns=["rank", *DISPLAY_COLUMNS], rows=rows,
-                      plan=plan_info, timings=timings)
+        return Result(
+            query=plan.text,
+            columns=["rank", *DISPLAY_COLUMNS],
+            rows=rows,
+            plan=plan_info,
+            timings=timings,
+        )
 
     models = registry.models(where, params)
     scores: dict[str, float | None] = {}
@@ -118,6 +153,11 @@ def execute(plan: Plan, registry: Registry, engine: ScoreSource | None = None,
         rows.append(row)
     cols = ["rank", *DISPLAY_COLUMNS, "agnostic_rank"] + (["score"] if plan.task else []) + ["why"]
     timings.total_ms += (time.perf_counter() - t0) * 1000
-    return Result(query=plan.text, columns=cols, rows=rows,
-                  scores={p.model.name: p.score for p in picks} if plan.task else {},
-                  plan=plan_info, timings=timings)
+    return Result(
+        query=plan.text,
+        columns=cols,
+        rows=rows,
+        scores={p.model.name: p.score for p in picks} if plan.task else {},
+        plan=plan_info,
+        timings=timings,
+    )

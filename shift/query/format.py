@@ -8,8 +8,28 @@ from shift.query import ast
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
 KEYWORDS = {
-    "explain", "select", "from", "top", "pool", "models", "where", "and", "or", "not", "in",
-    "like", "is", "null", "true", "false", "rank", "by", "order", "asc", "desc", "limit",
+    "explain",
+    "select",
+    "from",
+    "top",
+    "pool",
+    "models",
+    "where",
+    "and",
+    "or",
+    "not",
+    "in",
+    "like",
+    "is",
+    "null",
+    "true",
+    "false",
+    "rank",
+    "by",
+    "order",
+    "asc",
+    "desc",
+    "limit",
 }
 
 
@@ -63,8 +83,12 @@ def to_text(q: ast.Select) -> str:
     if q.where is not None:
         parts.append("WHERE " + expr_text(q.where))
     if q.rank is not None:
-        args = ", ".join(a if isinstance(a, str) and _IDENT.match(a) and a == a.lower()
-                         and a not in KEYWORDS else literal(a) for a in q.rank.args)
+        args = ", ".join(
+            a
+            if isinstance(a, str) and _IDENT.match(a) and a == a.lower() and a not in KEYWORDS
+            else literal(a)
+            for a in q.rank.args
+        )
         parts.append(f"RANK BY {ident(q.rank.name)}" + (f"({args})" if q.rank.args else ""))
     if q.order is not None:
         parts.append(f"ORDER BY {ident(q.order.column)} {'DESC' if q.order.descending else 'ASC'}")

@@ -124,8 +124,11 @@ def _build_transformer() -> Any:
             try:
                 return ast.Literal(parse_number(str(tok)), _span(tok))
             except (ValueError, ArithmeticError):
-                raise _PositionedError(f"number {tok} is out of range", _span(tok),
-                                       "numbers must be finite and at most 1.8e308") from None
+                raise _PositionedError(
+                    f"number {tok} is out of range",
+                    _span(tok),
+                    "numbers must be finite and at most 1.8e308",
+                ) from None
         if kind == "STRING":
             return ast.Literal(_unquote(str(tok)), _span(tok))
         if kind in ("TRUE", "FALSE"):
@@ -239,7 +242,9 @@ def _transformer() -> Any:
 
 def _expected_hint(expected: set[str] | frozenset[str]) -> str:
     words = sorted({_READABLE.get(e, e) for e in expected})
-    return "expected " + (", ".join(words[:-1]) + " or " + words[-1] if len(words) > 1 else words[0])
+    return "expected " + (
+        ", ".join(words[:-1]) + " or " + words[-1] if len(words) > 1 else words[0]
+    )
 
 
 def _check_limits(text: str) -> None:
@@ -297,7 +302,11 @@ def parse(text: str) -> ast.Select:
             line, col = tok.line or 1, tok.column or 1
             msg = f"unexpected {str(tok)!r}"
         raise QueryError(
-            msg, text=text, line=line, column=col, length=len(str(tok)) or 1,
+            msg,
+            text=text,
+            line=line,
+            column=col,
+            length=len(str(tok)) or 1,
             hint=_hint_for(e.expected, text),
         ) from None
     except UnexpectedCharacters as e:
@@ -311,13 +320,19 @@ def parse(text: str) -> ast.Select:
     except UnexpectedEOF as e:
         lines = text.splitlines() or [""]
         raise QueryError(
-            "unexpected end of query", text=text, line=len(lines), column=len(lines[-1]) + 1,
+            "unexpected end of query",
+            text=text,
+            line=len(lines),
+            column=len(lines[-1]) + 1,
             hint=_hint_for(set(e.expected), text),
         ) from None
     except UnexpectedInput as e:  # pragma: no cover - other lark input errors
         raise QueryError(
-            "malformed query", text=text, line=getattr(e, "line", 1) or 1,
-            column=getattr(e, "column", 1) or 1, hint=SYNTAX,
+            "malformed query",
+            text=text,
+            line=getattr(e, "line", 1) or 1,
+            column=getattr(e, "column", 1) or 1,
+            hint=SYNTAX,
         ) from None
     try:
         return _transformer().transform(tree)
@@ -325,12 +340,21 @@ def parse(text: str) -> ast.Select:
         orig = e.orig_exc
         if isinstance(orig, _PositionedError):
             sp = orig.span
-            raise QueryError(orig.message, text=text, line=sp.line, column=sp.column,
-                             length=sp.length, hint=orig.hint) from None
-        raise QueryError(f"malformed query: {orig}", text=text, line=1, column=1,
-                         hint=SYNTAX) from None
+            raise QueryError(
+                orig.message,
+                text=text,
+                line=sp.line,
+                column=sp.column,
+                length=sp.length,
+                hint=orig.hint,
+            ) from None
+        raise QueryError(
+            f"malformed query: {orig}", text=text, line=1, column=1, hint=SYNTAX
+        ) from None
     except (RecursionError, ValueError, OverflowError) as e:
-        raise QueryError(f"malformed query: {e}", text=text, line=1, column=1, hint=SYNTAX) from None
+        raise QueryError(
+            f"malformed query: {e}", text=text, line=1, column=1, hint=SYNTAX
+        ) from None
 
 
 def _hint_for(expected: Any, text: str) -> str:
@@ -357,13 +381,20 @@ def parse_condition(text: str) -> ast.Expr:
     except QueryError as e:
         col = e.column - len(prefix) if e.line == 1 else e.column
         raise QueryError(
-            e.message, text=stripped, line=e.line, column=max(1, col), length=e.length,
+            e.message,
+            text=stripped,
+            line=e.line,
+            column=max(1, col),
+            length=e.length,
             hint=e.hint,
         ) from None
     if sel.rank or sel.order or sel.limit is not None or sel.where is None:
         raise QueryError(
-            "a condition cannot contain RANK BY, ORDER BY or LIMIT", text=stripped, line=1,
-            column=1, hint="write only the condition, e.g. params < 30M AND dim <= 2048",
+            "a condition cannot contain RANK BY, ORDER BY or LIMIT",
+            text=stripped,
+            line=1,
+            column=1,
+            hint="write only the condition, e.g. params < 30M AND dim <= 2048",
         )
     return _shift_positions(sel.where, len(prefix))
 

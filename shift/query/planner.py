@@ -46,7 +46,9 @@ class Plan:
     def where_sql(self) -> tuple[str, list[Any]]:
         if not self.filters:
             return "", []
-        return " AND ".join(f.sql for f in self.filters), [p for f in self.filters for p in f.params]
+        return " AND ".join(f.sql for f in self.filters), [
+            p for f in self.filters for p in f.params
+        ]
 
     @property
     def ranker(self) -> str:
@@ -61,8 +63,9 @@ class Plan:
 
 
 def _err(text: str, span: ast.Span, msg: str, hint: str | None = None) -> QueryError:
-    return QueryError(msg, text=text, line=span.line, column=span.column, length=span.length,
-                      hint=hint)
+    return QueryError(
+        msg, text=text, line=span.line, column=span.column, length=span.length, hint=hint
+    )
 
 
 def _near(word: str, options: list[str]) -> str:
@@ -80,8 +83,12 @@ def check_condition(condition: str) -> str:
     expr = parse_condition(text)
     for term in ast.conjuncts(expr):
         if getattr(term, "column", None) == TASK_COLUMN:
-            raise _err(text, term.column_pos, "a pool cannot name a task",
-                       "pools filter models; give the task in the query")
+            raise _err(
+                text,
+                term.column_pos,
+                "a pool cannot name a task",
+                "pools filter models; give the task in the query",
+            )
     compile_condition(expr, text)
     return text
 
@@ -104,13 +111,21 @@ def _resolve_ranker(text: str, r: ast.Ranker, has_task: bool) -> tuple[str, str 
     else:
         proxy, kind, args = r.name, "proxy", r.args
     if proxy not in PROXIES:
-        raise _err(text, r.pos, f"unknown proxy {proxy!r}",
-                   _near(proxy, proxies) + f"valid rankers: {valid}")
+        raise _err(
+            text,
+            r.pos,
+            f"unknown proxy {proxy!r}",
+            _near(proxy, proxies) + f"valid rankers: {valid}",
+        )
     if args:
         raise _err(text, r.pos, f"{proxy} takes no arguments", f"write RANK BY {proxy}")
     if not has_task:
-        raise _err(text, r.pos, f"RANK BY {r} scores models on a task, but the query names none",
-                   "add WHERE task=NAME (see `shift tasks list`)")
+        raise _err(
+            text,
+            r.pos,
+            f"RANK BY {r} scores models on a task, but the query names none",
+            "add WHERE task=NAME (see `shift tasks list`)",
+        )
     return kind, proxy, args
 
 
@@ -119,13 +134,21 @@ def plan(select: ast.Select, text: str, registry: Registry) -> Plan:
     pool = registry.get_pool(select.pool)
     if pool is None:
         names = [p.name for p in registry.pools()]
-        raise _err(text, select.pool_pos, f"unknown pool {select.pool!r}",
-                   _near(select.pool, names) + "pools: " + ", ".join(names))
+        raise _err(
+            text,
+            select.pool_pos,
+            f"unknown pool {select.pool!r}",
+            _near(select.pool, names) + "pools: " + ", ".join(names),
+        )
     if select.top is not None and select.top < 1:
         raise _err(text, select.top_pos, "top needs a budget of at least 1", "e.g. SELECT top 2")
     if select.top is not None and select.limit is not None:
-        raise _err(text, select.limit_pos, "LIMIT and top both cap the result",
-                   "use SELECT top N, or SELECT * ... LIMIT N")
+        raise _err(
+            text,
+            select.limit_pos,
+            "LIMIT and top both cap the result",
+            "use SELECT top N, or SELECT * ... LIMIT N",
+        )
 
     p = Plan(text=text, select=select, pool=pool.name)
     if pool.filter:
@@ -135,14 +158,18 @@ def plan(select: ast.Select, text: str, registry: Registry) -> Plan:
 
     task_term: ast.Compare | None = None
     for term in ast.conjuncts(select.where):
-        if isinstance(term, ast.Compare | ast.InList | ast.Like | ast.IsNull) and \
-                term.column == TASK_COLUMN:
+        if (
+            isinstance(term, ast.Compare | ast.InList | ast.Like | ast.IsNull)
+            and term.column == TASK_COLUMN
+        ):
             if not isinstance(term, ast.Compare) or term.op != "=":
-                raise _err(text, term.pos, "task is chosen with task = NAME",
-                           "e.g. WHERE task=flowers")
+                raise _err(
+                    text, term.pos, "task is chosen with task = NAME", "e.g. WHERE task=flowers"
+                )
             if task_term is not None:
-                raise _err(text, term.pos, "a query ranks for one task",
-                           "remove the second task = ...")
+                raise _err(
+                    text, term.pos, "a query ranks for one task", "remove the second task = ..."
+                )
             task_term = term
             continue
         sql, params = compile_condition(term, text)
@@ -152,9 +179,17 @@ def plan(select: ast.Select, text: str, registry: Registry) -> Plan:
         name = str(task_term.value.value)
         if not registry.has_task(name):
             tasks = registry.task_names()
-            raise _err(text, task_term.value.pos, f"unknown task {name!r}",
-                       _near(name, tasks) + ("tasks: " + ", ".join(tasks) if tasks
-                                             else "no tasks yet: add one with `shift tasks add`"))
+            raise _err(
+                text,
+                task_term.value.pos,
+                f"unknown task {name!r}",
+                _near(name, tasks)
+                + (
+                    "tasks: " + ", ".join(tasks)
+                    if tasks
+                    else "no tasks yet: add one with `shift tasks add`"
+                ),
+            )
         p.task = name
 
     if select.order is not None:
@@ -162,11 +197,19 @@ def plan(select: ast.Select, text: str, registry: Registry) -> Plan:
         if COLUMNS[select.order.column].type == "tags":
             raise _err(text, select.order.pos, "cannot sort by tag", "sort by a scalar column")
         if select.rank is not None:
-            raise _err(text, select.order.pos, "use either RANK BY or ORDER BY",
-                       "RANK BY ranks models for a task; ORDER BY sorts by a column")
+            raise _err(
+                text,
+                select.order.pos,
+                "use either RANK BY or ORDER BY",
+                "RANK BY ranks models for a task; ORDER BY sorts by a column",
+            )
         if p.task is not None:
-            raise _err(text, select.order.pos, "ORDER BY sorts by a column and ignores the task",
-                       f"rank for the task with RANK BY (default {DEFAULT_TASK_RANKER})")
+            raise _err(
+                text,
+                select.order.pos,
+                "ORDER BY sorts by a column and ignores the task",
+                f"rank for the task with RANK BY (default {DEFAULT_TASK_RANKER})",
+            )
         p.strategy, p.order = "order", select.order
     else:
         ranker = select.rank or (DEFAULT_TASK_RANKER if p.task else DEFAULT_RANKER)
@@ -180,7 +223,7 @@ def _describe(term: ast.Expr, text: str) -> str:
     if span is not None and span.line >= 1 and span.column >= 1:
         lines = text.splitlines()
         if span.line <= len(lines):
-            frag = lines[span.line - 1][span.column - 1: span.column - 1 + span.length]
+            frag = lines[span.line - 1][span.column - 1 : span.column - 1 + span.length]
             if frag.strip():
                 return frag.strip()
     return repr(term)
