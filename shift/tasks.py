@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 
 from shift.config import validate_name
 from shift.errors import NotFoundError, ShiftError, TaskDataError
@@ -328,22 +329,25 @@ class TaskStore:
             )
         rows = self._rows(name, samples, 0, set(), "", val_fraction, seed)
         self.check(name, rows)
-        chunk = self._write_chunk(name, samples.images)
+        content, data = self.hashes(rows)
+        try:
+            rec = TaskRecord(
+                name=name,
+                content_hash=content,
+                data_hash=data,
+                kind=kind,  # type: ignore[arg-type]
+                source=source,
+                num_samples=len(rows),
+                num_train=sum(r["split"] == "train" for r in rows),
+                num_val=sum(r["split"] == "val" for r in rows),
+                num_classes=len({r["label"] for r in rows}),
+                classes=samples.classes,
+            )
+        except ValidationError as e:
+            raise TaskDataError(f"task {name!r}: {e.errors()[0]['msg']}") from None
+        chunk = self._write_chunk(name, samples.images)  # only once the task is known valid
         for r in rows:
             r["chunk"] = chunk
-        content, data = self.hashes(rows)
-        rec = TaskRecord(
-            name=name,
-            content_hash=content,
-            data_hash=data,
-            kind=kind,  # type: ignore[arg-type]
-            source=source,
-            num_samples=len(rows),
-            num_train=sum(r["split"] == "train" for r in rows),
-            num_val=sum(r["split"] == "val" for r in rows),
-            num_classes=len({r["label"] for r in rows}),
-            classes=samples.classes,
-        )
         self.registry.put_task(rec, rows, replace_samples=True)
         self._gc_chunks(name)
         return rec

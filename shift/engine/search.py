@@ -317,6 +317,7 @@ class Engine:
         }
         missing = [m for m in models if m.sha256 not in cached]
         if not missing:
+            self.last_report = IndexReport()  # nothing indexed or embedded for this query
             return result
         if spec.needs_logits:
             no_head = [m.name for m in missing if not m.head_output]
