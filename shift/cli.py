@@ -195,6 +195,28 @@ def models_add(
     )
 
 
+@command(models_app, "import-catalog")
+def models_import_catalog(
+    name: Annotated[list[str] | None, typer.Option("--name", help="only these entries")] = None,
+    catalog: Annotated[Path | None, typer.Option(help="catalog YAML (default: shipped)")] = None,
+    force: Annotated[bool, typer.Option("--force", help="re-export registered entries")] = False,
+    home: HomeOpt = None,
+) -> None:
+    """Export the shipped catalog's real models to ONNX and register them."""
+    from shift.catalog.importer import import_catalog
+    from shift.registry import Registry
+    from shift.render import records_table
+
+    with Registry.open(home) as reg:
+        results = import_catalog(reg, catalog, name, force=force)
+    rows = [r.__dict__ for r in results]
+    out.print(
+        records_table(rows, ["name", "status", "seconds", "max_abs_diff", "detail"], "catalog")
+    )
+    if any(r.status == "failed" for r in results):
+        raise typer.Exit(1)
+
+
 @command(models_app, "list")
 def models_list(home: HomeOpt = None, as_json: JsonOpt = False) -> None:
     """List registered models."""

@@ -352,6 +352,15 @@ class TaskStore:
         self._gc_chunks(name)
         return rec
 
+    def is_current(
+        self, name: str, samples: Samples, val_fraction: float = 0.2, seed: int = 0
+    ) -> bool:
+        """Whether task ``name`` already holds exactly these samples, labels and splits."""
+        if not self.registry.has_task(name):
+            return False
+        rows = self._rows(name, samples, 0, set(), "", val_fraction, seed)
+        return self.registry.get_task(name).content_hash == self.hashes(rows)[0]
+
     def append(
         self, name: str, samples: Samples, *, val_fraction: float = 0.2, seed: int = 0
     ) -> tuple[TaskRecord, int]:
