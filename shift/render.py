@@ -25,16 +25,37 @@ def fmt(col: str, v: Any) -> str:
 
 
 HEADERS = {
-    "imagenet_top1": "ImageNet top-1",
-    "agnostic_rank": "agnostic #",
+    "imagenet_top1": "IN top-1",
+    "agnostic_rank": "agn #",
     "upstream_dataset": "upstream",
 }
+
+
+#: free-text columns are cut to this width (with …) so tables fit a terminal; --json has all
+TEXT_WIDTH = {
+    "upstream_dataset": 16,
+    "source": 16,
+    "why": 30,
+    "detail": 40,
+    "filter": 26,
+    "description": 30,
+}
+
+
+def _add_column(t: Table, c: str) -> None:
+    """Free text is cut with …; names and numbers keep their width (never folded per letter)."""
+    header = HEADERS.get(c, c)
+    width = TEXT_WIDTH.get(c)
+    if width:
+        t.add_column(header, overflow="ellipsis", no_wrap=True, max_width=width, min_width=8)
+    else:
+        t.add_column(header, no_wrap=True, min_width=22 if c in ("name", "task") else len(header))
 
 
 def result_table(res: Result, title: str | None = None) -> Table:
     t = Table(title=title or res.query, title_justify="left", expand=False)
     for c in res.columns:
-        t.add_column(HEADERS.get(c, c), overflow="fold")
+        _add_column(t, c)
     for row in res.rows:
         t.add_row(*(fmt(c, row.get(c)) for c in res.columns))
     return t
@@ -52,7 +73,7 @@ def print_result(res: Result, console: Console | None = None) -> None:
 def records_table(rows: list[dict[str, Any]], columns: list[str], title: str = "") -> Table:
     t = Table(title=title, title_justify="left")
     for c in columns:
-        t.add_column(HEADERS.get(c, c), overflow="fold")
+        _add_column(t, c)
     for r in rows:
         t.add_row(*(fmt(c, r.get(c)) for c in columns))
     return t

@@ -68,7 +68,7 @@ def test_connect_and_query(client: Client, tmp_path: Path) -> None:
     assert [r["agnostic_rank"] for r in res.rows] == [1, 2, 3]
     assert res.rows[0]["why"] == "task-agnostic: ImageNet top-1 81.1%"
     assert res.rows[0]["params"] == 86_567_656 and res.rows[0]["family"] == "vit"
-    assert res.columns[:3] == ["rank", "name", "family"] and "score" not in res.columns
+    assert res.columns[:3] == ["rank", "name", "params"] and "score" not in res.columns
     assert res.scores == {}
     assert res.query == "SELECT top 3 FROM pool all"
     assert res.plan == {

@@ -137,7 +137,7 @@ def import_catalog(
                         family=e.family,
                         imagenet_top1=e.imagenet_top1,
                         imagenet_source=e.imagenet_source,
-                        upstream_dataset=info.get("upstream_dataset", e.upstream_dataset),
+                        upstream_dataset=e.upstream_dataset,
                         upstream_size=info.get("upstream_size", e.upstream_size),
                         source=e.source,
                         license=e.license,
@@ -160,8 +160,5 @@ def import_catalog(
 
 def _describe(info: dict[str, Any]) -> str:
     if "train_accuracy" in info:
-        return (
-            f"trained on {info.get('upstream_dataset')} ({info.get('upstream_size')} samples)"
-            f", train accuracy {info['train_accuracy']:.3f}"
-        )
+        return f"trained on {info['upstream_size']} samples, accuracy {info['train_accuracy']:.3f}"
     return ""

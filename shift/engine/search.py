@@ -15,21 +15,24 @@ import json
 import logging
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from shift.errors import ShiftError
+from shift.fsutil import sha256_file
 from shift.registry import Registry
 from shift.schemas import ModelRecord, TaskRecord
 from shift.tasks import TaskStore
 
 log = logging.getLogger(__name__)
 DEFAULT_BATCH = 64
-#: rough CPU cost used by EXPLAIN: seconds per image per million parameters at 224 px (measured
-#: ~0.0017 s/img/M for EfficientNet-Lite0 on one core, see benchmarks/results/embedding.json)
-SECONDS_PER_IMAGE_PER_MPARAM_224 = 0.0017
+#: rough CPU cost used by EXPLAIN: seconds per image per million parameters at 224 px on one
+#: core (EfficientNet-Lite0 72 img/s → 0.0030; ResNet-18 24 img/s → 0.0036; environment.md §5.2)
+SECONDS_PER_IMAGE_PER_MPARAM_224 = 0.0033
 
 
 @dataclass
@@ -63,6 +66,24 @@ def proxy_params_key(params: dict[str, Any]) -> str:
     return json.dumps(params, sort_keys=True, default=str)
 
 
+@contextmanager
+def build_lock(root: Path, *, blocking: bool = True) -> Iterator[bool]:
+    """Exclusive ``flock`` on ``root/.build.lock`` while the index under ``root`` is built, so
+    two processes never build one index at once. (Not the store's ``.lock``: a second flock on
+    that file from this process would wait for ourselves.) Yields False if not ``blocking`` and
+    another process holds it."""
+    import fcntl
+
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".build.lock", "a+b") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        yield True  # released when the file is closed
+
+
 class Engine:
     """Indexes tasks and scores models. ``executor``: "ray" (default), "inprocess" or "auto"."""
 
@@ -82,6 +103,7 @@ class Engine:
         self.batch_size = batch_size
         self._executor: Any = None
         self.last_report: IndexReport | None = None
+        self._sha_cache: dict[tuple[Any, ...], str] = {}  # file identity -> sha256
 
     @property
     def executor(self) -> Any:
@@ -191,9 +213,38 @@ class Engine:
                 continue
             yield bid, self.tasks.load(task, [rows_by_id[s] for s in part])
 
+    def _check_model_file(self, m: ModelRecord) -> str | None:
+        """None if ``m``'s file matches its recorded sha256, else why it is refused."""
+        path = self.registry.model_file(m)
+        try:
+            st = path.stat()
+            stamp = (str(path), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            sha = self._sha_cache[stamp] = self._sha_cache.get(stamp) or sha256_file(path)
+        except OSError as e:
+            return f"model {m.name!r}: cannot read its file {path}: {e.strerror or e}"
+        if sha != m.sha256:
+            return (
+                f"model {m.name!r}: file {path} fails its sha256 check (registered "
+                f"{m.sha256[:12]}..., found {sha[:12]}...): modified or damaged, refusing to use it"
+            )
+        return None
+
+    def _lock_work(self, rec: TaskRecord, rows: list[Any], work: list[_Work], locks: Any) -> Any:
+        """Take the build lock of every index that needs work (in name order: no deadlock), then
+        plan those again: another process may have built them while we waited."""
+        busy = sorted((w.model.name, w) for w in work if w.mode != "ready")
+        for _, w in busy:
+            locks.enter_context(build_lock(w.store.root))
+        again = {w.model.name: w for w in self._plan(rec, [w.model for _, w in busy], rows)}
+        return [again.get(w.model.name, w) for w in work]
+
     def index(self, task: str, models: list[ModelRecord]) -> dict[str, Any]:
         """Ensure an up-to-date index for every model; returns the indexes by model name.
         Models that fail are reported in ``self.last_report.failed`` and left out."""
+        with ExitStack() as locks:
+            return self._index(task, models, locks)
+
+    def _index(self, task: str, models: list[ModelRecord], locks: ExitStack) -> dict[str, Any]:
         from shift.engine.executor import EmbedJob
 
         t0 = time.perf_counter()
@@ -205,7 +256,8 @@ class Engine:
         report = IndexReport()
         out: dict[str, Any] = {}
         jobs, writers, pending = [], {}, {}
-        for w in self._plan(rec, models, rows):
+        entries = self.registry.index_entries(task)
+        for w in self._lock_work(rec, rows, self._plan(rec, models, rows), locks):
             name = w.model.name
             if w.mode == "ready":
                 out[name] = w.index
@@ -213,6 +265,9 @@ class Engine:
             elif w.mode == "relabel":
                 out[name] = w.store.relabel(w.index, w.key, labels)
                 report.relabelled.append(name)
+            elif problem := self._check_model_file(w.model):
+                report.failed[name] = problem
+                log.warning("%s", problem)
             else:
                 skip: set[str] = set()
                 if w.mode == "full":
@@ -285,20 +340,26 @@ class Engine:
                         providers=report.providers.get(name, []),
                     )
             out[name] = idx
-            self.registry.put_index_entry(
-                {
-                    "task": task,
-                    "model": name,
-                    "key_digest": w.key.digest(),
-                    "task_hash": rec.data_hash,
-                    "model_sha": w.model.sha256,
-                    "preprocess": w.key.preprocess,
-                    "path": str(w.store.root),
-                    "count": len(idx),
-                    "dim": w.model.dim,
-                    "providers": json.dumps(report.providers.get(name, [])),
-                }
-            )
+        for name, idx in out.items():  # new indexes, and entries a killed run left behind
+            e = entries.get(name) or {}
+            if name in pending or (e.get("key_digest"), e.get("count")) != (
+                idx.key.digest(),
+                len(idx),
+            ):
+                self.registry.put_index_entry(
+                    {
+                        "task": task,
+                        "model": name,
+                        "key_digest": idx.key.digest(),
+                        "task_hash": idx.key.task_hash,
+                        "model_sha": idx.key.model_sha,
+                        "preprocess": idx.key.preprocess,
+                        "path": str(idx.root),
+                        "count": len(idx),
+                        "dim": idx.dim,
+                        "providers": json.dumps(report.providers.get(name) or idx.meta.providers),
+                    }
+                )
         report.seconds = time.perf_counter() - t0
         self.last_report = report
         return out

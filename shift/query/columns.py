@@ -41,4 +41,4 @@ COLUMNS: dict[str, Column] = {
 TASK_COLUMN = "task"
 
 #: columns shown in result tables, in order
-DISPLAY_COLUMNS = ["name", "family", "params", "dim", "imagenet_top1", "upstream_dataset", "source"]
+DISPLAY_COLUMNS = ["name", "params", "dim", "imagenet_top1", "upstream_dataset"]

@@ -151,7 +151,10 @@ def execute(
             row["score"] = p.score
         row["why"] = p.reason
         rows.append(row)
-    cols = ["rank", *DISPLAY_COLUMNS, "agnostic_rank"] + (["score"] if plan.task else []) + ["why"]
+    if plan.task:  # rows hold every column; the table shows what explains the pick
+        cols = ["rank", "name", "params", "imagenet_top1", "agnostic_rank", "score", "why"]
+    else:
+        cols = ["rank", *DISPLAY_COLUMNS, "agnostic_rank", "why"]
     timings.total_ms += (time.perf_counter() - t0) * 1000
     return Result(
         query=plan.text,
