@@ -47,9 +47,10 @@ def _add_column(t: Table, c: str) -> None:
     header = HEADERS.get(c, c)
     width = TEXT_WIDTH.get(c)
     if width:
-        t.add_column(header, overflow="ellipsis", no_wrap=True, max_width=width, min_width=8)
+        t.add_column(header, overflow="ellipsis", max_width=width, min_width=8)
     else:
-        t.add_column(header, no_wrap=True, min_width=22 if c in ("name", "task") else len(header))
+        widths = {"name": 22, "task": 12, "score": 7}
+        t.add_column(header, no_wrap=True, min_width=widths.get(c, len(header)))
 
 
 def result_table(res: Result, title: str | None = None) -> Table:

@@ -282,7 +282,7 @@ def test_query_table(home: Path) -> None:
     lines = r.stdout.splitlines()
     body = [line for line in lines if line.startswith("│")]
     assert len(body) == 2
-    assert "vit" in body[0] and "81.1%" in body[0] and "task-agnostic" in body[0]
+    assert "vit" in body[0] and "81.1%" in body[0] and "86.00M" in body[0]
     assert "r50" in body[1] and "76.1%" in body[1]
     assert any("2 rows" in line for line in lines)
 

@@ -366,13 +366,20 @@ class Engine:
 
     # ---- scoring ----------------------------------------------------------------------------
     def scores(self, task: str, models: list[ModelRecord], proxy: str) -> dict[str, float | None]:
-        """Proxy score per model (None for a model that failed), from cache where possible."""
+        """Proxy score per model (None for a model that failed), from cache where possible.
+        Pool-relative proxies (NCTI: normalised over the models scored together) are scored over
+        the whole pool every time and never cached per model."""
         from shift.proxies import get_proxy
 
         spec = get_proxy(proxy)
         rec = self.registry.get_task(task)
         pkey = proxy_params_key(spec.params)
-        cached = self.registry.get_scores(rec.content_hash, proxy, pkey, [m.sha256 for m in models])
+        pool_relative = bool(spec.params.get("pool_relative"))
+        cached = (
+            {}
+            if pool_relative
+            else self.registry.get_scores(rec.content_hash, proxy, pkey, [m.sha256 for m in models])
+        )
         result: dict[str, float | None] = {
             m.name: cached[m.sha256]["score"] for m in models if m.sha256 in cached
         }
@@ -404,21 +411,22 @@ class Engine:
             problems.append((np.asarray(xtr), ytr, np.asarray(xva), yva))
         values = spec.score_many(problems) if problems else []
         secs = (time.perf_counter() - t0) / max(1, len(problems))
-        self.registry.put_scores(
-            [
-                {
-                    "task_hash": rec.content_hash,
-                    "model_sha": m.sha256,
-                    "proxy": proxy,
-                    "params": pkey,
-                    "score": float(v),
-                    "n_train": len(train),
-                    "n_val": len(val),
-                    "seconds": secs,
-                }
-                for m, v in zip(scored, values, strict=True)
-            ]
-        )
+        if not pool_relative:
+            self.registry.put_scores(
+                [
+                    {
+                        "task_hash": rec.content_hash,
+                        "model_sha": m.sha256,
+                        "proxy": proxy,
+                        "params": pkey,
+                        "score": float(v),
+                        "n_train": len(train),
+                        "n_val": len(val),
+                        "seconds": secs,
+                    }
+                    for m, v in zip(scored, values, strict=True)
+                ]
+            )
         result.update({m.name: float(v) for m, v in zip(scored, values, strict=True)})
         for m in missing:
             result.setdefault(m.name, None)

@@ -1,13 +1,20 @@
 """Proxy scores: cheap estimates of how well a model transfers to a task (higher is better).
 
 Every proxy takes ``(train_x, train_y, val_x, val_y)`` frozen features and labels and returns a
-validation accuracy in ``[0, 1]``. ``PROXIES`` maps names to ``ProxySpec``; ``get_proxy`` looks
-one up. Importing this package loads numpy only (torch and hnswlib are imported on use).
+score: a validation accuracy in ``[0, 1]`` for ``knn``/``knn_cosine``/``linear``; an unbounded
+transferability estimate for the ``shift.estimators`` proxies (``logme``, ``leep``, ``nce``,
+``hscore``, ``shrink_hscore``, ``transrate``, ``gbc``, ``parc``, ``sfda``, ``ncti``, ``lfc``,
+``lgc``), which score the train split only and ignore the validation split. Proxies with
+``needs_logits`` receive the model's source-classifier logits in place of the features. ``ncti``
+is pool-relative: its ``many`` normalises over the models scored together. ``PROXIES`` maps
+names to ``ProxySpec``; ``get_proxy`` looks one up. Importing this package loads numpy only
+(torch and hnswlib are imported on use, each estimator module on its first call).
 """
 
 from __future__ import annotations
 
 import difflib
+import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -87,6 +94,168 @@ def _linear_spec() -> ProxySpec:
     )
 
 
+@dataclass(frozen=True)
+class _Estimator:
+    """Adapter from ``shift.estimators.<module>.<func>(x, y, **kwargs)`` to the proxy signature,
+    on the train split; the module is imported on the first call (picklable, no closures)."""
+
+    module: str
+    func: str
+    kwargs: tuple[tuple[str, Any], ...] = ()
+    transform: str | None = None  # a function of the module applied to train_x first
+
+    def _resolve(self, name: str) -> Callable[..., Any]:
+        return getattr(importlib.import_module(f"shift.estimators.{self.module}"), name)
+
+    def __call__(self, train_x: Any, train_y: Any, val_x: Any, val_y: Any) -> float:
+        x = self._resolve(self.transform)(train_x) if self.transform else train_x
+        return float(self._resolve(self.func)(x, train_y, **dict(self.kwargs)))
+
+
+@dataclass(frozen=True)
+class _PoolEstimator:
+    """Pool-relative estimator: ``func([(train_x, train_y), ...]) -> scores``, one per problem."""
+
+    module: str
+    func: str
+
+    def __call__(self, problems: Sequence[tuple[Any, Any, Any, Any]]) -> list[float]:
+        fn = getattr(importlib.import_module(f"shift.estimators.{self.module}"), self.func)
+        return [float(v) for v in fn([(p[0], p[1]) for p in problems])]
+
+    def single(self, train_x: Any, train_y: Any, val_x: Any, val_y: Any) -> float:
+        return self([(train_x, train_y, val_x, val_y)])[0]
+
+
+def _estimator_spec(
+    name: str,
+    description: str,
+    module: str,
+    func: str,
+    *,
+    needs_logits: bool = False,
+    transform: str | None = None,
+    **kwargs: Any,
+) -> ProxySpec:
+    params: dict[str, Any] = {"split": "train", **kwargs}
+    if transform:
+        params["transform"] = transform
+    return ProxySpec(
+        name=name,
+        description=description,
+        needs_logits=needs_logits,
+        params=params,
+        fn=_Estimator(module, func, tuple(sorted(kwargs.items())), transform),
+    )
+
+
+def _ncti_spec() -> ProxySpec:
+    pool = _PoolEstimator("ncti", "ncti")
+    return ProxySpec(
+        name="ncti",
+        description=(
+            "NCTI (Wang et al. 2023): neural-collapse index on 64 PCA components; min-max "
+            "normalised over the models scored together (pool-relative; one model scores 0)"
+        ),
+        needs_logits=False,
+        params={"split": "train", "pca_dim": 64, "pool_relative": True},
+        fn=pool.single,
+        many=pool,
+    )
+
+
+_ESTIMATORS: list[ProxySpec] = [
+    _estimator_spec(
+        "logme",
+        "LogME (You et al. 2021): mean per-class log maximum evidence / N of a Bayesian linear "
+        "model on the features (fixed-point solver, N < D corrected)",
+        "logme",
+        "logme",
+        max_iter=11,
+        tol=1e-3,
+    ),
+    _estimator_spec(
+        "leep",
+        "LEEP (Nguyen et al. 2020): log expected empirical prediction from the source head",
+        "leep",
+        "leep",
+        needs_logits=True,
+    ),
+    _estimator_spec(
+        "nce",
+        "NCE (Tran et al. 2019): negative conditional entropy of target given source argmax",
+        "leep",
+        "nce",
+        needs_logits=True,
+    ),
+    _estimator_spec(
+        "hscore",
+        "H-score (Bao et al. 2019): tr(cov_f^+ cov_g); saturates at C-1 when N < D",
+        "hscore",
+        "hscore",
+    ),
+    _estimator_spec(
+        "shrink_hscore",
+        "shrinkage H-score (Ibrahim et al. 2022): H-score with a Ledoit-Wolf feature covariance",
+        "hscore",
+        "shrinkage_hscore",
+    ),
+    _estimator_spec(
+        "transrate",
+        "TransRate (Huang et al. 2022): coding rate of all minus mean per-class coding rate",
+        "transrate",
+        "transrate",
+        eps=1e-4,
+    ),
+    _estimator_spec(
+        "gbc",
+        "GBC (Pandy et al. 2022): minus the summed Bhattacharyya coefficients of per-class "
+        "diagonal Gaussians on 64 PCA components",
+        "gbc",
+        "gbc",
+        pca_dim=64,
+        covariance="diagonal",
+    ),
+    _estimator_spec(
+        "parc",
+        "PARC (Bolya et al. 2021): 100 x Spearman between feature and label dissimilarities "
+        "on 32 PCA components (class-balanced probe of at most 1000 samples)",
+        "parc",
+        "parc",
+        pca_dim=32,
+        max_samples=1000,
+        seed=0,
+    ),
+    _estimator_spec(
+        "sfda",
+        "SFDA (Shao et al. 2022): self-challenging Fisher discriminant analysis, mean "
+        "true-class posterior after ConfMix",
+        "sfda",
+        "sfda",
+    ),
+    _ncti_spec(),
+    _estimator_spec(
+        "lfc",
+        "LFC (Deshpande et al. 2021): correlation of the feature Gram matrix with the label "
+        "agreement matrix (at most 25 samples per class)",
+        "linearized",
+        "lfc",
+        max_per_class=25,
+        seed=0,
+    ),
+    _estimator_spec(
+        "lgc",
+        "LGC (Deshpande et al. 2021) on source-head logit gradients e_argmax - softmax "
+        "(stand-in for the paper's last-conv-layer gradients, which stored logits cannot give)",
+        "linearized",
+        "lgc",
+        needs_logits=True,
+        transform="logit_gradients",
+        max_per_class=25,
+        seed=0,
+    ),
+]
+
 PROXIES: dict[str, ProxySpec] = {
     "knn": ProxySpec(
         name="knn",
@@ -103,6 +272,7 @@ PROXIES: dict[str, ProxySpec] = {
         fn=partial(knn_accuracy, metric="cosine"),
     ),
     "linear": _linear_spec(),
+    **{spec.name: spec for spec in _ESTIMATORS},
 }
 
 

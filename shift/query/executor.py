@@ -47,6 +47,28 @@ def _sort_sql(plan: Plan) -> str:
     return f"({col.sql} IS NULL), {col.sql} {direction}, m.name"
 
 
+def check_heads(plan: Plan, models: list[ModelRecord]) -> None:
+    """Proxies over source-classifier logits (LEEP, NCE, ...) need every model to have a head."""
+    from shift.errors import QueryError
+    from shift.proxies import get_proxy
+
+    if not plan.proxy or not get_proxy(plan.proxy).needs_logits:
+        return
+    no_head = [m.name for m in models if not m.head_output]
+    if no_head:
+        pos = plan.select.rank.pos if plan.select.rank else None
+        more = ", ..." if len(no_head) > 5 else ""
+        raise QueryError(
+            f"{plan.proxy} scores a model's source-classifier logits, but "
+            f"{len(no_head)} model(s) in the pool have no head: {', '.join(no_head[:5])}{more}",
+            text=plan.text,
+            line=pos.line if pos else 1,
+            column=pos.column if pos else 1,
+            length=pos.length if pos else 1,
+            hint="add has_head = true to the WHERE clause, or rank by a feature proxy",
+        )
+
+
 def explain(plan: Plan, registry: Registry, engine: ScoreSource | None) -> Result:
     """Pool size after each filter, what is cached and what must be computed."""
     steps: list[dict[str, Any]] = [
@@ -136,6 +158,7 @@ def execute(
     models = registry.models(where, params)
     scores: dict[str, float | None] = {}
     if plan.task and plan.proxy:
+        check_heads(plan, models)
         if engine is None:
             from shift.engine.search import Engine
 
@@ -152,9 +175,9 @@ def execute(
         row["why"] = p.reason
         rows.append(row)
     if plan.task:  # rows hold every column; the table shows what explains the pick
-        cols = ["rank", "name", "params", "imagenet_top1", "agnostic_rank", "score", "why"]
+        cols = ["rank", "name", "imagenet_top1", "agnostic_rank", "score", "why"]
     else:
-        cols = ["rank", *DISPLAY_COLUMNS, "agnostic_rank", "why"]
+        cols = ["rank", *DISPLAY_COLUMNS]
     timings.total_ms += (time.perf_counter() - t0) * 1000
     return Result(
         query=plan.text,
