@@ -466,6 +466,28 @@ def index_cmd(
         err.print(f"[red]failed:[/red] {name}: {e}", highlight=False)
 
 
+@command(app, "doctor")
+def doctor_cmd(
+    repair: Annotated[bool, typer.Option("--repair", help="remove what is safe to remove")] = False,
+    grace: Annotated[
+        float, typer.Option(help="only remove stray registry files older than this (seconds)")
+    ] = 300.0,
+    home: HomeOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Check a home: registry integrity, model and task files, indexes, leftovers; exit 1 if
+    problems remain."""
+    from shift.doctor import doctor, print_report
+
+    rep = doctor(home, repair=repair, grace_s=grace)
+    if as_json:
+        sys.stdout.write(rep.model_dump_json(indent=2) + "\n")
+    else:
+        print_report(rep, out)
+    if rep.problems:
+        raise typer.Exit(1)
+
+
 def main() -> None:
     """Entry point (``shift``)."""
     app()

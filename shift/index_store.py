@@ -545,6 +545,32 @@ class IndexWriter:
         _check_array(path, arr, np.float32, (n, cols or 0))
         return arr
 
+    def read_batches(
+        self, batch_ids: Sequence[str]
+    ) -> tuple[list[str], np.ndarray, np.ndarray | None]:
+        """Sample ids, embeddings and logits of stored batches, concatenated in the given order
+        (each file sha256-checked). Lets a caller use a partial build, e.g. successive halving."""
+        recs = {rec["batch_id"]: rec for _, rec in self._markers()}
+        missing = [b for b in batch_ids if b not in recs]
+        if missing:
+            raise IndexStoreError(f"{len(missing)} batches are not stored, e.g. {missing[0]!r}")
+        ids: list[str] = []
+        embs, logits = [], []
+        for b in batch_ids:
+            rec = recs[b]
+            stem = self._stem(b)
+            n = len(rec["sample_ids"])
+            ids += rec["sample_ids"]
+            embs.append(
+                self._load_part(f"{stem}.emb.npy", rec["files"][f"{stem}.emb.npy"], self.dim, n)
+            )
+            if self.logits_dim is not None:
+                name = f"{stem}.logits.npy"
+                logits.append(self._load_part(name, rec["files"][name], self.logits_dim, n))
+        emb = np.concatenate(embs) if embs else np.zeros((0, self.dim), np.float32)
+        lg = np.concatenate(logits) if logits else None
+        return ids, emb, lg
+
     def finalize(self, order: Sequence[str], labels: Mapping[str, int]) -> EmbeddingIndex:
         """Assemble rows in ``order`` from the stored batches, build the hnswlib graphs and
         commit the index (meta.json last); then delete the parts. When a sample id occurs in

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,7 +29,14 @@ def _connect(path: Path) -> sqlite3.Connection:
         str(path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
     )
     conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-    conn.execute("PRAGMA journal_mode = WAL")
+    for wait in range(BUSY_TIMEOUT_MS // 50):  # switching a fresh file to WAL ignores the timeout
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            break
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or wait == BUSY_TIMEOUT_MS // 50 - 1:
+                raise
+            time.sleep(0.05)
     conn.execute("PRAGMA synchronous = NORMAL")
     conn.execute("PRAGMA foreign_keys = ON")
     return conn
@@ -61,8 +69,11 @@ class Registry:
         from shift.migrations import migrations
 
         if migrations.pending(self.db):
-            with self.db.atomic():
-                migrations.apply(self.db)
+            # IMMEDIATE, then look again: processes opening a fresh home at once wait for the
+            # first one's migrations instead of failing with "database is locked"
+            with self.transaction():
+                if migrations.pending(self.db):
+                    migrations.apply(self.db)
 
     @classmethod
     def open(cls, home: str | Path | None = None) -> Registry:
@@ -162,13 +173,22 @@ class Registry:
         SQL selects the names; the records come from the cache."""
         sql = "SELECT m.name FROM models m" + (f" WHERE {where}" if where else "")
         sql += f" ORDER BY {order}"
-        names = [r[0] for r in self.db.conn.execute(sql, list(params))]
+        names = [r[0] for r in self._select(sql, params)]
         records = self._records()
         return [records[n] for n in names]
 
     def count_models(self, where: str = "", params: Iterable[Any] = ()) -> int:
         sql = "SELECT count(*) AS n FROM models m" + (f" WHERE {where}" if where else "")
-        return next(self.db.query(sql, list(params)))["n"]
+        return self._select(sql, params)[0][0]
+
+    def _select(self, sql: str, params: Iterable[Any]) -> list[Any]:
+        try:
+            return self.db.conn.execute(sql, list(params)).fetchall()
+        except sqlite3.OperationalError as e:  # e.g. "parser stack overflow" (deep NOT nesting)
+            raise ShiftError(
+                f"the condition is too complex for SQLite ({e})",
+                hint="use fewer nested NOT and parentheses",
+            ) from None
 
     def model_names(self) -> list[str]:
         return [r["name"] for r in self.db.query("SELECT name FROM models ORDER BY name")]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,7 +156,7 @@ def read_npz(path: Path) -> Samples:
             f"{path}: refused ({e})",
             hint="object arrays are never unpickled; save plain numeric arrays",
         ) from None
-    except (OSError, EOFError, KeyError) as e:
+    except (OSError, EOFError, KeyError, zipfile.BadZipFile) as e:
         raise TaskDataError(f"{path}: not a readable .npz file ({e})") from None
     for k in ("x", "y"):
         if k not in arrays:

@@ -884,3 +884,27 @@ def test_round_trip_keyword_pool_name() -> None:
     q = parse("SELECT * FROM pool models")
     assert q.pool == "models"
     assert parse(to_text(q)) == q
+
+
+def _alternating(levels: int) -> str:
+    cond = "dim = 0"
+    for i in range(levels):
+        cond = f"dim = {i} {'OR' if i % 2 else 'AND'} ({cond})"
+    return cond
+
+
+@pytest.mark.parametrize("condition", ["NOT " * 40 + "dim = 1", _alternating(40)])
+def test_deep_conditions_are_refused_before_sqlite(condition: str) -> None:
+    with pytest.raises(QueryError) as e:
+        parse(f"SELECT * FROM models WHERE {condition}")
+    assert "nested too deeply" in e.value.message and "AND/OR/NOT" in (e.value.hint or "")
+
+
+def test_nesting_at_the_limit_parses() -> None:
+    from shift.query.parser import MAX_EXPR_DEPTH
+
+    q = parse("SELECT * FROM models WHERE " + "NOT " * MAX_EXPR_DEPTH + "dim = 1")
+    depth, node = 0, q.where
+    while isinstance(node, Not):
+        depth, node = depth + 1, node.expr
+    assert depth == MAX_EXPR_DEPTH

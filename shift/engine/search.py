@@ -62,6 +62,14 @@ def _batch_id(i: int, ids: list[str]) -> str:
     return f"b{i:05d}-" + hashlib.sha256("\n".join(ids).encode()).hexdigest()[:10]
 
 
+def embed_order(rows: list[dict[str, Any]]) -> list[str]:
+    """The order samples are embedded in: validation first, then train (each in task order), so
+    a prefix is what successive halving needs and its batches are reused by a full build."""
+    return [r["sample_id"] for r in rows if r["split"] == "val"] + [
+        r["sample_id"] for r in rows if r["split"] != "val"
+    ]
+
+
 def proxy_params_key(params: dict[str, Any]) -> str:
     return json.dumps(params, sort_keys=True, default=str)
 
@@ -122,7 +130,7 @@ class Engine:
     ) -> list[_Work]:
         from shift.index_store import IndexCorruptError, IndexKey, IndexStore
 
-        ids = [r["sample_id"] for r in rows]
+        ids = embed_order(rows)
         labels = {r["sample_id"]: r["label"] for r in rows}
         work = []
         for m in models:

@@ -47,6 +47,31 @@ def _sort_sql(plan: Plan) -> str:
     return f"({col.sql} IS NULL), {col.sql} {direction}, m.name"
 
 
+def random_scores(models: list[ModelRecord], seed: int) -> dict[str, float | None]:
+    """A seeded, reproducible uniform draw in [0, 1) per model (by name)."""
+    import hashlib
+
+    return {
+        m.name: int(hashlib.sha256(f"{seed}:{m.name}".encode()).hexdigest()[:13], 16) / 16**13
+        for m in models
+    }
+
+
+def meta_model_scores(
+    models: list[ModelRecord], table: str, task: str | None
+) -> dict[str, float | None]:
+    """Mean fine-tuning accuracy on the table's other tasks (leave the query's task out when the
+    table has it). Registry names map to table ids with ``__`` for ``/``
+    (``google__vit-base-patch16-224`` ↔ ``google/vit-base-patch16-224``)."""
+    from shift.benchmark_tables import load_table, meta_scores
+
+    gt = load_table(table)
+    ids = {m.name: m.name.replace("__", "/") for m in models}
+    exclude = task if task in gt.tasks else None
+    found = meta_scores(gt, list(ids.values()), exclude)
+    return {name: found.get(tid) for name, tid in ids.items()}
+
+
 def check_heads(plan: Plan, models: list[ModelRecord]) -> None:
     """Proxies over source-classifier logits (LEEP, NCE, ...) need every model to have a head."""
     from shift.errors import QueryError
@@ -157,7 +182,40 @@ def execute(
 
     models = registry.models(where, params)
     scores: dict[str, float | None] = {}
-    if plan.task and plan.proxy:
+    strategy, label = plan.strategy, plan.proxy
+    if plan.strategy in ("random", "meta"):
+        scores = (
+            random_scores(models, plan.proxy_args[0])
+            if plan.strategy == "random"
+            else meta_model_scores(models, plan.proxy_args[0], plan.task)
+        )
+        strategy, label = "proxy", plan.ranker
+    elif plan.strategy == "sh":
+        if engine is None:
+            from shift.engine.search import Engine
+
+            engine = Engine(registry)
+        from shift.engine.halving import successive_halving
+
+        ts = time.perf_counter()
+        assert plan.task is not None and plan.proxy is not None
+        res = successive_halving(engine, plan.task, models, plan.proxy, *plan.proxy_args)
+        timings.score_ms += (time.perf_counter() - ts) * 1000
+        plan_info["halving"] = {
+            "rounds": res.rounds,
+            "budget": res.budget,
+            "chunk": res.chunk,
+            "new_chunks_per_round": res.per_round,
+            "embedded": res.embedded,
+        }
+        # the race's outcome is the order: rank by position (scores of different rounds, on
+        # different amounts of data, are never compared); rows show each model's last score
+        ranked = res.ranking()
+        scores = {a.model.name: float(len(ranked) - i) for i, a in enumerate(ranked)}
+        strategy, label = "proxy", plan.ranker
+        race_scores = {n: (a.scores[-1] if a.scores else None) for n, a in res.arms.items()}
+        race = res
+    elif plan.task and plan.proxy:
         check_heads(plan, models)
         if engine is None:
             from shift.engine.search import Engine
@@ -166,15 +224,31 @@ def execute(
         ts = time.perf_counter()
         scores = engine.scores(plan.task, models, plan.proxy)
         timings.score_ms += (time.perf_counter() - ts) * 1000
-    picks = rank(models, plan.budget, plan.strategy, plan.proxy, scores)
+    picks = rank(models, plan.budget, strategy, label, scores)
     rows = []
     for i, p in enumerate(picks):
         row = {"rank": i + 1, **_row(p.model), "agnostic_rank": p.agnostic_rank}
-        if plan.task:
+        if plan.task or plan.strategy in ("random", "meta"):
             row["score"] = p.score
         row["why"] = p.reason
+        if plan.strategy in ("random", "meta"):
+            row["why"] = f"#{i + 1} by {plan.ranker}" + (" (no results)" if p.score is None else "")
+        if plan.strategy == "sh":
+            arm = race.arms[p.model.name]
+            row["score"] = race_scores[p.model.name]
+            row["samples"] = arm.train_seen
+            row["why"] = (
+                "sh: survived every round"
+                if arm.eliminated_in is None
+                else f"sh: dropped after round {arm.eliminated_in + 1}"
+                if arm.eliminated_in >= 0
+                else "sh: model failed"
+            )
         rows.append(row)
-    if plan.task:  # rows hold every column; the table shows what explains the pick
+    if plan.strategy == "sh":
+        cols = ["rank", "name", "imagenet_top1", "agnostic_rank", "score", "samples", "why"]
+    elif plan.task or plan.strategy in ("random", "meta"):
+        # rows hold every column; the table shows what explains the pick
         cols = ["rank", "name", "imagenet_top1", "agnostic_rank", "score", "why"]
     else:
         cols = ["rank", *DISPLAY_COLUMNS]
@@ -183,7 +257,7 @@ def execute(
         query=plan.text,
         columns=cols,
         rows=rows,
-        scores={p.model.name: p.score for p in picks} if plan.task else {},
+        scores={r["name"]: r.get("score") for r in rows} if "score" in cols else {},
         plan=plan_info,
         timings=timings,
     )

@@ -13,6 +13,8 @@ from shift.query import ast
 
 MAX_QUERY_CHARS = 20_000
 MAX_NESTING = 64
+#: AND/OR/NOT nodes nested deeper than this are refused (SQLite's parser stack is ~100 deep)
+MAX_EXPR_DEPTH = 32
 _SUFFIX = {"k": 1e3, "m": 1e6, "g": 1e9}
 
 # how terminals are named in "expected ..." hints
@@ -335,7 +337,7 @@ def parse(text: str) -> ast.Select:
             hint=SYNTAX,
         ) from None
     try:
-        return _transformer().transform(tree)
+        select = _transformer().transform(tree)
     except VisitError as e:
         orig = e.orig_exc
         if isinstance(orig, _PositionedError):
@@ -355,6 +357,28 @@ def parse(text: str) -> ast.Select:
         raise QueryError(
             f"malformed query: {e}", text=text, line=1, column=1, hint=SYNTAX
         ) from None
+    _check_depth(select.where, text)
+    return select
+
+
+def _check_depth(expr: ast.Expr | None, text: str) -> None:
+    """Refuse conditions whose AND/OR/NOT nesting exceeds ``MAX_EXPR_DEPTH`` (iteratively)."""
+    stack: list[tuple[Any, int]] = [(expr, 0)] if expr is not None else []
+    while stack:
+        node, depth = stack.pop()
+        if not isinstance(node, ast.And | ast.Or | ast.Not):
+            continue
+        if depth >= MAX_EXPR_DEPTH:
+            sp = node.pos
+            raise QueryError(
+                "condition is nested too deeply",
+                text=text,
+                line=sp.line,
+                column=sp.column,
+                hint=f"at most {MAX_EXPR_DEPTH} levels of AND/OR/NOT; simplify the condition",
+            )
+        children = [node.expr] if isinstance(node, ast.Not) else list(node.items)
+        stack.extend((c, depth + 1) for c in children)
 
 
 def _hint_for(expected: Any, text: str) -> str:

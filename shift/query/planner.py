@@ -36,7 +36,7 @@ class Plan:
     pool: str
     filters: list[Filter] = field(default_factory=list)
     task: str | None = None
-    strategy: str = "agnostic"  # agnostic | proxy | hybrid | order
+    strategy: str = "agnostic"  # agnostic | proxy | hybrid | sh | meta | random | order
     proxy: str | None = None
     proxy_args: tuple = ()
     budget: int | None = None
@@ -56,6 +56,11 @@ class Plan:
             return f"hybrid({self.proxy})"
         if self.strategy == "proxy":
             return str(self.proxy)
+        if self.strategy in ("random", "meta"):
+            return f"{self.strategy}({self.proxy_args[0]})"
+        if self.strategy == "sh":
+            b, c = (x if x is not None else "auto" for x in self.proxy_args)
+            return f"sh({self.proxy}, {b}, {c})"
         if self.strategy == "order":
             assert self.order is not None
             return f"ORDER BY {self.order.column} {'DESC' if self.order.descending else 'ASC'}"
@@ -97,11 +102,60 @@ def _resolve_ranker(text: str, r: ast.Ranker, has_task: bool) -> tuple[str, str 
     from shift.proxies import PROXIES
 
     proxies = sorted(PROXIES)
-    valid = "agnostic, " + ", ".join(proxies) + ", hybrid(PROXY)"
+    valid = (
+        "agnostic, " + ", ".join(proxies) + ", hybrid(PROXY), sh(PROXY[, budget, chunk]), "
+        "meta(TABLE), random(SEED)"
+    )
     if r.name == "agnostic":
         if r.args:
             raise _err(text, r.pos, "agnostic takes no arguments", "write RANK BY agnostic")
         return "agnostic", None, ()
+    if r.name == "random":
+        if len(r.args) > 1 or (
+            r.args and (not isinstance(r.args[0], int) or isinstance(r.args[0], bool))
+        ):
+            raise _err(text, r.pos, "random takes one integer seed", "e.g. RANK BY random(7)")
+        return "random", None, (r.args[0] if r.args else 0,)
+    if r.name == "meta":
+        from shift.benchmark_tables import available_tables
+
+        tables = available_tables()
+        table = r.args[0] if r.args else "vtab1k"
+        if len(r.args) > 1 or table not in tables:
+            raise _err(
+                text,
+                r.pos,
+                f"unknown fine-tuning table {table!r}",
+                "tables: " + ", ".join(tables) + "; e.g. RANK BY meta(vtab1k)",
+            )
+        return "meta", None, (table,)
+    if r.name == "sh":
+        proxy = r.args[0] if r.args else "linear"
+        extra = r.args[1:]
+        if (
+            len(extra) > 2
+            or proxy not in PROXIES
+            or any(not (isinstance(a, int) and a > 0) and a != "auto" for a in extra)
+        ):
+            raise _err(
+                text,
+                r.pos,
+                "sh takes a proxy and optional budget and chunk",
+                "e.g. RANK BY sh(linear) or sh(knn, auto, 50); proxies: " + ", ".join(proxies),
+            )
+        if not has_task:
+            raise _err(
+                text,
+                r.pos,
+                f"RANK BY {r} needs a task",
+                "add WHERE task=NAME (see `shift tasks list`)",
+            )
+        budget, chunk = (list(extra) + ["auto", "auto"])[:2]
+        return (
+            "sh",
+            proxy,
+            (None if budget == "auto" else budget, None if chunk == "auto" else chunk),
+        )
     if r.name == "hybrid":
         if len(r.args) != 1 or not isinstance(r.args[0], str):
             raise _err(text, r.pos, "hybrid takes one proxy", "e.g. RANK BY hybrid(linear)")

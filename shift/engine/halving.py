@@ -1,0 +1,190 @@
+"""Successive halving over data chunks, as SHiFT runs it (η = 2).
+
+With M models, L = ⌈log2 M⌉ rounds and budget B (AUTO: B = M·L chunk units), every model still in
+the race in round k gets R_k = ⌊B / (|S_k|·L)⌋ more training chunks of C samples (AUTO:
+C = ⌈N / Σ_k R_k⌉, so a model that survives every round sees all N training samples); the proxy is
+scored on the training prefix seen so far against the whole validation split, and the better half
+goes on. Only models still racing are embedded further; embedded batches are the first batches of
+the full index build (validation first, then train), so a later full query reuses them.
+Scores are compared only within a round; the result reports the samples behind every score.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from shift.engine.search import Engine, _batch_id, embed_order
+from shift.schemas import ModelRecord
+
+
+@dataclass
+class Arm:
+    model: ModelRecord
+    scores: list[float] = field(default_factory=list)  # one per round survived or played
+    train_seen: int = 0
+    eliminated_in: int | None = None  # round index, None for the survivors
+
+
+@dataclass
+class HalvingResult:
+    arms: dict[str, Arm]
+    rounds: int
+    budget: int
+    chunk: int
+    per_round: list[int]  # R_k
+    embedded: dict[str, int]  # samples embedded per model (train + val)
+
+    def ranking(self) -> list[Arm]:
+        """Survivors first, then by the round a model was dropped (later first); within a round
+        by that round's score — only comparable scores are compared."""
+
+        def key(a: Arm) -> tuple:
+            rnd = self.rounds if a.eliminated_in is None else a.eliminated_in
+            return (-rnd, -(a.scores[-1] if a.scores else -math.inf), a.model.name)
+
+        return sorted(self.arms.values(), key=key)
+
+
+def schedule(
+    m: int, n_train: int, budget: int | None = None, chunk: int | None = None
+) -> tuple[int, int, int, list[int]]:
+    """(rounds L, budget B, chunk C, new chunks per active model in each round R_k)."""
+    rounds = max(1, math.ceil(math.log2(max(m, 2))))
+    b = budget if budget is not None else m * rounds
+    per_round = []
+    active = m
+    for _ in range(rounds):
+        per_round.append(max(1, b // (active * rounds)))
+        active = max(1, math.ceil(active / 2))
+    c = chunk if chunk is not None else max(1, math.ceil(n_train / sum(per_round)))
+    return rounds, b, c, per_round
+
+
+def embed_prefix(
+    engine: Engine, task: str, models: list[ModelRecord], n: int
+) -> dict[str, tuple[list[str], np.ndarray, np.ndarray | None]]:
+    """Embeddings of the first ``n`` samples of the embedding order for each model, embedding
+    only batches not stored yet (complete indexes are read directly). Failed models are left out
+    and listed in ``engine.last_report.failed``."""
+    from shift.engine.executor import EmbedJob
+    from shift.engine.search import IndexReport
+
+    rec = engine.registry.get_task(task)
+    rows = engine.registry.samples(task)
+    rows_by_id = {r["sample_id"]: r for r in rows}
+    order = embed_order(rows)
+    prefix = order[:n]
+    bs = engine.batch_size
+    aligned = order[: math.ceil(n / bs) * bs]
+    needed = [_batch_id(i // bs, aligned[i : i + bs]) for i in range(0, len(aligned), bs)]
+    out: dict[str, tuple[list[str], np.ndarray, np.ndarray | None]] = {}
+    report = IndexReport()
+    writers: dict[str, Any] = {}
+    jobs = []
+    for w in engine._plan(rec, models, rows):
+        name = w.model.name
+        if w.mode in ("ready", "relabel"):
+            lg = w.index.logits
+            sel = w.index.rows(prefix)
+            out[name] = (
+                prefix,
+                np.asarray(w.index.vectors)[sel],
+                None if lg is None else np.asarray(lg)[sel],
+            )
+            report.reused.append(name)
+            continue
+        if w.mode == "append":  # an older index plus new samples: finishing it is cheap
+            idx = engine.index(task, [w.model]).get(name)
+            if idx is not None:
+                sel = idx.rows(prefix)
+                lg = idx.logits
+                out[name] = (
+                    prefix,
+                    np.asarray(idx.vectors)[sel],
+                    None if lg is None else np.asarray(lg)[sel],
+                )
+            continue
+        writer = w.store.begin(w.key, w.model.dim, w.model.head_classes)
+        writers[name] = writer
+        done = writer.done_batches()
+        todo = [b for b in needed if b not in done]
+        if todo:
+            jobs.append(
+                EmbedJob(
+                    name,
+                    str(engine.registry.model_file(w.model)),
+                    w.model,
+                    engine._batches(task, rows_by_id, aligned, set(done)),
+                    total_batches=len(todo),
+                )
+            )
+            report.embedded[name] = min(n, len(todo) * bs)
+
+    def on_result(r: Any) -> None:
+        i = next(k for k, b in enumerate(needed) if b == r.batch_id)
+        ids = aligned[i * bs : (i + 1) * bs]
+        writers[r.model_name].add_batch(r.batch_id, ids, r.embeddings, r.logits)
+
+    def on_failure(f: Any) -> None:
+        report.failed[f.model_name] = f.error
+
+    if jobs:
+        engine.executor.run(jobs, on_result, on_failure, progress=engine.progress)
+    for name, writer in writers.items():
+        if name in report.failed:
+            continue
+        ids, emb, lg = writer.read_batches(needed)
+        out[name] = (ids[:n], emb[:n], None if lg is None else lg[:n])
+    engine.last_report = report
+    return out
+
+
+def successive_halving(
+    engine: Engine,
+    task: str,
+    models: list[ModelRecord],
+    proxy: str,
+    budget: int | None = None,
+    chunk: int | None = None,
+) -> HalvingResult:
+    from shift.proxies import get_proxy
+
+    spec = get_proxy(proxy)
+    rows = engine.registry.samples(task)
+    labels = {r["sample_id"]: r["label"] for r in rows}
+    n_val = sum(r["split"] == "val" for r in rows)
+    n_train = len(rows) - n_val
+    rounds, b, c, per_round = schedule(len(models), n_train, budget, chunk)
+    arms = {m.name: Arm(m) for m in models}
+    active = [m for m in models]
+    embedded: dict[str, int] = {}
+    seen = 0
+    for k in range(rounds):
+        seen = min(n_train, seen + per_round[k] * c)
+        data = embed_prefix(engine, task, active, n_val + seen)
+        for name in engine.last_report.failed if engine.last_report else {}:
+            arms[name].eliminated_in = -1
+        active = [m for m in active if m.name in data]
+        problems = []
+        for m in active:
+            ids, x, lg = data[m.name]
+            feats = lg if spec.needs_logits else x
+            y = np.array([labels[s] for s in ids])
+            problems.append((feats[n_val:], y[n_val:], feats[:n_val], y[:n_val]))
+            embedded[m.name] = n_val + seen
+        values = spec.score_many(problems) if problems else []
+        for m, v in zip(active, values, strict=True):
+            arms[m.name].scores.append(float(v))
+            arms[m.name].train_seen = seen
+        if k == rounds - 1 or len(active) <= 1:
+            break
+        keep = math.ceil(len(active) / 2)
+        ranked = sorted(active, key=lambda m: -arms[m.name].scores[-1])
+        for m in ranked[keep:]:
+            arms[m.name].eliminated_in = k
+        active = ranked[:keep]
+    return HalvingResult(arms, rounds, b, c, per_round, embedded)
