@@ -355,8 +355,10 @@ def test_executor_callback_errors_propagate(
     with pytest.raises(OSError, match="disk full"):
         executor.run([job(tiny_models["tiny-a"])], boom, lambda f: None, progress=False)
     if isinstance(executor, RayExecutor):  # the pool was torn down and its CPUs given back
+        from shift.engine.executor import _POOL
         from shift.engine.ray_runtime import ray_resources
 
+        assert _POOL.actors == []
         assert ray_resources()["CPU"] == pytest.approx(2.0)
 
 
@@ -423,7 +425,9 @@ def test_ray_runtime_is_local_and_loopback_only(ray_runtime: None) -> None:
 
     ensure_ray()  # idempotent
     assert "node:127.0.0.1" in ray.cluster_resources()
-    assert ray_resources() == {"CPU": 2.0, "GPU": 0.0}
+    assert ray.cluster_resources()["CPU"] == 2.0 and "GPU" not in ray.cluster_resources()
+    # what is free depends on whether the shared actor pool is up
+    assert set(ray_resources()) == {"CPU", "GPU"} and ray_resources()["GPU"] == 0.0
 
 
 def test_executor_data_errors_propagate(
@@ -434,3 +438,25 @@ def test_executor_data_errors_propagate(
     with pytest.raises(ValueError, match="uint8"):
         executor.run([job(tiny_models["tiny-a"], bad)], print, failures.append, progress=False)
     assert failures == []
+
+
+@pytest.mark.ray
+def test_ray_pool_is_shared_and_reused(
+    ray_runtime: None, tiny_models: dict[str, ModelRecord]
+) -> None:
+    """Actors start once per process: a second run (any executor) reuses them and their loaded
+    models; another plan replaces them; closing gives the CPUs back."""
+    from shift.engine.executor import _POOL, close_actor_pool
+
+    rec = tiny_models["tiny-a"]
+    RayExecutor(num_actors=2).run([job(rec)], lambda r: None, print, False)
+    first = list(_POOL.actors)
+    assert len(first) == 2
+    RayExecutor(num_actors=2).run([job(rec)], lambda r: None, print, False)
+    assert _POOL.actors == first
+    RayExecutor(num_actors=1).run([job(rec)], lambda r: None, print, False)
+    assert len(_POOL.actors) == 1 and _POOL.actors[0] not in first
+    close_actor_pool()
+    from shift.engine.ray_runtime import ray_resources
+
+    assert _POOL.actors == [] and ray_resources()["CPU"] == pytest.approx(2.0)

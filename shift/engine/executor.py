@@ -286,8 +286,62 @@ def plan_pool(
     return _PoolPlan(n, {"num_cpus": min(1.0, _floor(cpus / n))}, "cpu", 1)
 
 
+class _SharedPool:
+    """The Ray actors of this process, shared by every ``RayExecutor``: created on first use,
+    sized to the cluster (not to what happens to be free), and kept between runs so that actors
+    start and models load once, not once per query. A run that fails tears the pool down; a
+    different pool plan (e.g. another ``num_actors``) replaces it; ``close_actor_pool()`` and
+    ``shutdown_ray()`` release it."""
+
+    def __init__(self) -> None:
+        self.actors: list[Any] = []
+        self.plan: _PoolPlan | None = None
+        self.session: str | None = None
+
+    def acquire(self, ray: Any, plan: _PoolPlan) -> list[Any]:
+        session = ray.get_runtime_context().get_job_id()
+        if self.actors and (self.plan != plan or self.session != session):
+            self.close(ray if self.session == session else None)
+        if not self.actors:
+            cls = _remote_worker_class(ray).options(**plan.options)
+            self.actors = [cls.remote(plan.device, plan.intra_op_threads)
+                           for _ in range(plan.num_actors)]
+            self.plan, self.session = plan, session
+        return self.actors
+
+    def replace(self, ray: Any, i: int) -> Any:
+        assert self.plan is not None
+        cls = _remote_worker_class(ray).options(**self.plan.options)
+        self.actors[i] = cls.remote(self.plan.device, self.plan.intra_op_threads)
+        return self.actors[i]
+
+    def close(self, ray: Any | None) -> None:
+        """Kill the actors (``ray=None``: Ray is gone already, just forget them)."""
+        if ray is not None and self.actors:
+            total = ray.cluster_resources()
+            for actor in self.actors:
+                ray.kill(actor)
+            _wait_for_release(ray, {k: float(total.get(k, 0.0)) for k in ("CPU", "GPU")})
+        self.actors, self.plan, self.session = [], None, None
+
+
+_POOL = _SharedPool()
+
+
+def close_actor_pool() -> None:
+    """Release the shared actors (a no-op when Ray is not running)."""
+    from shift.engine.ray_runtime import ray_is_running
+
+    if ray_is_running():
+        import ray
+
+        _POOL.close(ray)
+    else:
+        _POOL.close(None)
+
+
 class RayExecutor:
-    """Runs the jobs on a pool of Ray actors (created per ``run``, killed at its end).
+    """Runs the jobs on the process's shared pool of Ray actors (see ``_SharedPool``).
 
     Joins ``address`` (or ``$SHIFT_RAY_ADDRESS``) or starts a local Ray via ``ensure_ray``.
     At most ``MAX_IN_FLIGHT_PER_ACTOR`` batches per actor and about half the object store are in
@@ -329,13 +383,8 @@ class RayExecutor:
         known = None if any(t is None for t in totals) else sum(t or 0 for t in totals)
         if known == 0:
             return
-        before = ray.available_resources()
-        plan = plan_pool(before, self.num_actors, known)
+        plan = plan_pool(ray.cluster_resources(), self.num_actors)
         self.last_plan = plan
-        actor_cls = _remote_worker_class(ray).options(**plan.options)
-
-        def new_actor() -> Any:
-            return actor_cls.remote(plan.device, plan.intra_op_threads)
 
         store = float(ray.cluster_resources().get("object_store_memory", 100 * 2**20))
         byte_budget = max(16 * 2**20, int(store // 2))
@@ -358,8 +407,9 @@ class RayExecutor:
                 view.fail(j)
 
         with _ProgressView(jobs, progress) as view:
+            ok = False
             try:
-                actors.extend(new_actor() for _ in range(plan.num_actors))
+                actors.extend(_POOL.acquire(ray, plan))
                 while True:
                     # fill free slots (per-actor and byte backpressure)
                     while not exhausted:
@@ -400,7 +450,7 @@ class RayExecutor:
                                 f"while running it: {e}"
                             }
                             if actors[a] is actor:  # replace a dead actor once
-                                actors[a] = new_actor()
+                                actors[a] = _POOL.replace(ray, a)
                         if j in failed:
                             continue
                         if "error" in out:
@@ -417,10 +467,10 @@ class RayExecutor:
                             )
                         )
                         view.advance(j)
+                ok = True
             finally:
-                for actor in actors:
-                    ray.kill(actor)
-                _wait_for_release(ray, before)
+                if not ok:  # an error mid-run: do not leave half-busy actors behind
+                    _POOL.close(ray)
 
 
 _REMOTE_WORKER: Any = None
