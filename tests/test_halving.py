@@ -117,3 +117,14 @@ def test_strategy_errors(client: Any, query: str, column: int, hint: str) -> Non
         client.query(query)
     assert e.value.column == column
     assert hint in (e.value.hint or "") or hint in e.value.message
+
+
+def test_explain_estimates_embedding_and_scoring(client: Any) -> None:
+    plan = client.explain("SELECT top 2 FROM pool all WHERE task=toy RANK BY hybrid(sfda)").plan
+    work = plan["work"]
+    assert work["images_to_embed"] == 4 * 400 and work["to_score"] == 4
+    assert work["score_seconds"] > 0 and "scoring 4 models" in work["estimate"]
+    client.query("SELECT top 2 FROM pool all WHERE task=toy RANK BY hybrid(sfda)")
+    again = client.explain("SELECT top 2 FROM pool all WHERE task=toy RANK BY sfda").plan["work"]
+    assert again["images_to_embed"] == 0 and again["to_score"] == 0
+    assert again["score_seconds"] == 0

@@ -62,6 +62,27 @@ def _batch_id(i: int, ids: list[str]) -> str:
     return f"b{i:05d}-" + hashlib.sha256("\n".join(ids).encode()).hexdigest()[:10]
 
 
+#: seconds to score one model per 1,000 training samples (D ≈ 2,048) on this kind of CPU, from
+#: benchmarks/results/estimators.json and the proxy timings; EXPLAIN's estimate of scoring work
+SCORE_SECONDS_PER_1K = {
+    "knn": 0.02,
+    "knn_cosine": 0.02,
+    "linear": 0.5,
+    "logme": 0.12,
+    "leep": 0.01,
+    "nce": 0.01,
+    "hscore": 0.11,
+    "shrink_hscore": 0.14,
+    "transrate": 0.05,
+    "gbc": 0.16,
+    "parc": 0.23,
+    "sfda": 0.81,
+    "ncti": 0.17,
+    "lfc": 0.04,
+    "lgc": 0.02,
+}
+
+
 def embed_order(rows: list[dict[str, Any]]) -> list[str]:
     """The order samples are embedded in: validation first, then train (each in task order), so
     a prefix is what successive halving needs and its batches are reused by a full build."""
@@ -188,6 +209,9 @@ class Engine:
             for w in to_embed
         )
         n_cached = sum(1 for m in models if m.sha256 in cached)
+        n_train = sum(r["split"] != "val" for r in rows)
+        per_model = SCORE_SECONDS_PER_1K.get(proxy, 0.2) * max(n_train, 1) / 1000
+        score_secs = per_model * (len(models) - n_cached)
         return {
             "task": task,
             "samples": len(rows),
@@ -206,8 +230,10 @@ class Engine:
             "to_score": len(models) - n_cached,
             "score_summary": f"{n_cached} cached, {len(models) - n_cached} to compute",
             "images_to_embed": images,
+            "score_seconds": score_secs,
             "estimate": f"{images:,} images through {len(to_embed)} models, "
-            f"~{secs:.0f} s on one CPU core",
+            f"~{secs:.0f} s on one CPU core; scoring {len(models) - n_cached} models "
+            f"~{score_secs:.1f} s",
         }
 
     # ---- indexing ---------------------------------------------------------------------------
