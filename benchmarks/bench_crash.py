@@ -127,35 +127,9 @@ PHASES = {
 # ---- the prepared home -------------------------------------------------------------------------
 
 
-def _tiny_model(path: Path, seed: int, size: int, dim: int = 16, classes: int = 10) -> Path:
-    """A tiny CNN with an embedding and a classifier head, exported to ONNX."""
-    import torch
-    from torch import nn
-
-    from benchmarks.common import export_onnx
-
-    torch.manual_seed(seed)
-
-    class Tiny(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.f = nn.Sequential(
-                nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU(), nn.Conv2d(8, 16, 3, 2, 1), nn.ReLU()
-            )
-            self.e = nn.Linear(16, dim)
-            self.h = nn.Linear(dim, classes)
-
-        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            z = self.e(self.f(x).mean(dim=(2, 3)))
-            return z, self.h(z)
-
-    export_onnx(Tiny(), path, size, ["embedding", "logits"])
-    return path
-
-
 def make_template(root: Path, *, images: int, size: int, models: int) -> Path:
     """A home with ``models`` tiny models and the task ``blobs`` of ``images`` images."""
-    from benchmarks.workloads import blob_task
+    from benchmarks.workloads import blob_task, tiny_cnn
     from shift.model_import import register_onnx
     from shift.registry import Registry
     from shift.tasks import Samples, TaskStore
@@ -165,7 +139,7 @@ def make_template(root: Path, *, images: int, size: int, models: int) -> Path:
     src.mkdir(parents=True, exist_ok=True)
     with Registry.open(home) as reg:
         for i in range(models):
-            f = _tiny_model(src / f"m{i}.onnx", seed=i, size=size)
+            f = tiny_cnn(src / f"m{i}.onnx", size=size, seed=i, classes=10)
             register_onnx(reg, f, f"m{i}")
         x, y = blob_task(images, size=size)
         TaskStore(reg).add(TASK, Samples(x, y, None, [], []), kind="generated", source="blob_task")

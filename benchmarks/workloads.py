@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -27,7 +28,10 @@ def tiny_variants(base: Path, out_dir: Path, n: int, seed: int = 0) -> list[Path
     return paths
 
 
-def tiny_cnn(path: Path, size: int = 32, dim: int = 16, seed: int = 0) -> Path:
+def tiny_cnn(
+    path: Path, size: int = 32, dim: int = 16, seed: int = 0, classes: int | None = None
+) -> Path:
+    """A seeded tiny CNN exported to ONNX: output ``embedding`` (and ``logits`` with a head)."""
     import torch
     from torch import nn
 
@@ -42,11 +46,13 @@ def tiny_cnn(path: Path, size: int = 32, dim: int = 16, seed: int = 0) -> Path:
                 nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU(), nn.Conv2d(8, 16, 3, 2, 1), nn.ReLU()
             )
             self.e = nn.Linear(16, dim)
+            self.h = nn.Linear(dim, classes) if classes else None
 
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.e(self.f(x).mean(dim=(2, 3)))
+        def forward(self, x: torch.Tensor) -> Any:
+            z = self.e(self.f(x).mean(dim=(2, 3)))
+            return z if self.h is None else (z, self.h(z))
 
-    export_onnx(Tiny(), path, size, ["embedding"])
+    export_onnx(Tiny(), path, size, ["embedding"] + (["logits"] if classes else []))
     return path
 
 

@@ -32,7 +32,6 @@ orphan.
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 import sqlite3
 import time
@@ -514,20 +513,9 @@ class _Doctor:
 
 
 def _put_entry(reg: Any, task: str, model: str, idx: Any) -> None:
-    reg.put_index_entry(
-        {
-            "task": task,
-            "model": model,
-            "key_digest": idx.key.digest(),
-            "task_hash": idx.key.task_hash,
-            "model_sha": idx.key.model_sha,
-            "preprocess": idx.key.preprocess,
-            "path": str(idx.root),
-            "count": len(idx),
-            "dim": idx.dim,
-            "providers": json.dumps(idx.meta.providers),
-        }
-    )
+    from shift.index_store import index_entry
+
+    reg.put_index_entry(index_entry(task, model, idx))
 
 
 def doctor(

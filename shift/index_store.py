@@ -40,6 +40,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shift.errors import ShiftError
+from shift.fsutil import fsync_dir, sha256_file
 
 if TYPE_CHECKING:  # pragma: no cover
     import hnswlib
@@ -154,17 +155,6 @@ def _utcnow() -> str:
 # low-level file helpers
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _tmp_path(target: Path) -> Path:
     return target.parent / f".{target.name}{_TMP_MARK}{uuid.uuid4().hex[:12]}"
 
@@ -233,7 +223,7 @@ def _atomic_write(target: Path, data: bytes) -> str:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(target.parent)
+    fsync_dir(target.parent)
     return sha
 
 
@@ -244,13 +234,8 @@ def _atomic_npy(target: Path, array: np.ndarray) -> str:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(target.parent)
+    fsync_dir(target.parent)
     return sha
-
-
-def _sha256_file(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _stamp(path: Path) -> tuple[int, int, int] | None:
@@ -418,6 +403,24 @@ class EmbeddingIndex:
 # the incremental writer
 
 
+def index_entry(
+    task: str, model: str, index: EmbeddingIndex, providers: Sequence[str] | None = None
+) -> dict[str, Any]:
+    """The registry's ``index_entries`` row describing ``index``."""
+    return {
+        "task": task,
+        "model": model,
+        "key_digest": index.key.digest(),
+        "task_hash": index.key.task_hash,
+        "model_sha": index.key.model_sha,
+        "preprocess": index.key.preprocess,
+        "path": str(index.root),
+        "count": len(index),
+        "dim": index.dim,
+        "providers": json.dumps(list(providers or index.meta.providers)),
+    }
+
+
 class IndexWriter:
     """Builds one index batch by batch; each batch is durable as soon as ``add_batch`` returns.
 
@@ -521,7 +524,7 @@ class IndexWriter:
             if bid not in self._verified:
                 try:
                     good = all(
-                        _sha256_file(self.parts_dir / name) == sha
+                        sha256_file(self.parts_dir / name) == sha
                         for name, sha in rec["files"].items()
                     )
                 except OSError:
@@ -699,7 +702,7 @@ class IndexStore:
                 raise IndexCorruptError(f"{self.meta_path} names a bad file {name!r}", path=path)
             if not path.is_file():
                 raise IndexCorruptError(f"index file {path} is missing", path=path)
-            if verify and _sha256_file(path) != sha:
+            if verify and sha256_file(path) != sha:
                 raise IndexCorruptError(
                     f"index file {path} fails its sha256 check (modified or damaged)", path=path
                 )
@@ -1017,7 +1020,7 @@ class IndexStore:
                 data_files.update(hnsw_file(s) for s in SPACES)
                 for name in data_files - set(meta.files):
                     (self.root / name).unlink(missing_ok=True)
-                _fsync_dir(self.root)
+                fsync_dir(self.root)
                 _atomic_write(self.meta_path, meta.model_dump_json(indent=2).encode())
         finally:
             for tmp, _ in staged.values():

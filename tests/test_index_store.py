@@ -13,6 +13,7 @@ import pytest
 
 import shift.index_store as index_store
 from shift.errors import ShiftError
+from shift.fsutil import sha256_file
 from shift.index_store import (
     EmbeddingIndex,
     IndexCorruptError,
@@ -407,7 +408,7 @@ def test_object_arrays_are_refused_not_unpickled(store: IndexStore, tmp_path: Pa
     np.save(store.root / "labels.npy", evil, allow_pickle=True)
     # forge the checksum too, so only the allow_pickle=False guard stands in the way
     meta = json.loads((store.root / "meta.json").read_text())
-    meta["files"]["labels.npy"] = index_store._sha256_file(store.root / "labels.npy")
+    meta["files"]["labels.npy"] = sha256_file(store.root / "labels.npy")
     (store.root / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(IndexCorruptError, match="labels.npy") as err:
         store.open(key)
@@ -420,7 +421,7 @@ def test_wrong_dtype_with_forged_checksum_is_refused(store: IndexStore) -> None:
     build(store, key)
     np.save(store.root / "labels.npy", np.zeros(N, np.float64))
     meta = json.loads((store.root / "meta.json").read_text())
-    meta["files"]["labels.npy"] = index_store._sha256_file(store.root / "labels.npy")
+    meta["files"]["labels.npy"] = sha256_file(store.root / "labels.npy")
     (store.root / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(IndexCorruptError, match="expected int64"):
         store.open(key)

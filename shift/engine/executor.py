@@ -304,8 +304,9 @@ class _SharedPool:
             self.close(ray if self.session == session else None)
         if not self.actors:
             cls = _remote_worker_class(ray).options(**plan.options)
-            self.actors = [cls.remote(plan.device, plan.intra_op_threads)
-                           for _ in range(plan.num_actors)]
+            self.actors = [
+                cls.remote(plan.device, plan.intra_op_threads) for _ in range(plan.num_actors)
+            ]
             self.plan, self.session = plan, session
         return self.actors
 

@@ -280,6 +280,7 @@ class Engine:
 
     def _index(self, task: str, models: list[ModelRecord], locks: ExitStack) -> dict[str, Any]:
         from shift.engine.executor import EmbedJob
+        from shift.index_store import index_entry
 
         t0 = time.perf_counter()
         rec = self.registry.get_task(task)
@@ -381,18 +382,7 @@ class Engine:
                 len(idx),
             ):
                 self.registry.put_index_entry(
-                    {
-                        "task": task,
-                        "model": name,
-                        "key_digest": idx.key.digest(),
-                        "task_hash": idx.key.task_hash,
-                        "model_sha": idx.key.model_sha,
-                        "preprocess": idx.key.preprocess,
-                        "path": str(idx.root),
-                        "count": len(idx),
-                        "dim": idx.dim,
-                        "providers": json.dumps(report.providers.get(name) or idx.meta.providers),
-                    }
+                    index_entry(task, name, idx, report.providers.get(name))
                 )
         report.seconds = time.perf_counter() - t0
         self.last_report = report
