@@ -128,3 +128,33 @@ def test_explain_estimates_embedding_and_scoring(client: Any) -> None:
     again = client.explain("SELECT top 2 FROM pool all WHERE task=toy RANK BY sfda").plan["work"]
     assert again["images_to_embed"] == 0 and again["to_score"] == 0
     assert again["score_seconds"] == 0
+
+
+def test_every_proxy_ranks_from_client_and_cli(client: Any) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from shift.cli import app
+    from shift.proxies import PROXIES
+
+    for name in sorted(PROXIES):
+        for ranker in (name, f"hybrid({name})"):
+            res = client.query(f"SELECT top 2 FROM pool all WHERE task=toy RANK BY {ranker}")
+            assert len(set(res.names)) == 2, ranker
+            assert all(isinstance(s, float) and math.isfinite(s) for s in res.scores.values())
+    for ranker in ("sh(logme)", "random(1)", "logme"):
+        r = CliRunner().invoke(
+            app,
+            [
+                "query",
+                f"SELECT top 2 FROM pool all WHERE task=toy RANK BY {ranker}",
+                "--json",
+                "--home",
+                str(client.registry.home.registry_dir),
+                "--executor",
+                "inprocess",
+            ],
+        )
+        assert r.exit_code == 0, r.output
+        assert len(json.loads(r.stdout)["rows"]) == 2
