@@ -452,8 +452,8 @@ def index_cmd(
     validate_name(task, "task name")
     validate_name(pool, "pool name")
     with Client(home, executor=executor, ray_address=ray_address, progress=True) as c:
-        p = plan_text(f"SELECT * FROM pool {pool} WHERE task = '{task}' RANK BY knn", c.registry)
-        where, params = p.where_sql
+        c.registry.get_task(task)  # a clear error for an unknown task
+        where, params = plan_text(f"SELECT * FROM pool {pool}", c.registry).where_sql
         models = c.registry.models(where, params)
         c.engine.index(task, models)
         rep = c.engine.last_report
@@ -464,6 +464,36 @@ def index_cmd(
     )
     for name, e in rep.failed.items():
         err.print(f"[red]failed:[/red] {name}: {e}", highlight=False)
+
+
+@command(app, "finetune")
+def finetune_cmd(
+    task: str,
+    model: Annotated[list[str] | None, typer.Option("--model", help="model (repeatable)")] = None,
+    pool: Annotated[str, typer.Option(help="pool, when no --model is given")] = "all",
+    epochs: Annotated[int, typer.Option(help="full fine-tuning epochs per lr")] = 2,
+    force: Annotated[bool, typer.Option("--force", help="recompute cached results")] = False,
+    home: HomeOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Fine-tune catalog models on TASK (ground truth; cached) and print best val accuracy."""
+    from shift.config import validate_name
+    from shift.finetune import FinetuneProtocol, finetune, results_table
+    from shift.query.planner import plan_text
+    from shift.registry import Registry
+
+    validate_name(pool, "pool name")
+    with Registry.open(home) as reg:
+        reg.get_task(task)
+        if not model:
+            where, params = plan_text(f"SELECT * FROM pool {pool}", reg).where_sql
+            model = [m.name for m in reg.models(where, params)]
+        proto = FinetuneProtocol(epochs=epochs)
+        results = [finetune(reg, task, m, proto, force=force) for m in model]
+    if as_json:
+        _print_json([r.to_dict() for r in results])
+    else:
+        out.print(results_table(results, f"fine-tuning on {task} ({epochs} epoch(s) per lr)"))
 
 
 @command(app, "doctor")

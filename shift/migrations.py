@@ -99,3 +99,22 @@ def m001_initial(db: Database) -> None:
         },
         pk=("task", "model"),
     )
+
+
+@migrations()
+def m002_finetune(db: Database) -> None:
+    """Ground-truth fine-tuning results (:mod:`shift.finetune`), keyed by task content hash,
+    model sha256 and the protocol's canonical JSON."""
+    db["finetune_results"].create(
+        {
+            "task_hash": str,
+            "model_sha": str,
+            "protocol": str,
+            "accuracy": float,
+            "seconds": float,
+            "epochs": int,
+            "details": str,
+            "computed_at": str,
+        },
+        pk=("task_hash", "model_sha", "protocol"),
+    )

@@ -1,0 +1,152 @@
+"""shift.finetune on a tiny home: a catalog entry whose torch module is a seeded TinyCNN (built
+by a monkeypatched ``build_module``), registered as its ONNX export, and a 2-class toy task."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import shift.finetune as ft
+from shift.errors import ShiftError
+from shift.finetune import FinetuneProtocol, finetune
+from shift.registry import Registry
+
+try:
+    from onnx_factory import build_tiny_cnn, tiny_torch_model
+except ImportError:  # tests/ is a package
+    from tests.onnx_factory import build_tiny_cnn, tiny_torch_model
+
+CATALOG = """\
+models:
+  - name: tiny-expert
+    builder: expert
+    expert: cnn-digits-expert
+    family: tiny-cnn
+    input: {height: 16, width: 16, mean: [0.5, 0.5, 0.5], std: [0.5, 0.5, 0.5]}
+    upstream_dataset: test
+    source: test
+    license: MIT
+    tags: [expert]
+"""
+
+FAST = FinetuneProtocol(head_steps=20, epochs=1)
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
+    from shift.catalog.entries import load_catalog
+    from shift.catalog.importer import export
+    from shift.model_import import register_onnx
+    from shift.tasks import Samples, TaskStore
+
+    reg = Registry.open(tmp_path)
+    reg.home.catalog_path.write_text(CATALOG)
+    (entry,) = load_catalog(reg.home.catalog_path)
+    builds: list[int] = []
+
+    def fake_build(e):  # the catalog's torch module: seeded, (embedding, logits)
+        builds.append(1)
+        return tiny_torch_model(seed=0), {}
+
+    monkeypatch.setattr("shift.catalog.importer.build_module", fake_build)
+    monkeypatch.setattr(ft, "_BUILT", {})
+    export(tiny_torch_model(seed=0), entry, tmp_path / "tiny.onnx")
+    register_onnx(
+        reg, tmp_path / "tiny.onnx", "tiny-expert", input_overrides=entry.input.model_dump()
+    )
+    other = build_tiny_cnn(tmp_path / "other.onnx", seed=3, size=16)
+    register_onnx(reg, other.path, "not-in-catalog")
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1], 30)
+    images = rng.integers(0, 90, (60, 16, 16, 3)).astype(np.uint8)
+    images[labels == 1] += 150  # bright vs dark: separable
+    splits = ["val" if i % 3 == 0 else "train" for i in range(60)]
+    TaskStore(reg).add(
+        "toy",
+        Samples(images, labels, splits, ["dark", "bright"], [f"t{i}" for i in range(60)]),
+        kind="generated",
+        source="test",
+    )
+    yield {"reg": reg, "builds": builds}
+    reg.close()
+
+
+def test_finetune_accuracy_cache_and_protocol_key(home: dict, monkeypatch) -> None:
+    reg = home["reg"]
+    trained: list[int] = []
+    real_train = ft._train
+
+    def counting_train(*a, **k):
+        trained.append(1)
+        return real_train(*a, **k)
+
+    monkeypatch.setattr(ft, "_train", counting_train)
+    res = finetune(reg, "toy", "tiny-expert", FAST)
+    assert 0.0 <= res.accuracy <= 1.0
+    assert res.accuracy >= 0.9  # separable toy task
+    assert not res.cached and res.epochs == 1 and len(trained) == 1
+    assert set(res.details["curves"]) == {"0.01", "0.001"}
+
+    again = finetune(reg, "toy", "tiny-expert", FAST)  # cached: no training, no build
+    assert again.cached and again.accuracy == res.accuracy and len(trained) == 1
+    assert len(home["builds"]) == 1
+
+    other = finetune(reg, "toy", "tiny-expert", FAST.model_copy(update={"lrs": (0.05,)}))
+    assert not other.cached and len(trained) == 2
+    assert len(home["builds"]) == 1  # the expert is rebuilt once per process
+    n = reg.db.execute("SELECT count(*) FROM finetune_results").fetchone()[0]
+    assert n == 2
+
+    forced = finetune(reg, "toy", "tiny-expert", FAST, force=True)
+    assert not forced.cached and forced.accuracy == res.accuracy  # seeded, deterministic
+    assert reg.db.execute("SELECT count(*) FROM finetune_results").fetchone()[0] == 2
+    assert FAST.key() == FAST.model_copy(update={"threads": 1}).key()
+
+
+def test_non_catalog_model_is_refused(home: dict) -> None:
+    with pytest.raises(ShiftError, match="not in the catalog") as e:
+        finetune(home["reg"], "toy", "not-in-catalog", FAST)
+    assert "onnx2torch" in (e.value.hint or "") and "torchvision" in (e.value.hint or "")
+
+
+def test_mismatched_onnx_is_refused(home: dict, monkeypatch) -> None:
+    monkeypatch.setattr(
+        "shift.catalog.importer.build_module", lambda e: (tiny_torch_model(seed=5), {})
+    )
+    with pytest.raises(ShiftError, match="does not match"):
+        finetune(home["reg"], "toy", "tiny-expert", FAST)
+
+
+def test_bench_metrics_use_shift_evaluation(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1]))
+    from benchmarks.bench_e2e_regret import strategy_metrics
+    from shift import evaluation as ev
+
+    acc = {"a": 0.9, "b": 0.8, "c": 0.5, "d": 0.7}
+    ranking = ["c", "b", "a", "d"]
+    m = strategy_metrics(acc, ranking)
+    for b in (1, 2, 3):
+        assert m["regret"][str(b)] == pytest.approx(ev.regret_at(acc, ranking, b))
+        assert m["relative_regret"][str(b)] == pytest.approx(ev.relative_regret_at(acc, ranking, b))
+    assert m["relative_regret"]["3"] == 0.0
+    scores = {name: float(len(ranking) - i) for i, name in enumerate(ranking)}
+    assert m["weighted_tau"] == pytest.approx(ev.weighted_tau(scores, acc))
+
+
+def test_cli_finetune_table_and_cache(home: dict) -> None:
+    from typer.testing import CliRunner
+
+    from shift.cli import app
+
+    args = ["finetune", "toy", "--model", "tiny-expert", "--epochs", "1"]
+    args += ["--home", str(home["reg"].home.registry_dir)]
+    first = CliRunner().invoke(app, args)
+    assert first.exit_code == 0, first.output
+    assert "tiny-expert" in first.output and "val accuracy" in first.output
+    again = CliRunner().invoke(app, [*args, "--json"])
+    assert again.exit_code == 0 and '"cached": true' in again.output
+    bad = CliRunner().invoke(app, ["finetune", "toy", "--model", "not-in-catalog", *args[4:]])
+    assert bad.exit_code == 1 and "not in the catalog" in bad.output
