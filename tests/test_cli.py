@@ -15,7 +15,12 @@ from typer.testing import CliRunner
 import shift.cli
 from shift.cli import app
 from shift.registry import Registry
-from shift.schemas import InputSpec, ModelRecord, TaskRecord
+from shift.schemas import TaskRecord
+
+try:
+    from records import fake_model
+except ImportError:  # tests/ is a package
+    from tests.records import fake_model
 
 try:
     from onnx_factory import build_tiny_cnn, tiny_torch_model
@@ -52,21 +57,6 @@ def cli(home: Path, *args: str, env: dict[str, str] | None = None):  # noqa: ANN
         assert isinstance(result.exception, SystemExit), repr(result.exception)
     assert "Traceback" not in result.output
     return result
-
-
-def fake_model(name: str, **kw: object) -> ModelRecord:
-    base: dict[str, object] = {
-        "name": name,
-        "path": f"/nowhere/{name}.onnx",
-        "sha256": (name.encode().hex() + "0" * 64)[:64],
-        "params": 1_000_000,
-        "dim": 512,
-        "output": "embedding",
-        "input_name": "input",
-        "input": InputSpec(height=224, width=224),
-    }
-    base.update(kw)
-    return ModelRecord(**base)
 
 
 def seed_registry(home: Path) -> None:

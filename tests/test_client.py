@@ -10,22 +10,12 @@ import pytest
 import shift
 from shift.client import Client
 from shift.errors import QueryError
-from shift.schemas import InputSpec, ModelRecord, Result
+from shift.schemas import Result
 
-
-def model(name: str, **kw: object) -> ModelRecord:
-    base: dict[str, object] = {
-        "name": name,
-        "path": f"/nowhere/{name}.onnx",
-        "sha256": (name.encode().hex() + "0" * 64)[:64],
-        "params": 1_000_000,
-        "dim": 512,
-        "output": "embedding",
-        "input_name": "input",
-        "input": InputSpec(height=224, width=224),
-    }
-    base.update(kw)
-    return ModelRecord(**base)
+try:
+    from records import fake_model as model
+except ImportError:  # tests/ is a package
+    from tests.records import fake_model as model
 
 
 def top1(v: float) -> dict[str, object]:

@@ -18,42 +18,17 @@ from shift.query.format import to_text
 from shift.query.parser import MAX_NESTING, MAX_QUERY_CHARS, parse, parse_number
 from shift.query.planner import plan_text
 from shift.registry import Registry
-from shift.schemas import InputSpec, ModelRecord, TaskRecord
+
+try:
+    from records import fake_model as make_model
+    from records import fake_task as make_task
+except ImportError:  # tests/ is a package
+    from tests.records import fake_model as make_model
+    from tests.records import fake_task as make_task
 
 
 def C(col: str, op: str, v: object) -> Compare:  # noqa: N802 - reads like the AST
     return Compare(col, op, Literal(v))
-
-
-def make_task(name: str) -> TaskRecord:
-    """A TaskRecord with placeholder data (planning only needs the name to exist)."""
-    fields = {
-        "name": name,
-        "content_hash": f"c-{name}",
-        "data_hash": f"d-{name}",
-        "kind": "npz",
-        "source": f"/data/{name}.npz",
-        "num_samples": 10,
-        "num_train": 8,
-        "num_val": 2,
-        "num_classes": 2,
-    }
-    return TaskRecord(**{k: v for k, v in fields.items() if k in TaskRecord.model_fields})
-
-
-def make_model(name: str, **kw: object) -> ModelRecord:
-    base: dict[str, object] = {
-        "name": name,
-        "path": f"/nowhere/{name}.onnx",
-        "sha256": (name.encode().hex() * 64)[:64],
-        "params": 1_000_000,
-        "dim": 512,
-        "output": "embedding",
-        "input_name": "input",
-        "input": InputSpec(height=32, width=32),
-    }
-    base.update(kw)
-    return ModelRecord(**base)
 
 
 @pytest.fixture(scope="module")

@@ -18,46 +18,19 @@ from shift.model_import import register_onnx
 from shift.pools import BUILTIN_POOLS, RESNET50_PARAMS
 from shift.query.planner import plan_text
 from shift.registry import Registry
-from shift.schemas import InputSpec, ModelRecord, TaskRecord
+from shift.schemas import InputSpec, ModelRecord
+
+try:
+    from records import fake_model as make_model
+    from records import fake_task as make_task
+except ImportError:  # tests/ is a package
+    from tests.records import fake_model as make_model
+    from tests.records import fake_task as make_task
 
 try:
     from onnx_factory import build_tiny_cnn, tiny_torch_model
 except ImportError:  # tests/ imported as a package
     from tests.onnx_factory import build_tiny_cnn, tiny_torch_model
-
-
-def fake_sha(name: str) -> str:
-    return (name.encode().hex() + "0" * 64)[:64]
-
-
-def make_model(name: str, **kw: object) -> ModelRecord:
-    base: dict[str, object] = {
-        "name": name,
-        "path": f"/nowhere/{name}.onnx",
-        "sha256": fake_sha(name),
-        "params": 1_000_000,
-        "dim": 512,
-        "output": "embedding",
-        "input_name": "input",
-        "input": InputSpec(height=224, width=224),
-    }
-    base.update(kw)
-    return ModelRecord(**base)
-
-
-def make_task(name: str) -> TaskRecord:
-    fields = {
-        "name": name,
-        "content_hash": f"c-{name}",
-        "data_hash": f"d-{name}",
-        "kind": "npz",
-        "source": f"/data/{name}.npz",
-        "num_samples": 10,
-        "num_train": 8,
-        "num_val": 2,
-        "num_classes": 2,
-    }
-    return TaskRecord(**{k: v for k, v in fields.items() if k in TaskRecord.model_fields})
 
 
 @pytest.fixture
