@@ -215,9 +215,10 @@ def _stage_file(target: Path, src: Path) -> tuple[Path, str]:
     return tmp, sha
 
 
-def _atomic_write(target: Path, data: bytes) -> str:
-    """temp + fsync + ``os.replace`` + fsync(dir); returns the sha256 of ``data``."""
-    tmp, sha = _stage_bytes(target, data)
+def _put_staged(target: Path, staged: tuple[Path, str]) -> str:
+    """Rename a staged (written + fsynced) temp file over ``target``, fsync the directory, and
+    return its sha256; the temp file is removed if the rename fails."""
+    tmp, sha = staged
     try:
         os.replace(tmp, target)
     except BaseException:
@@ -225,17 +226,16 @@ def _atomic_write(target: Path, data: bytes) -> str:
         raise
     fsync_dir(target.parent)
     return sha
+
+
+def _atomic_write(target: Path, data: bytes) -> str:
+    """temp + fsync + ``os.replace`` + fsync(dir); returns the sha256 of ``data``."""
+    return _put_staged(target, _stage_bytes(target, data))
 
 
 def _atomic_npy(target: Path, array: np.ndarray) -> str:
-    tmp, sha = _stage_npy(target, array)
-    try:
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(target.parent)
-    return sha
+    """``_atomic_write`` for an array saved as .npy."""
+    return _put_staged(target, _stage_npy(target, array))
 
 
 def _stamp(path: Path) -> tuple[int, int, int] | None:
