@@ -158,3 +158,12 @@ def test_every_proxy_ranks_from_client_and_cli(client: Any) -> None:
         )
         assert r.exit_code == 0, r.output
         assert len(json.loads(r.stdout)["rows"]) == 2
+
+
+def test_sh_with_a_logit_proxy_refuses_models_without_a_head(client: Any, tmp_path: Path) -> None:
+    build_tiny_cnn(tmp_path / "headless.onnx", seed=9, classes=None)
+    register_onnx(client.registry, tmp_path / "headless.onnx", "headless")
+    with pytest.raises(QueryError) as e:
+        client.query("SELECT top 2 FROM pool all WHERE task=toy RANK BY sh(leep)")
+    assert "headless" in e.value.message and e.value.column == 51
+    assert client.engine.executor.inference_calls == 0  # refused before any embedding

@@ -183,6 +183,7 @@ def execute(
     models = registry.models(where, params)
     scores: dict[str, float | None] = {}
     strategy, label = plan.strategy, plan.proxy
+    check_heads(plan, models)  # before any work: sh and plain proxies alike
     if plan.strategy in ("random", "meta"):
         scores = (
             random_scores(models, plan.proxy_args[0])
@@ -216,7 +217,6 @@ def execute(
         race_scores = {n: (a.scores[-1] if a.scores else None) for n, a in res.arms.items()}
         race = res
     elif plan.task and plan.proxy:
-        check_heads(plan, models)
         if engine is None:
             from shift.engine.search import Engine
 
