@@ -12,10 +12,17 @@ best validation accuracy. Here (defaults of :class:`FinetuneProtocol`):
    ``epochs`` (default 2) passes over the training split, every parameter trained (BatchNorm
    affine parameters included, but its running statistics frozen at the pre-trained values:
    ``freeze_bn_stats``; with batch 32 and few steps, train-mode BatchNorm mixed source and target
-   statistics and dropped ImageNet models to chance on MNIST), each run starting from the
-   pre-trained weights and the warmed-up head;
-4. the result is the **best validation accuracy over lrs and epochs** (evaluated after each
-   epoch, in eval mode).
+   statistics and dropped MobileNet V2 from 48 % to 25-37 % on ``position``), the global
+   gradient norm clipped to ``clip_grad_norm`` = 1.0 (as in ViT's fine-tuning, Dosovitskiy et al.
+   2021), each run starting from the pre-trained weights and the warmed-up head;
+4. the result is the **best validation accuracy over lrs and epochs**, evaluated in eval mode
+   after each epoch and once before the first (epoch 0: the warmed-up head alone), so
+   fine-tuning reports at least the linear probe's accuracy, like early stopping would.
+
+Why clipping: with BatchNorm statistics frozen nothing rescales the backbone's gradients, and the
+first steps through a warmed-up head are large (global norm ≈ 50 for the MNIST expert). Without
+clipping, one SGD step at lr 0.001 took the MNIST expert from 95 % to 35 % and 15 steps to chance;
+with it the expert keeps 96 % and MobileNet V2 on ``position`` improves from 48 % to 59 %.
 
 Inputs are preprocessed with exactly the model's registered ``InputSpec``
 (:func:`shift.engine.preprocess.preprocess`). Runs are seeded (``seed``), single-/two-threaded
@@ -79,6 +86,9 @@ class FinetuneProtocol(BaseModel):
     )
     freeze_bn_stats: bool = Field(
         True, description="BatchNorm keeps its pre-trained running statistics while fine-tuning"
+    )
+    clip_grad_norm: float | None = Field(
+        1.0, gt=0, description="clip the global gradient norm of each step (None: no clipping)"
     )
     seed: int = 0
     threads: int = Field(2, ge=1, le=2)
@@ -293,9 +303,14 @@ def _train(
         m.eval()
         return torch.cat([m(x[idx[i : i + 64]])[0] for i in range(0, len(idx), 64)])
 
+    clock = {"eval": 0.0, "train": 0.0}
+    sample_steps = 0  # training samples through forward + backward, over all full runs
+
     @torch.inference_mode()
     def val_acc(m: Any, head: Any) -> float:
+        t = time.perf_counter()
         pred = head(embed(m, va)).argmax(1)
+        clock["eval"] += time.perf_counter() - t
         return float((pred == y[va]).float().mean())
 
     t0 = time.perf_counter()
@@ -330,26 +345,36 @@ def _train(
                     if isinstance(mod, nn.modules.batchnorm._BatchNorm):
                         mod.eval()
             perm = tr[torch.randperm(len(tr), generator=gen)]
+            t = time.perf_counter()
             for i in range(0, len(perm), p.batch_size):
                 b = perm[i : i + p.batch_size]
                 if len(b) < 2:  # BatchNorm needs two samples in train mode
                     continue
+                sample_steps += len(b)
                 emb, _ = module(x[b])
                 loss = loss_fn(head(emb), y[b])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
+                if p.clip_grad_norm is not None:
+                    nn.utils.clip_grad_norm_(params, p.clip_grad_norm)
                 opt.step()
+            clock["train"] += time.perf_counter() - t
             curve.append(val_acc(module, head))
         runs[repr(lr)] = curve
-    best_lr, best = max(((lr, max(c)) for lr, c in runs.items()), key=lambda t: t[1])
+    # epoch 0 (the warmed-up head) is every run's start; max() keeps the first of equal values
+    best_lr, best = max(((lr, max([head_acc, *c])) for lr, c in runs.items()), key=lambda t: t[1])
     return {
         "accuracy": best,
         "best_lr": float(best_lr),
-        "best_epoch": runs[best_lr].index(best) + 1,
+        "best_epoch": [head_acc, *runs[best_lr]].index(best),
         "curves": runs,
         "head_accuracy": head_acc,
         "embed_seconds": embed_s,
         "head_seconds": head_s,
+        "train_seconds": clock["train"],
+        "train_sample_steps": sample_steps,
+        "eval_seconds": clock["eval"],
+        "eval_samples": int(len(va)) * (1 + len(p.lrs) * p.epochs),
         "n_train": int(len(tr)),
         "n_val": int(len(va)),
         "classes": classes,

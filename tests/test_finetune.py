@@ -150,3 +150,65 @@ def test_cli_finetune_table_and_cache(home: dict) -> None:
     assert again.exit_code == 0 and '"cached": true' in again.output
     bad = CliRunner().invoke(app, ["finetune", "toy", "--model", "not-in-catalog", *args[4:]])
     assert bad.exit_code == 1 and "not in the catalog" in bad.output
+
+
+@pytest.fixture(scope="module")
+def sharp_expert() -> dict:
+    """A briefly trained MNIST expert (BatchNorm, AdamW + one-cycle: a sharp minimum) and 300
+    digits it did not train on, 2/3 train and 1/3 val."""
+    import torch
+
+    from shift.catalog.experts import EXPERTS, preprocess, train_expert
+
+    spec = EXPERTS["cnn-digits-expert"]
+    module, _ = train_expert(spec, n=1200, epochs=3)
+    data = spec.upstream()  # the full 4,000: the last 300 are outside the 1,200 trained on
+    return {
+        "module": module,
+        "x": preprocess(data.images[-300:]),
+        "y": torch.from_numpy(data.labels[-300:].astype(np.int64)),
+        "is_train": np.arange(300) % 3 != 0,
+    }
+
+
+def _train_copy(sharp_expert: dict, protocol: FinetuneProtocol) -> dict:
+    import copy
+
+    import torch
+
+    torch.manual_seed(0)
+    d = sharp_expert
+    return ft._train(copy.deepcopy(d["module"]), d["x"], d["y"], d["is_train"], 10, protocol)
+
+
+def test_fine_tuning_never_falls_below_the_warmed_up_head(sharp_expert: dict) -> None:
+    """The regression behind the clipping: with frozen BatchNorm statistics and no clipping, a
+    few SGD steps at lr 0.01 took this expert from ~93 % to chance. Every epoch of the default
+    protocol must stay near the linear probe it starts from."""
+    d = _train_copy(sharp_expert, FinetuneProtocol(max_train=96, epochs=1))
+    assert d["head_accuracy"] > 0.8
+    for lr, curve in d["curves"].items():
+        assert min(curve) >= d["head_accuracy"] - 0.1, (lr, curve, d["head_accuracy"])
+    assert d["accuracy"] >= d["head_accuracy"]
+
+
+def test_epoch_zero_is_the_warmed_up_head(sharp_expert: dict) -> None:
+    """When no fine-tuning epoch beats the warmed-up head (here: clipping switched off, so the
+    runs diverge), the result is the head's accuracy at epoch 0, not the diverged runs'."""
+    d = _train_copy(sharp_expert, FinetuneProtocol(max_train=96, epochs=1, clip_grad_norm=None))
+    best_run = max(max(c) for c in d["curves"].values())
+    assert best_run < d["head_accuracy"]  # the divergence this protocol option exists for
+    assert d["accuracy"] == d["head_accuracy"] and d["best_epoch"] == 0
+
+
+def test_bench_projects_finetune_cost_from_measured_per_sample_times(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1]))
+    from benchmarks.bench_e2e_regret import projected_finetune_seconds
+
+    # 0.1 s per training sample (forward + backward), 0.1 s per forward: 5 evals of 10 samples
+    row = {"train_seconds": 10.0, "train_sample_steps": 100, "eval_seconds": 5.0, "n_val": 10}
+    got = projected_finetune_seconds(row, n_train=50, n_val=10, evals=5)
+    assert got["default_full_split"] == pytest.approx(50 * 0.1 + 4 * 50 * 0.1 + 5 * 10 * 0.1)
+    assert got["paper"] == pytest.approx(2 * 2500 * 512 * 0.1 + 50 * 0.1)
