@@ -472,13 +472,17 @@ def finetune_cmd(
     model: Annotated[list[str] | None, typer.Option("--model", help="model (repeatable)")] = None,
     pool: Annotated[str, typer.Option(help="pool, when no --model is given")] = "all",
     epochs: Annotated[int, typer.Option(help="full fine-tuning epochs per lr")] = 2,
+    max_train: Annotated[
+        int | None,
+        typer.Option(help="fine-tune on a seeded random subset of this many training samples"),
+    ] = None,
     force: Annotated[bool, typer.Option("--force", help="recompute cached results")] = False,
     home: HomeOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Fine-tune catalog models on TASK (ground truth; cached) and print best val accuracy."""
     from shift.config import validate_name
-    from shift.finetune import FinetuneProtocol, finetune, results_table
+    from shift.finetune import FinetuneProtocol, finetune_many, results_table
     from shift.query.planner import plan_text
     from shift.registry import Registry
 
@@ -488,8 +492,8 @@ def finetune_cmd(
         if not model:
             where, params = plan_text(f"SELECT * FROM pool {pool}", reg).where_sql
             model = [m.name for m in reg.models(where, params)]
-        proto = FinetuneProtocol(epochs=epochs)
-        results = [finetune(reg, task, m, proto, force=force) for m in model]
+        proto = FinetuneProtocol(epochs=epochs, max_train=max_train)
+        results = finetune_many(reg, task, model, proto, force=force, progress=not as_json)
     if as_json:
         _print_json([r.to_dict() for r in results])
     else:

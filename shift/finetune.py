@@ -438,8 +438,20 @@ def finetune_many(
     *,
     force: bool = False,
     catalog: str | Path | None = None,
+    progress: bool = False,
 ) -> list[FinetuneResult]:
-    return [finetune(registry, task, m, protocol, force=force, catalog=catalog) for m in models]
+    """:func:`finetune` each of ``models`` on ``task`` in turn, with a progress bar (stderr)."""
+    from shift.progress import progress_bar
+
+    bar = progress_bar(progress)
+    results = []
+    with bar:
+        job = bar.add_task(f"fine-tuning on {task}", total=len(models))
+        for m in models:
+            bar.update(job, description=f"fine-tuning {m} on {task}")
+            results.append(finetune(registry, task, m, protocol, force=force, catalog=catalog))
+            bar.advance(job)
+    return results
 
 
 def results_table(results: list[FinetuneResult], title: str) -> Any:

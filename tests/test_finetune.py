@@ -3,6 +3,7 @@ by a monkeypatched ``build_module``), registered as its ONNX export, and a 2-cla
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -148,6 +149,11 @@ def test_cli_finetune_table_and_cache(home: dict) -> None:
     assert "tiny-expert" in first.output and "val accuracy" in first.output
     again = CliRunner().invoke(app, [*args, "--json"])
     assert again.exit_code == 0 and '"cached": true' in again.output
+    subset = CliRunner().invoke(app, [*args, "--max-train", "10", "--json"])
+    assert subset.exit_code == 0, subset.output
+    (row,) = json.loads(subset.output)
+    assert row["details"]["n_train"] == 10 and row["protocol"]["max_train"] == 10
+    assert not row["cached"]
     bad = CliRunner().invoke(app, ["finetune", "toy", "--model", "not-in-catalog", *args[4:]])
     assert bad.exit_code == 1 and "not in the catalog" in bad.output
 

@@ -110,9 +110,9 @@ def import_catalog(
             raise ShiftError(f"not in the catalog: {', '.join(unknown)}")
         entries = [e for e in entries if e.name in names]
     results = []
-    from rich.progress import Progress
+    from shift.progress import progress_bar
 
-    with Progress(disable=not progress, transient=True) as bar:
+    with progress_bar(progress, transient=True) as bar:
         task = bar.add_task("catalog", total=len(entries))
         for e in entries:
             bar.update(task, description=f"catalog: {e.name}")

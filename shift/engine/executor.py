@@ -104,22 +104,9 @@ class _ProgressView:
     def __enter__(self) -> _ProgressView:
         if not self.enabled:
             return self
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-        )
+        from shift.progress import progress_bar
 
-        self._p = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=Console(stderr=True),
-        )
+        self._p = progress_bar()
         self._p.start()
         totals = [job.num_batches() for job in self.jobs]
         overall = None if any(t is None for t in totals) else sum(t or 0 for t in totals)
