@@ -9,6 +9,7 @@ from typing import Any
 
 from benchmarks import (
     bench_crash,
+    bench_e2e_regret,
     bench_embedding,
     bench_estimators,
     bench_incremental,
@@ -58,6 +59,7 @@ def main() -> None:
     print(f"plot: {RESULTS / 'engine.png'}")
     bench_estimators.main([])
     bench_vtab_regret.main()
+    bench_e2e_regret.main([])  # from the committed ground truth; needs the demo home (make demo)
     bench_crash.main([])
 
 

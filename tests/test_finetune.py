@@ -219,3 +219,25 @@ def test_bench_projects_finetune_cost_from_measured_per_sample_times(
     got = projected_finetune_seconds(row, n_train=50, n_val=10, evals=5)
     assert got["default_full_split"] == pytest.approx(50 * 0.1 + 4 * 50 * 0.1 + 5 * 10 * 0.1)
     assert got["paper"] == pytest.approx(2 * 2500 * 512 * 0.1 + 50 * 0.1)
+
+
+def test_bench_expected_random_is_the_mean_over_all_b_subsets(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import itertools
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1]))
+    from benchmarks.bench_e2e_regret import expected_random, finetune_gain
+    from shift import evaluation as ev
+
+    acc = {"a": 0.9, "b": 0.8, "c": 0.5, "d": 0.7}
+    gt = {"t": {"models": {m: {"accuracy": a, "head_accuracy": a - 0.1} for m, a in acc.items()}}}
+    got = expected_random(gt, ["t"])["summary"]
+    assert got["mean_regret"] == pytest.approx({"1": 0.175, "2": 0.4 / 6, "3": 0.1 / 4})
+    for b in (1, 2, 3):  # relative regret: the same mean, brute force over every B-subset
+        subsets = list(itertools.combinations(acc, b))
+        want = np.mean([ev.relative_regret_at(acc, list(s), b) for s in subsets])
+        assert got["mean_relative_regret"][str(b)] == pytest.approx(want)
+    gain = finetune_gain(gt, ["t"])
+    assert gain["pairs"] == 4 and gain["improved"] == 4
+    assert gain["mean_gain"] == pytest.approx(0.1)
