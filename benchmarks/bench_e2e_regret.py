@@ -42,6 +42,8 @@ from shift import evaluation as ev
 
 GT_PATH = RESULTS / "finetune_ground_truth.json"
 BUDGETS = (1, 2, 3)
+#: every model; the generalists with ImageNet accuracies (no experts: the agnostic side's pool)
+POOLS = ("all", "imagenet")
 STRATEGIES = [
     "agnostic",
     "knn",
@@ -165,21 +167,22 @@ def measure_embedding(reg: Any, task: str, models: list[str]) -> dict[str, Any]:
         reg.db.conn.backup(dst)
         dst.close()
         copy = Registry(Home(root / "reg", root / "idx"))
-        recs = [copy.get_model(m) for m in models]
         engine = Engine(copy, executor="inprocess", progress=False)
-        t0 = time.perf_counter()
-        engine.index(task, recs)
-        seconds = time.perf_counter() - t0
-        rep = engine.last_report
+        per_model, embedded = {}, 0
+        for m in models:  # one at a time: a generalist costs ~20x an expert per image
+            t0 = time.perf_counter()
+            engine.index(task, [copy.get_model(m)])
+            per_model[m] = time.perf_counter() - t0
+            embedded += sum(engine.last_report.embedded.values())
         copy.close()
     images = len(reg.samples(task))
     return {
         "task": task,
         "images": images,
         "models": len(models),
-        "embedded": sum(rep.embedded.values()),
-        "seconds": seconds,
-        "seconds_per_image_model": seconds / max(1, images * len(models)),
+        "embedded": embedded,
+        "seconds": sum(per_model.values()),
+        "seconds_per_image": {m: s / images for m, s in per_model.items()},
         "executor": "inprocess",
     }
 
@@ -274,8 +277,14 @@ def _score_seconds(reg: Any, task_hash: str, proxy: str, shas: list[str]) -> flo
 
 
 def run_search(
-    c: Any, tasks: list[str], gt: dict[str, Any], emb: dict[str, Any], protocol: dict[str, Any]
+    c: Any,
+    tasks: list[str],
+    gt: dict[str, Any],
+    emb: dict[str, Any],
+    protocol: dict[str, Any],
+    pool: str = "all",
 ) -> dict:
+    """Every strategy on every task over ``pool`` (``gt`` restricted to its members)."""
     reg = c.registry
     per_strategy: dict[str, Any] = {}
     for s in STRATEGIES:
@@ -284,7 +293,7 @@ def run_search(
             acc = {m: v["accuracy"] for m, v in gt[task]["models"].items()}
             t0 = time.perf_counter()
             try:
-                res = c.query(f"SELECT * FROM pool all WHERE task={task} RANK BY {s}")
+                res = c.query(f"SELECT * FROM pool {pool} WHERE task={task} RANK BY {s}")
             except Exception as e:  # noqa: BLE001 — record and go on
                 per_task[task] = {"error": str(e).splitlines()[0]}
                 continue
@@ -297,10 +306,11 @@ def run_search(
                 embed_s, score_s = 0.0, 0.0
             elif s.startswith("sh("):  # embeds the val split + the train prefix each model saw
                 n_val = sum(r["split"] != "train" for r in reg.samples(task))
-                seen = sum(n_val + int(r["samples"]) for r in res.rows)
-                embed_s, score_s = emb["seconds_per_image_model"] * seen, query_s
+                per_image = emb["seconds_per_image"]
+                seen = sum(per_image[r["name"]] * (n_val + int(r["samples"])) for r in res.rows)
+                embed_s, score_s = seen, query_s
             else:
-                embed_s = emb["seconds_per_image_model"] * n * len(models)
+                embed_s = n * sum(emb["seconds_per_image"][m] for m in models)
                 shas = [v["model_sha"] for v in gt[task]["models"].values()]
                 cached = _score_seconds(reg, gt[task]["task_hash"], proxy, shas)
                 score_s = cached if cached is not None else query_s
@@ -359,25 +369,38 @@ def markdown_table(per_strategy: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def plot(per_strategy: dict[str, Any], path: Path) -> None:
+def plot(by_pool: dict[str, dict[str, Any]], path: Path) -> None:
+    """One panel per pool: mean relative regret of every strategy at each B."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [s for s, v in per_strategy.items() if "mean_relative_regret" in v["summary"]]
-    x = np.arange(len(names))
-    fig, ax = plt.subplots(figsize=(13, 4.2))
-    for i, b in enumerate(BUDGETS):
-        vals = [per_strategy[s]["summary"]["mean_relative_regret"][str(b)] for s in names]
-        ax.bar(x + (i - 1) * 0.27, vals, 0.27, label=f"B = {b}")
-    ax.set_xticks(x, names, rotation=45, ha="right")
-    ax.set_ylabel("mean relative regret")
-    ax.set_title("demo registry: relative regret vs fine-tuning ground truth (lower is better)")
-    ax.legend()
+    fig, axes = plt.subplots(len(by_pool), 1, figsize=(13, 4.2 * len(by_pool)), squeeze=False)
+    for ax, (pool, per_strategy) in zip(axes[:, 0], by_pool.items(), strict=True):
+        names = [s for s, v in per_strategy.items() if "mean_relative_regret" in v["summary"]]
+        x = np.arange(len(names))
+        for i, b in enumerate(BUDGETS):
+            vals = [per_strategy[s]["summary"]["mean_relative_regret"][str(b)] for s in names]
+            ax.bar(x + (i - 1) * 0.27, vals, 0.27, label=f"B = {b}")
+        ax.set_xticks(x, names, rotation=45, ha="right")
+        ax.set_ylabel("mean relative regret")
+        ax.set_title(
+            f"demo registry, pool {pool}: relative regret vs fine-tuning (lower is better)"
+        )
+        ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def restrict(gt: dict[str, Any], tasks: list[str], members: list[str]) -> dict[str, Any]:
+    """The ground truth of ``tasks`` with only the models in ``members``."""
+    keep = set(members)
+    return {
+        t: {**gt[t], "models": {m: v for m, v in gt[t]["models"].items() if m in keep}}
+        for t in tasks
+    }
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -387,6 +410,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--regenerate", action="store_true", help="fine-tune again (registry cache)")
     ap.add_argument("--tasks", nargs="*", default=list(DEMO_TASKS))
+    ap.add_argument("--pools", nargs="*", default=list(POOLS))
+    ap.add_argument(
+        "--measure-embedding",
+        action="store_true",
+        help="measure the embedding cost again (kept in the ground-truth file)",
+    )
     ap.add_argument("--epochs", type=int, default=BENCH_EPOCHS)
     ap.add_argument("--max-train", type=int, default=BENCH_MAX_TRAIN)
     ap.add_argument(
@@ -418,6 +447,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             }
             RESULTS.mkdir(parents=True, exist_ok=True)
             GT_PATH.write_text(json.dumps(gt_doc, indent=2) + "\n")
+        if args.measure_embedding and not args.regenerate:
+            task = min(gt_doc["tasks"], key=lambda t: len(reg.samples(t)))
+            gt_doc["embedding_measurement"] = measure_embedding(reg, task, gt_doc["models"])
+            GT_PATH.write_text(json.dumps(gt_doc, indent=2) + "\n")
         gt = gt_doc["tasks"]
         want = json.loads(_protocol(args.epochs, args.max_train).key())
         if gt_doc["protocol"] != want:
@@ -428,8 +461,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if stale:  # the task's data changed since: its fine-tuning results do not describe it
             print(f"warning: left out, data changed since the ground truth: {', '.join(stale)}")
         tasks = [t for t in args.tasks if t in gt and t not in stale]
-        per_strategy = run_search(c, tasks, gt, gt_doc["embedding_measurement"], gt_doc["protocol"])
-    per_strategy["random (expected)"] = expected_random(gt, tasks)
+        by_pool: dict[str, Any] = {}
+        members: dict[str, list[str]] = {}
+        for pool in args.pools:
+            print(f"pool {pool}:")
+            members[pool] = sorted(c.query(f"SELECT * FROM pool {pool}").names)
+            gt_pool = restrict(gt, tasks, members[pool])
+            emb = gt_doc["embedding_measurement"]
+            by_pool[pool] = run_search(c, tasks, gt_pool, emb, gt_doc["protocol"], pool)
+            by_pool[pool]["random (expected)"] = expected_random(gt_pool, tasks)
     ft_seconds = {
         m: float(np.mean([gt[t]["models"][m]["seconds"] for t in tasks])) for m in gt_doc["models"]
     }
@@ -449,11 +489,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         },
         "finetune_seconds_per_model_mean": ft_seconds,
         "embedding_measurement": gt_doc["embedding_measurement"],
-        "strategies": per_strategy,
+        "pool_members": members,
+        "strategies_by_pool": by_pool,
     }
-    print(markdown_table(per_strategy))
+    for pool, per_strategy in by_pool.items():
+        print(f"pool {pool}:\n{markdown_table(per_strategy)}")
     write_result("e2e_regret", data)
-    plot(per_strategy, RESULTS / "e2e_regret.png")
+    plot(by_pool, RESULTS / "e2e_regret.png")
     return data
 
 
