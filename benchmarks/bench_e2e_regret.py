@@ -461,6 +461,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if stale:  # the task's data changed since: its fine-tuning results do not describe it
             print(f"warning: left out, data changed since the ground truth: {', '.join(stale)}")
         tasks = [t for t in args.tasks if t in gt and t not in stale]
+        if not tasks:
+            raise SystemExit("no task has ground truth for its current data: pass --regenerate")
         by_pool: dict[str, Any] = {}
         members: dict[str, list[str]] = {}
         for pool in args.pools:
