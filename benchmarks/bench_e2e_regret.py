@@ -39,28 +39,16 @@ import numpy as np
 
 from benchmarks.common import RESULTS, write_result
 from shift import evaluation as ev
+from shift.proxies import PROXIES
 
 GT_PATH = RESULTS / "finetune_ground_truth.json"
 BUDGETS = (1, 2, 3)
 #: every model; the generalists with ImageNet accuracies (no experts: the agnostic side's pool)
 POOLS = ("all", "imagenet")
+#: task-agnostic, every registered proxy (so a new estimator joins the study), then the composites
 STRATEGIES = [
     "agnostic",
-    "knn",
-    "knn_cosine",
-    "linear",
-    "logme",
-    "leep",
-    "nce",
-    "hscore",
-    "shrink_hscore",
-    "transrate",
-    "gbc",
-    "parc",
-    "sfda",
-    "ncti",
-    "lfc",
-    "lgc",
+    *PROXIES,
     "hybrid(linear)",
     "hybrid(logme)",
     "hybrid(knn)",
