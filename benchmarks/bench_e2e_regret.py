@@ -217,6 +217,11 @@ def finetune_gain(gt: dict[str, Any], tasks: list[str]) -> dict[str, Any]:
 PAPER_LRS, PAPER_STEPS, PAPER_BATCH = 2, 2500, 512
 
 
+def eval_passes(protocol: dict[str, Any]) -> int:
+    """Validation passes of one fine-tuning run: epoch 0, then one per epoch and lr."""
+    return 1 + len(protocol["lrs"]) * protocol["epochs"]
+
+
 def projected_finetune_seconds(
     row: dict[str, Any], n_train: int, n_val: int, evals: int
 ) -> dict[str, float]:
@@ -224,31 +229,37 @@ def projected_finetune_seconds(
     per-sample costs: ``t_step`` = train_seconds / train_sample_steps (forward + backward),
     ``t_fwd`` = eval_seconds / (``evals`` validation passes · n_val) (forward).
 
-    - ``default_full_split``: shift's default protocol on the whole training split:
-      n_train·t_fwd (head features) + 2 lrs · 2 epochs · n_train · t_step + 5 · n_val · t_fwd;
+    - ``default_full_split``: shift's default protocol (``FinetuneProtocol()``: L lrs, E epochs)
+      on the whole training split: n_train·t_fwd (head features) + L·E·n_train·t_step
+      + (1 + L·E)·n_val·t_fwd;
     - ``paper``: the paper's 2 lrs × 2,500 steps × batch 512 · t_step + n_train · t_fwd.
     """
+    from shift.finetune import FinetuneProtocol
+
+    default = json.loads(FinetuneProtocol().key())
+    runs = len(default["lrs"]) * default["epochs"]
     t_step = row["train_seconds"] / row["train_sample_steps"]
     t_fwd = row["eval_seconds"] / (row["n_val"] * evals)
     return {
-        "default_full_split": n_train * t_fwd + 2 * 2 * n_train * t_step + 5 * n_val * t_fwd,
+        "default_full_split": n_train * t_fwd
+        + runs * n_train * t_step
+        + eval_passes(default) * n_val * t_fwd,
         "paper": PAPER_LRS * PAPER_STEPS * PAPER_BATCH * t_step + n_train * t_fwd,
     }
 
 
 def finetune_costs(
-    reg: Any, task: str, models: dict[str, Any], protocol: dict[str, Any]
+    models: dict[str, Any], n_train: int, n_val: int, protocol: dict[str, Any]
 ) -> dict[str, float]:
-    """Seconds to fine-tune every model on ``task``: as measured (the scaled-down ``protocol``)
-    and projected (:func:`projected_finetune_seconds`)."""
-    evals = 1 + len(protocol["lrs"]) * protocol["epochs"]  # epoch 0, then one per epoch and lr
-    rows = reg.samples(task)
-    n_train = sum(r["split"] == "train" for r in rows)
-    n_val = len(rows) - n_train
+    """Seconds to fine-tune every model in ``models`` on a task with ``n_train`` / ``n_val``
+    samples: as measured (the scaled-down ``protocol``) and projected
+    (:func:`projected_finetune_seconds`)."""
     out = {"measured": float(sum(v["seconds"] for v in models.values()))}
     if all(v.get("train_sample_steps") for v in models.values()):
         for v in models.values():
-            for k, sec in projected_finetune_seconds(v, n_train, n_val, evals).items():
+            for k, sec in projected_finetune_seconds(
+                v, n_train, n_val, eval_passes(protocol)
+            ).items():
                 out[k] = out.get(k, 0.0) + sec
     return out
 
@@ -274,6 +285,11 @@ def run_search(
 ) -> dict:
     """Every strategy on every task over ``pool`` (``gt`` restricted to its members)."""
     reg = c.registry
+    splits = {}  # task -> (train, val) sample counts
+    for task in tasks:
+        n_train = sum(r["split"] == "train" for r in reg.samples(task))
+        splits[task] = (n_train, len(reg.samples(task)) - n_train)
+    costs = {t: finetune_costs(gt[t]["models"], *splits[t], protocol) for t in tasks}
     per_strategy: dict[str, Any] = {}
     for s in STRATEGIES:
         per_task: dict[str, Any] = {}
@@ -289,20 +305,19 @@ def run_search(
             m = strategy_metrics(acc, res.names)
             proxy = s.split("(")[1].rstrip(")") if s.startswith("hybrid(") else s
             models = list(acc)
-            n = len(reg.samples(task))
+            n_train, n_val = splits[task]
             if s == "agnostic" or s.startswith("random"):
                 embed_s, score_s = 0.0, 0.0
             elif s.startswith("sh("):  # embeds the val split + the train prefix each model saw
-                n_val = sum(r["split"] != "train" for r in reg.samples(task))
                 per_image = emb["seconds_per_image"]
                 seen = sum(per_image[r["name"]] * (n_val + int(r["samples"])) for r in res.rows)
                 embed_s, score_s = seen, query_s
             else:
-                embed_s = n * sum(emb["seconds_per_image"][m] for m in models)
+                embed_s = (n_train + n_val) * sum(emb["seconds_per_image"][m] for m in models)
                 shas = [v["model_sha"] for v in gt[task]["models"].values()]
                 cached = _score_seconds(reg, gt[task]["task_hash"], proxy, shas)
                 score_s = cached if cached is not None else query_s
-            ft = finetune_costs(reg, task, gt[task]["models"], protocol)
+            ft = costs[task]
             search_s = embed_s + score_s
             m.update(
                 search_seconds=search_s,
@@ -417,27 +432,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if missing:
             raise SystemExit(f"demo tasks missing ({missing}): run `python -m shift.demo` first")
         models = reg.model_names()
-        if GT_PATH.is_file() and not args.regenerate:
-            gt_doc = json.loads(GT_PATH.read_text())
-            print(f"ground truth from {GT_PATH} (pass --regenerate to fine-tune)")
-        else:
+        fresh = args.regenerate or not GT_PATH.is_file()
+        if fresh:
             protocol = _protocol(args.epochs, args.max_train)
             t0 = time.perf_counter()
             done = compute_ground_truth(reg, args.tasks, models, protocol, args.time_budget)
-            emb = measure_embedding(reg, min(args.tasks, key=lambda t: len(reg.samples(t))), models)
             gt_doc = {
                 "protocol": json.loads(protocol.key()),
                 "scaled_down": SCALED_DOWN,
                 "models": models,
                 **done,
-                "embedding_measurement": emb,
                 "seconds": time.perf_counter() - t0,
             }
-            RESULTS.mkdir(parents=True, exist_ok=True)
-            GT_PATH.write_text(json.dumps(gt_doc, indent=2) + "\n")
-        if args.measure_embedding and not args.regenerate:
-            task = min(gt_doc["tasks"], key=lambda t: len(reg.samples(t)))
+        else:
+            gt_doc = json.loads(GT_PATH.read_text())
+            print(f"ground truth from {GT_PATH} (pass --regenerate to fine-tune)")
+        if fresh or args.measure_embedding:
+            task = min(args.tasks, key=lambda t: len(reg.samples(t)))
             gt_doc["embedding_measurement"] = measure_embedding(reg, task, gt_doc["models"])
+            RESULTS.mkdir(parents=True, exist_ok=True)
             GT_PATH.write_text(json.dumps(gt_doc, indent=2) + "\n")
         gt = gt_doc["tasks"]
         want = json.loads(_protocol(args.epochs, args.max_train).key())

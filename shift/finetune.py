@@ -376,7 +376,6 @@ def _train(
         "train_seconds": clock["train"],
         "train_sample_steps": sample_steps,
         "eval_seconds": clock["eval"],
-        "eval_samples": int(len(va)) * (1 + len(p.lrs) * p.epochs),
         "n_train": int(len(tr)),
         "n_val": int(len(va)),
         "classes": classes,
