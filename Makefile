@@ -18,9 +18,10 @@ $(BIN)/shift: pyproject.toml
 test: install
 	$(BIN)/pytest -q
 
-lint:
+lint: install
 	$(BIN)/ruff check shift tests benchmarks
 	$(BIN)/ruff format --check shift tests benchmarks
+	$(BIN)/lint-imports
 
 format:
 	$(BIN)/ruff format shift tests benchmarks

@@ -43,9 +43,9 @@ CHILD = r"""
 import os, signal, sys, time
 home, batch, fault = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 import hnswlib, onnxruntime  # imported before "start": the timed run is the indexing itself
-import shift.index_store as ist
-from shift.engine.search import Engine
-from shift.registry import Registry
+import shift.store.index.store as ist
+from shift.engine.scoring import Engine
+from shift.store.registry import Registry
 
 def mark(phase):
     sys.stdout.write(f"{phase} {time.monotonic():.6f}\n")
@@ -130,9 +130,10 @@ PHASES = {
 def make_template(root: Path, *, images: int, size: int, models: int) -> Path:
     """A home with ``models`` tiny models and the task ``blobs`` of ``images`` images."""
     from benchmarks.workloads import blob_task, tiny_cnn
-    from shift.model_import import register_onnx
-    from shift.registry import Registry
-    from shift.tasks import Samples, TaskStore
+    from shift.catalog.onnx_import import register_onnx
+    from shift.records import Samples
+    from shift.store.registry import Registry
+    from shift.store.tasks import TaskStore
 
     home = root / "template"
     src = root / "onnx"
@@ -147,7 +148,7 @@ def make_template(root: Path, *, images: int, size: int, models: int) -> Path:
 
 
 def _snapshot(home: Path) -> dict[str, Any]:
-    from shift.registry import Registry
+    from shift.store.registry import Registry
 
     with Registry.open(home) as reg:
         return {
@@ -226,8 +227,8 @@ def _stored_batches(parts: Path) -> int:
 def _state(home: Path, reference: dict[str, tuple[list[str], np.ndarray]] | None) -> dict[str, Any]:
     """Per model: is a complete current index there (verified; vectors as in the reference
     run), and how many batches of an unfinished build are stored."""
-    from shift.index_store import IndexKey, IndexStore
-    from shift.registry import Registry
+    from shift.store.index.store import IndexKey, IndexStore
+    from shift.store.registry import Registry
 
     out: dict[str, Any] = {}
     with Registry.open(home) as reg:
@@ -260,8 +261,8 @@ def _state(home: Path, reference: dict[str, tuple[list[str], np.ndarray]] | None
 
 
 def _vectors(home: Path) -> dict[str, tuple[list[str], np.ndarray]]:
-    from shift.index_store import IndexStore
-    from shift.registry import Registry
+    from shift.store.index.store import IndexStore
+    from shift.store.registry import Registry
 
     with Registry.open(home) as reg:
         out = {}
@@ -276,8 +277,8 @@ def _vectors(home: Path) -> dict[str, tuple[list[str], np.ndarray]]:
 
 
 def _rerun(home: Path, batch: int) -> tuple[int, float]:
-    from shift.engine.search import Engine
-    from shift.registry import Registry
+    from shift.engine.scoring import Engine
+    from shift.store.registry import Registry
 
     with Registry.open(home) as reg:
         eng = Engine(reg, executor="inprocess", batch_size=batch)
@@ -300,7 +301,7 @@ def trial(
     fault: str = "none",
 ) -> dict[str, Any]:
     """One kill and everything checked after it; raises AssertionError on a failed check."""
-    from shift.doctor import doctor
+    from shift.tools.doctor import doctor
 
     shutil.rmtree(home, ignore_errors=True)
     shutil.copytree(template, home)

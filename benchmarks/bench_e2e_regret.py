@@ -4,13 +4,14 @@ python -m benchmarks.bench_e2e_regret [--regenerate] [--tasks T ...] [--epochs N
     [--max-train N] [--time-budget S]
 
 1. **Ground truth**: every catalog model is fine-tuned on every demo task with
-   :func:`shift.finetune.finetune` (cached in the registry's ``finetune_results``) and exported to
+   :func:`shift.tools.finetune.finetune` (cached in the registry's ``finetune_results``) and
+   exported to
    ``results/finetune_ground_truth.json``. When that file exists it is used as is (``make bench``
    reproduces the tables without fine-tuning) unless ``--regenerate``. The protocol is scaled down
    to fit a 2-core CPU (``SCALED_DOWN`` says exactly how; it is written into both JSON files).
 2. **Search**: for each strategy, ``SELECT * FROM pool all WHERE task=T RANK BY S`` through
    ``shift.connect()``; the top-B of its ranking (B = 1, 2, 3) give regret and relative regret
-   (``shift.evaluation``), and weighted Kendall τ is computed between rank-derived scores
+   (``shift.tools.evaluation``), and weighted Kendall τ is computed between rank-derived scores
    (``n − position``, so strategies without numeric scores — agnostic, hybrid — are comparable)
    and the fine-tune accuracies. Means over tasks.
 3. **Cost**: search seconds = embedding every sample of the task with every model (index build,
@@ -38,8 +39,8 @@ from typing import Any
 import numpy as np
 
 from benchmarks.common import RESULTS, write_result
-from shift import evaluation as ev
-from shift.proxies import PROXIES
+from shift.scoring.proxies import PROXIES
+from shift.tools import evaluation as ev
 
 GT_PATH = RESULTS / "finetune_ground_truth.json"
 BUDGETS = (1, 2, 3)
@@ -61,7 +62,7 @@ BENCH_MAX_TRAIN = 160
 SCALED_DOWN = (
     "Paper (Renggli et al. §4): linear head on all training examples, then full fine-tuning at 2 "
     "lrs for 2,500 SGD steps at batch 512, best validation accuracy, median of 5 runs. "
-    "shift.finetune's default protocol: 100 linear-head warm-up steps (lr 0.1) on frozen "
+    "shift.tools.finetune's default protocol: 100 linear-head warm-up steps (lr 0.1) on frozen "
     "features, then full fine-tuning at lrs (0.00625, 0.000625) (VTAB's 0.1 and 0.01 at batch "
     "512 scaled linearly to batch 32), SGD momentum 0.9, batch 32, 2 epochs each, in eval mode "
     "(BatchNorm statistics frozen, no dropout or drop-connect), global gradient norm clipped to "
@@ -82,7 +83,7 @@ def rank_scores(ranking: list[str]) -> dict[str, float]:
 
 def strategy_metrics(acc: dict[str, float], ranking: list[str]) -> dict[str, Any]:
     """Regret and relative regret at B = 1, 2, 3 of the top-B of ``ranking`` and weighted τ of
-    its rank-derived scores against ``acc`` (all from :mod:`shift.evaluation`)."""
+    its rank-derived scores against ``acc`` (all from :mod:`shift.tools.evaluation`)."""
     ranking = [m for m in ranking if m in acc]
     return {
         "top3": ranking[:3],
@@ -99,7 +100,7 @@ TIMING_FIELDS = ("embed_seconds", "train_seconds", "train_sample_steps", "eval_s
 
 # ---- ground truth -----------------------------------------------------------------------------
 def _protocol(epochs: int, max_train: int | None) -> Any:
-    from shift.finetune import FinetuneProtocol
+    from shift.tools.finetune import FinetuneProtocol
 
     return FinetuneProtocol(epochs=epochs, max_train=max_train)
 
@@ -109,7 +110,7 @@ def compute_ground_truth(
 ) -> dict[str, Any]:
     """Fine-tune every model on every task (registry-cached); a task is dropped when the time
     budget runs out before all its models are done."""
-    from shift.finetune import finetune
+    from shift.tools.finetune import finetune
 
     t0 = time.perf_counter()
     out: dict[str, Any] = {}
@@ -143,8 +144,8 @@ def measure_embedding(reg: Any, task: str, models: list[str]) -> dict[str, Any]:
     """Seconds to index ``task`` with ``models`` from scratch (in-process executor), in a copy of
     the home (registry.db copied, models/ and tasks/ linked) so the real indexes are untouched."""
     from shift.config import Home
-    from shift.engine.search import Engine
-    from shift.registry import Registry
+    from shift.engine.scoring import Engine
+    from shift.store.registry import Registry
 
     with tempfile.TemporaryDirectory() as d:
         root = Path(d)
@@ -234,7 +235,7 @@ def projected_finetune_seconds(
       + (1 + L·E)·n_val·t_fwd;
     - ``paper``: the paper's 2 lrs × 2,500 steps × batch 512 · t_step + n_train · t_fwd.
     """
-    from shift.finetune import FinetuneProtocol
+    from shift.tools.finetune import FinetuneProtocol
 
     default = json.loads(FinetuneProtocol().key())
     runs = len(default["lrs"]) * default["epochs"]
@@ -408,7 +409,7 @@ def restrict(gt: dict[str, Any], tasks: list[str], members: list[str]) -> dict[s
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     import shift
-    from shift.demo_data import DEMO_TASKS
+    from shift.datasets import DEMO_TASKS
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--regenerate", action="store_true", help="fine-tune again (registry cache)")

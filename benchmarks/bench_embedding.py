@@ -19,7 +19,7 @@ from benchmarks.common import export_onnx, resnet, write_result
 
 def _record(path: Path, model: Any, size: int) -> Any:
     from shift.fsutil import sha256_file
-    from shift.schemas import InputSpec, ModelRecord
+    from shift.records import InputSpec, ModelRecord
 
     return ModelRecord(
         name="bench-resnet",
@@ -42,8 +42,8 @@ def ort_vs_torch(
 ) -> dict[str, Any]:
     import torch
 
-    from shift.engine.onnx_embedder import OnnxEmbedder
-    from shift.engine.preprocess import preprocess
+    from shift.inference.onnx_backend import OnnxEmbedder
+    from shift.inference.preprocess import preprocess
 
     torch.set_num_threads(threads)
     emb = OnnxEmbedder(rec.path, rec, device="cpu", intra_op_threads=threads)
@@ -77,8 +77,8 @@ def ort_vs_torch(
 
 
 def ray_actors(rec: Any, images: np.ndarray, batch: int) -> dict[str, Any]:
-    from shift.engine.executor import EmbedJob, RayExecutor
-    from shift.engine.ray_runtime import ensure_ray, shutdown_ray
+    from shift.inference.executors import EmbedJob, RayExecutor
+    from shift.inference.ray_runtime import ensure_ray, shutdown_ray
 
     ensure_ray()
     out: dict[str, Any] = {}

@@ -1,4 +1,4 @@
-"""CPU cost of the transferability estimators (``shift.estimators``).
+"""CPU cost of the transferability estimators (``shift.scoring.estimators``).
 
 1. Seconds per estimator at VTAB-1k scale: N = 1,000 samples, D = 2,048, C = 100 classes,
    synthetic features with class structure (fixed seed); LEEP/NCE/LGC on 1,000-way source
@@ -58,8 +58,8 @@ def _time(fn: Callable[[], Any], repeat: int) -> dict[str, float]:
 
 
 def per_estimator(repeat: int) -> dict[str, dict[str, float]]:
-    from shift import estimators as E
-    from shift.estimators.linearized import logit_gradients
+    from shift.scoring import estimators as E
+    from shift.scoring.estimators.linearized import logit_gradients
 
     x, y, logits = synthetic(N, D, C, quality=1.0, seed=0)
     x2, _, _ = synthetic(N, D, C, quality=0.5, seed=1)
@@ -87,7 +87,7 @@ def per_estimator(repeat: int) -> dict[str, dict[str, float]]:
 
 
 def score_table(n_models: int) -> dict[str, Any]:
-    from shift.proxies import PROXIES
+    from shift.scoring.proxies import PROXIES
 
     names = [n for n in PROXIES if n not in ("knn", "knn_cosine", "linear")]
     dims = np.linspace(512, 2048, n_models).round().astype(int)

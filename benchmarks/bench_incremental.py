@@ -19,8 +19,9 @@ from benchmarks.workloads import blob_task, tiny_cnn, tiny_variants
 
 def _home(root: Path, name: str, files: list[Path], x: Any, y: Any) -> Any:
     import shift
-    from shift.model_import import register_onnx
-    from shift.tasks import Samples, TaskStore
+    from shift.catalog.onnx_import import register_onnx
+    from shift.records import Samples
+    from shift.store.tasks import TaskStore
 
     c = shift.connect(root / name)
     for i, f in enumerate(files):
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="the base model whose perturbed copies are indexed",
     )
     args = ap.parse_args(argv)
-    from shift.engine.search import Engine
+    from shift.engine.scoring import Engine
 
     m = args.models
     x, y = blob_task(args.images, size=args.size)
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         inc = _home(root, "inc", files[:m], x, y)
         eng2 = Engine(inc.registry, executor=args.executor)
         eng2.index("blobs", inc.registry.models())
-        from shift.model_import import register_onnx
+        from shift.catalog.onnx_import import register_onnx
 
         register_onnx(inc.registry, files[m], f"m{m:03d}")
         before = eng2.executor.inference_calls

@@ -24,8 +24,9 @@ QUERY = "SELECT top 3 FROM pool all WHERE task=blobs AND params < 30M RANK BY hy
 
 def build_home(home: Path, n_models: int) -> None:
     import shift
-    from shift.model_import import register_onnx
-    from shift.tasks import Samples, TaskStore
+    from shift.catalog.onnx_import import register_onnx
+    from shift.records import Samples
+    from shift.store.tasks import TaskStore
 
     files = tiny_variants(tiny_cnn(home.parent / "base.onnx"), home.parent / "models", n_models)
     with shift.connect(home, executor="inprocess") as c:

@@ -2,13 +2,13 @@
 
 Ground truth: ``registry/benchmarks/vtab1k_finetune.csv`` (4,997 cells, 291 Hugging Face vision
 models × 19 VTAB-1k tasks; derived from DS3Lab/shift ``data/ftrecords.csv`` commit a0885e0, no
-licence there: attributed, not our data). Metrics come from :mod:`shift.evaluation` (Renggli et
-al., "Which model to transfer?", eqs. 1–2; Figure 7 budget curves).
+licence there: attributed, not our data). Metrics come from :mod:`shift.tools.evaluation`
+(Renggli et al., "Which model to transfer?", eqs. 1–2; Figure 7 budget curves).
 
 Strategies (none needs embeddings):
 
 * ``meta``: meta-learned; rank by the mean fine-tune accuracy on the *other* tasks
-  (leave-one-task-out, :func:`shift.benchmark_tables.meta_scores`).
+  (leave-one-task-out, :func:`shift.scoring.meta.meta_scores`).
 * ``agnostic_natural``: task-agnostic stand-in. The table has **no ImageNet accuracy and no
   upstream metadata** (data README §1), so Renggli's task-agnostic strategy (ImageNet top-1, else
   upstream size) cannot be built. The closest in-data proxy for "good upstream model" is the
@@ -49,8 +49,8 @@ from typing import Any
 import numpy as np
 
 from benchmarks.common import RESULTS, write_result
-from shift import evaluation as ev
-from shift.benchmark_tables import VTAB_GROUPS, GroundTruth, load_table, meta_scores
+from shift.scoring.meta import VTAB_GROUPS, GroundTruth, load_table, meta_scores
+from shift.tools import evaluation as ev
 
 BUDGETS = list(range(1, 11))
 SEED = 0
@@ -103,7 +103,7 @@ def deterministic(acc: dict[str, float], scores: dict[str, float | None]) -> dic
 
 def random_draws(acc: dict[str, float], rng: np.random.Generator, draws: int) -> dict[str, Any]:
     """Mean over ``draws`` uniformly random rankings (a B-prefix of a random permutation is a
-    uniform B-subset). Draw 0 is re-scored with shift.evaluation as a cross-check."""
+    uniform B-subset). Draw 0 is re-scored with shift.tools.evaluation as a cross-check."""
     models = list(acc)
     a = np.array([acc[m] for m in models])
     best = a.max()

@@ -153,8 +153,8 @@ def models_add(
     home: HomeOpt = None,
 ) -> None:
     """Register an ONNX model; parameters and output sizes are read from the graph."""
-    from shift.model_import import register_onnx
-    from shift.registry import Registry
+    from shift.catalog.onnx_import import register_onnx
+    from shift.store.registry import Registry
 
     def floats(s: str | None, what: str) -> tuple[float, ...] | None:
         if s is None:
@@ -204,8 +204,8 @@ def models_import_catalog(
 ) -> None:
     """Export the shipped catalog's real models to ONNX and register them."""
     from shift.catalog.importer import import_catalog
-    from shift.registry import Registry
     from shift.render import records_table
+    from shift.store.registry import Registry
 
     with Registry.open(home) as reg:
         results = import_catalog(reg, catalog, name, force=force)
@@ -220,8 +220,8 @@ def models_import_catalog(
 @command(models_app, "list")
 def models_list(home: HomeOpt = None, as_json: JsonOpt = False) -> None:
     """List registered models."""
-    from shift.registry import Registry
     from shift.render import records_table
+    from shift.store.registry import Registry
 
     with Registry.open(home) as reg:
         models = reg.models()
@@ -244,7 +244,7 @@ def models_list(home: HomeOpt = None, as_json: JsonOpt = False) -> None:
 @command(models_app, "show")
 def models_show(name: str, home: HomeOpt = None) -> None:
     """Show every field of one model."""
-    from shift.registry import Registry
+    from shift.store.registry import Registry
 
     with Registry.open(home) as reg:
         rec = reg.get_model(name)
@@ -254,7 +254,7 @@ def models_show(name: str, home: HomeOpt = None) -> None:
 @command(models_app, "remove")
 def models_remove(name: str, home: HomeOpt = None) -> None:
     """Remove a model (its file too, unless another entry uses the same weights)."""
-    from shift.registry import Registry
+    from shift.store.registry import Registry
 
     with Registry.open(home) as reg:
         reg.remove_model(name)
@@ -267,8 +267,8 @@ def pools_list(home: HomeOpt = None, as_json: JsonOpt = False) -> None:
     """List built-in and saved pools with their sizes."""
     from shift.query.compile import compile_condition
     from shift.query.parser import parse_condition
-    from shift.registry import Registry
     from shift.render import records_table
+    from shift.store.registry import Registry
 
     rows = []
     with Registry.open(home) as reg:
@@ -292,7 +292,7 @@ def pools_add(
     home: HomeOpt = None,
 ) -> None:
     """Save a pool as a named condition."""
-    from shift.registry import Registry
+    from shift.store.registry import Registry
 
     with Registry.open(home) as reg:
         p = reg.add_pool(name, condition, description, replace=replace)
@@ -302,7 +302,7 @@ def pools_add(
 @command(pools_app, "remove")
 def pools_remove(name: str, home: HomeOpt = None) -> None:
     """Remove a saved pool."""
-    from shift.registry import Registry
+    from shift.store.registry import Registry
 
     with Registry.open(home) as reg:
         reg.remove_pool(name)
@@ -313,8 +313,8 @@ def pools_remove(name: str, home: HomeOpt = None) -> None:
 @command(tasks_app, "list")
 def tasks_list(home: HomeOpt = None, as_json: JsonOpt = False) -> None:
     """List registered tasks."""
-    from shift.registry import Registry
     from shift.render import records_table
+    from shift.store.registry import Registry
 
     with Registry.open(home) as reg:
         tasks = reg.tasks()
@@ -328,7 +328,7 @@ def tasks_list(home: HomeOpt = None, as_json: JsonOpt = False) -> None:
 def _read_samples(
     images: Path | None, npz: Path | None, store_size: int | None, classes: list[str] | None = None
 ) -> tuple[Any, str, str]:
-    from shift.tasks import read_image_folder, read_npz
+    from shift.store.tasks import read_image_folder, read_npz
 
     if (images is None) == (npz is None):
         raise ShiftError("give exactly one of --images DIR or --npz FILE")
@@ -363,8 +363,8 @@ def tasks_add(
     home: HomeOpt = None,
 ) -> None:
     """Register a labelled dataset as a task."""
-    from shift.registry import Registry
-    from shift.tasks import TaskStore
+    from shift.store.registry import Registry
+    from shift.store.tasks import TaskStore
 
     samples, kind, source = _read_samples(images, npz, store_size)
     with Registry.open(home) as reg:
@@ -393,8 +393,8 @@ def tasks_append(
     home: HomeOpt = None,
 ) -> None:
     """Add samples to a task; the next query embeds only them."""
-    from shift.registry import Registry
-    from shift.tasks import TaskStore
+    from shift.store.registry import Registry
+    from shift.store.tasks import TaskStore
 
     with Registry.open(home) as reg:
         old = reg.get_task(name)
@@ -412,8 +412,8 @@ def tasks_relabel(
     """Replace a task's labels; indexes are reused, only scores are recomputed."""
     import numpy as np
 
-    from shift.registry import Registry
-    from shift.tasks import TaskStore
+    from shift.store.registry import Registry
+    from shift.store.tasks import TaskStore
 
     try:
         with np.load(npz, allow_pickle=False) as z:
@@ -428,8 +428,8 @@ def tasks_relabel(
 @command(tasks_app, "remove")
 def tasks_remove(name: str, home: HomeOpt = None) -> None:
     """Remove a task and its stored data."""
-    from shift.registry import Registry
-    from shift.tasks import TaskStore
+    from shift.store.registry import Registry
+    from shift.store.tasks import TaskStore
 
     with Registry.open(home) as reg:
         TaskStore(reg).remove(name)
@@ -482,9 +482,9 @@ def finetune_cmd(
 ) -> None:
     """Fine-tune catalog models on TASK (ground truth; cached) and print best val accuracy."""
     from shift.config import validate_name
-    from shift.finetune import FinetuneProtocol, finetune_many, results_table
     from shift.query.planner import plan_text
-    from shift.registry import Registry
+    from shift.store.registry import Registry
+    from shift.tools.finetune import FinetuneProtocol, finetune_many, results_table
 
     validate_name(pool, "pool name")
     with Registry.open(home) as reg:
@@ -511,7 +511,7 @@ def doctor_cmd(
 ) -> None:
     """Check a home: registry integrity, model and task files, indexes, leftovers; exit 1 if
     problems remain."""
-    from shift.doctor import doctor, print_report
+    from shift.tools.doctor import doctor, print_report
 
     rep = doctor(home, repair=repair, grace_s=grace)
     if as_json:

@@ -12,13 +12,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from shift.engine.execute import ScoreSource, execute
+from shift.query.ast import Select
 from shift.query.builder import QueryBuilder
 from shift.query.builder import select as _select
-from shift.query.executor import ScoreSource, execute
+from shift.query.format import to_text
 from shift.query.parser import parse
 from shift.query.planner import plan
-from shift.registry import Registry
-from shift.schemas import ModelRecord, PoolRecord, Result, TaskRecord, Timings
+from shift.records import ModelRecord, PoolRecord, Result, TaskRecord, Timings
+from shift.store.registry import Registry
 
 
 class Client:
@@ -42,7 +44,7 @@ class Client:
     def engine(self) -> Any:
         """The embedding/scoring engine, created on first use (imports the heavy parts then)."""
         if self._engine is None:
-            from shift.engine.search import Engine
+            from shift.engine.scoring import Engine
 
             self._engine = Engine(self.registry, **self._engine_opts)
         return self._engine
@@ -50,9 +52,18 @@ class Client:
     def query(self, text: str, *, explain: bool = False) -> Result:
         """Parse, plan and run one query (``explain=True``: its plan). Raises ``QueryError`` on a
         malformed query."""
-        timings = Timings()
         t0 = time.perf_counter()
-        select = parse(text)
+        return self._run(parse(text), text, t0, explain=explain)
+
+    def run_select(self, select: Select) -> Result:
+        """Plan and run a query given as its AST (the fluent builder's output); the text shown
+        in errors and results is the AST rendered."""
+        t0 = time.perf_counter()
+        return self._run(select, to_text(select), t0)
+
+    def _run(self, select: Select, text: str, t0: float, *, explain: bool = False) -> Result:
+        """Plan and execute ``select``; ``t0`` is when parsing (or rendering) began."""
+        timings = Timings()
         if explain:
             select = replace(select, explain=True)
         t1 = time.perf_counter()

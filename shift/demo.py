@@ -21,8 +21,8 @@ DESIGN_CARD = "SELECT top 2 FROM pool all WHERE task=digits"
 
 
 def ensure_tasks(c: Client, console: Console) -> list[str]:
-    from shift.demo_data import DEMO_TASKS
-    from shift.tasks import TaskStore
+    from shift.datasets import DEMO_TASKS
+    from shift.store.tasks import TaskStore
 
     store = TaskStore(c.registry)
     names = []
@@ -32,7 +32,7 @@ def ensure_tasks(c: Client, console: Console) -> list[str]:
             names.append(name)
             continue
         rec = store.add(
-            name, samples, kind="generated", source=f"shift.demo_data:{name}", replace=True
+            name, samples, kind="generated", source=f"shift.datasets:{name}", replace=True
         )
         console.print(
             f"task [bold]{name}[/bold]: {rec.num_samples} samples, {rec.num_classes} classes"

@@ -7,7 +7,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from shift.schemas import Result
+from shift.records import Result
 
 
 def fmt(col: str, v: Any) -> str:

@@ -6,13 +6,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from shift.schemas import ModelRecord
+from shift.records import ModelRecord
 
 
 @pytest.fixture(scope="session")
 def ray_runtime() -> Iterator[None]:
     """A local Ray started once per test session (3-4 s), shut down at the end."""
-    from shift.engine.ray_runtime import ensure_ray, shutdown_ray
+    from shift.inference.ray_runtime import ensure_ray, shutdown_ray
 
     ensure_ray(num_cpus=2)
     yield

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from shift.schemas import InputSpec, ModelRecord
+from shift.records import InputSpec, ModelRecord
 
 
 class TinyCNN(nn.Module):

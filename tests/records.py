@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from shift.schemas import InputSpec, ModelRecord, TaskRecord
+from shift.records import InputSpec, ModelRecord, TaskRecord
 
 
 def fake_sha(name: str) -> str:

@@ -33,13 +33,14 @@ from PIL import Image
 from torch import nn
 
 import shift
+from shift.catalog.onnx_import import register_onnx
 from shift.config import Home
 from shift.errors import InvalidNameError, ModelFileError, QueryError, ShiftError, TaskDataError
-from shift.model_import import register_onnx
 from shift.query.parser import parse
 from shift.query.planner import plan_text
-from shift.registry import Registry
-from shift.tasks import Samples, TaskStore, read_image_folder, read_npz
+from shift.records import Samples
+from shift.store.registry import Registry
+from shift.store.tasks import TaskStore, read_image_folder, read_npz
 
 try:
     from onnx_factory import build_tiny_cnn, tiny_torch_model
@@ -335,7 +336,7 @@ GENERATORS: dict[str, tuple[Callable[[random.Random], str], int]] = {
 @pytest.fixture(scope="module")
 def query_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
     """Two registered (fake-file) models and a task ``toy``: enough to plan every query."""
-    from shift.schemas import InputSpec, ModelRecord, TaskRecord
+    from shift.records import InputSpec, ModelRecord, TaskRecord
 
     r = Registry.open(tmp_path_factory.mktemp("qhome"))
     for i, name in enumerate(["tiny0", "tiny1"]):

@@ -1,4 +1,4 @@
-"""Shipped ground-truth tables (shift.benchmark_tables): loading, meta scores, diverged flags."""
+"""Shipped ground-truth tables (shift.scoring.meta): loading, meta scores, diverged flags."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from shift.benchmark_tables import (
+from shift.scoring.meta import (
     VTAB_GROUPS,
     Cell,
     GroundTruth,

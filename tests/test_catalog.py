@@ -12,7 +12,7 @@ from shift.catalog import load_catalog
 from shift.catalog.importer import build_module, check_input, export, import_catalog
 from shift.errors import ShiftError
 from shift.fsutil import sha256_file
-from shift.registry import Registry
+from shift.store.registry import Registry
 
 CATALOG = Path(__file__).resolve().parents[1] / "registry" / "catalog.yaml"
 

@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 
 import shift.cli
 from shift.cli import app
-from shift.registry import Registry
-from shift.schemas import TaskRecord
+from shift.records import TaskRecord
+from shift.store.registry import Registry
 
 try:
     from records import fake_model

@@ -10,7 +10,7 @@ import pytest
 import shift
 from shift.client import Client
 from shift.errors import QueryError
-from shift.schemas import Result
+from shift.records import Result
 
 try:
     from records import fake_model as model

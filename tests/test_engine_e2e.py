@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 
 import shift
-from shift.engine.search import proxy_params_key
-from shift.index_store import IndexKey, IndexStore
-from shift.model_import import register_onnx
-from shift.proxies import get_proxy
-from shift.registry import Registry
-from shift.tasks import Samples, TaskStore
+from shift.catalog.onnx_import import register_onnx
+from shift.engine.scoring import proxy_params_key
+from shift.records import Samples
+from shift.scoring.proxies import get_proxy
+from shift.store.index.store import IndexKey, IndexStore
+from shift.store.registry import Registry
+from shift.store.tasks import TaskStore
 
 try:
     from onnx_factory import build_tiny_cnn, write_corrupt_model

@@ -11,7 +11,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from shift.estimators import (
+from shift.scoring.estimators import (
     gbc,
     hscore,
     leep,
@@ -27,13 +27,13 @@ from shift.estimators import (
     shrinkage_hscore,
     transrate,
 )
-from shift.estimators.gbc import bhattacharyya_distances
-from shift.estimators.hscore import ledoit_wolf_shrinkage
-from shift.estimators.linearized import logit_gradients, project
-from shift.estimators.logme import log_evidence
-from shift.estimators.ncti import NCTIComponents, lda_fit
-from shift.estimators.sfda import lda_posterior, power_lambda_max
-from shift.proxies import PROXIES, get_proxy
+from shift.scoring.estimators.gbc import bhattacharyya_distances
+from shift.scoring.estimators.hscore import ledoit_wolf_shrinkage
+from shift.scoring.estimators.linearized import logit_gradients, project
+from shift.scoring.estimators.logme import log_evidence
+from shift.scoring.estimators.ncti import NCTIComponents, lda_fit
+from shift.scoring.estimators.sfda import lda_posterior, power_lambda_max
+from shift.scoring.proxies import PROXIES, get_proxy
 
 
 def blobs(
@@ -681,14 +681,14 @@ def test_estimators_are_registered_as_proxies() -> None:
 
 def test_proxy_import_stays_light() -> None:
     code = (
-        "import sys, shift.proxies; "
-        "bad = [m for m in ('scipy', 'torch', 'sklearn', 'shift.estimators') "
+        "import sys, shift.scoring.proxies; "
+        "bad = [m for m in ('scipy', 'torch', 'sklearn', 'shift.scoring.estimators') "
         "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     code = (
-        "import sys, shift.estimators; "
+        "import sys, shift.scoring.estimators; "
         "bad = [m for m in ('scipy', 'torch', 'sklearn') if m in sys.modules]; "
         "print(bad); sys.exit(1 if bad else 0)"
     )

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shift import evaluation as ev
+from shift.tools import evaluation as ev
 
 ACC = {"a": 0.90, "b": 0.80, "c": 0.95, "d": 0.60, "e": 0.95}
 SCORES = {"a": 3.0, "b": 5.0, "c": 1.0, "d": 4.0, "e": 0.0}

@@ -1,5 +1,6 @@
-"""shift.finetune on a tiny home: a catalog entry whose torch module is a seeded TinyCNN (built
-by a monkeypatched ``build_module``), registered as its ONNX export, and a 2-class toy task."""
+"""shift.tools.finetune on a tiny home: a catalog entry whose torch module is a seeded TinyCNN
+(built by a monkeypatched ``build_module``), registered as its ONNX export, and a 2-class
+toy task."""
 
 from __future__ import annotations
 
@@ -9,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import shift.finetune as ft
+import shift.tools.finetune as ft
 from shift.errors import ShiftError
-from shift.finetune import FinetuneProtocol, finetune
-from shift.registry import Registry
+from shift.store.registry import Registry
+from shift.tools.finetune import FinetuneProtocol, finetune
 
 try:
     from onnx_factory import build_tiny_cnn, tiny_torch_model
@@ -39,8 +40,9 @@ FAST = FinetuneProtocol(head_steps=20, epochs=1)
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
     from shift.catalog.entries import load_catalog
     from shift.catalog.importer import export
-    from shift.model_import import register_onnx
-    from shift.tasks import Samples, TaskStore
+    from shift.catalog.onnx_import import register_onnx
+    from shift.records import Samples
+    from shift.store.tasks import TaskStore
 
     reg = Registry.open(tmp_path)
     reg.home.catalog_path.write_text(CATALOG)
@@ -124,7 +126,7 @@ def test_mismatched_onnx_is_refused(home: dict, monkeypatch) -> None:
 def test_bench_metrics_use_shift_evaluation(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1]))
     from benchmarks.bench_e2e_regret import strategy_metrics
-    from shift import evaluation as ev
+    from shift.tools import evaluation as ev
 
     acc = {"a": 0.9, "b": 0.8, "c": 0.5, "d": 0.7}
     ranking = ["c", "b", "a", "d"]
@@ -228,7 +230,7 @@ def test_bench_expected_random_is_the_mean_over_all_b_subsets(
 
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1]))
     from benchmarks.bench_e2e_regret import expected_random, finetune_gain
-    from shift import evaluation as ev
+    from shift.tools import evaluation as ev
 
     acc = {"a": 0.9, "b": 0.8, "c": 0.5, "d": 0.7}
     gt = {"t": {"models": {m: {"accuracy": a, "head_accuracy": a - 0.1} for m, a in acc.items()}}}

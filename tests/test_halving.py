@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 
 import shift
+from shift.catalog.onnx_import import register_onnx
 from shift.engine.halving import schedule
 from shift.errors import QueryError
-from shift.model_import import register_onnx
-from shift.tasks import Samples, TaskStore
+from shift.records import Samples
+from shift.store.tasks import TaskStore
 
 try:
     from onnx_factory import build_tiny_cnn
@@ -136,7 +137,7 @@ def test_every_proxy_ranks_from_client_and_cli(client: Any) -> None:
     from typer.testing import CliRunner
 
     from shift.cli import app
-    from shift.proxies import PROXIES
+    from shift.scoring.proxies import PROXIES
 
     for name in sorted(PROXIES):
         for ranker in (name, f"hybrid({name})"):

@@ -11,10 +11,10 @@ import hnswlib
 import numpy as np
 import pytest
 
-import shift.index_store as index_store
+import shift.store.index.store as index_store
 from shift.errors import ShiftError
 from shift.fsutil import sha256_file
-from shift.index_store import (
+from shift.store.index.store import (
     EmbeddingIndex,
     IndexCorruptError,
     IndexKey,

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from shift.engine.executor import (
+from shift.errors import ModelFileError, ShiftError
+from shift.inference.executors import (
     BatchResult,
     EmbedJob,
     InProcessExecutor,
@@ -22,10 +23,9 @@ from shift.engine.executor import (
     make_executor,
     plan_pool,
 )
-from shift.engine.onnx_embedder import OnnxEmbedder
-from shift.engine.preprocess import preprocess
-from shift.errors import ModelFileError, ShiftError
-from shift.schemas import InputSpec, ModelRecord
+from shift.inference.onnx_backend import OnnxEmbedder
+from shift.inference.preprocess import preprocess
+from shift.records import InputSpec, ModelRecord
 
 try:
     from onnx_factory import build_tiny_cnn, tiny_torch_model
@@ -220,7 +220,7 @@ def test_embedder_gpu_fallback_is_logged(
     import onnxruntime as ort
 
     rec = tiny_models["tiny-a"]
-    with caplog.at_level(logging.WARNING, logger="shift.engine.onnx_embedder"):
+    with caplog.at_level(logging.WARNING, logger="shift.inference.onnx_backend"):
         OnnxEmbedder(rec.path, rec, device="cpu")
     assert not caplog.records
 
@@ -239,8 +239,8 @@ def test_embedder_gpu_fallback_is_logged(
 
 def test_modules_do_not_import_onnxruntime_or_ray() -> None:
     code = (
-        "import sys, shift.engine.executor, shift.engine.onnx_embedder, "
-        "shift.engine.ray_runtime, shift.engine.preprocess\n"
+        "import sys, shift.inference.executors, shift.inference.onnx_backend, "
+        "shift.inference.ray_runtime, shift.inference.preprocess\n"
         "bad = [m for m in ('onnxruntime', 'ray', 'torch') if m in sys.modules]\n"
         "assert not bad, bad"
     )
@@ -355,8 +355,8 @@ def test_executor_callback_errors_propagate(
     with pytest.raises(OSError, match="disk full"):
         executor.run([job(tiny_models["tiny-a"])], boom, lambda f: None, progress=False)
     if isinstance(executor, RayExecutor):  # the pool was torn down and its CPUs given back
-        from shift.engine.executor import _POOL
-        from shift.engine.ray_runtime import ray_resources
+        from shift.inference.executors import _POOL
+        from shift.inference.ray_runtime import ray_resources
 
         assert _POOL.actors == []
         assert ray_resources()["CPU"] == pytest.approx(2.0)
@@ -421,7 +421,7 @@ def test_make_executor_kinds() -> None:
 def test_ray_runtime_is_local_and_loopback_only(ray_runtime: None) -> None:
     import ray
 
-    from shift.engine.ray_runtime import ensure_ray, ray_resources
+    from shift.inference.ray_runtime import ensure_ray, ray_resources
 
     ensure_ray()  # idempotent
     assert "node:127.0.0.1" in ray.cluster_resources()
@@ -446,7 +446,7 @@ def test_ray_pool_is_shared_and_reused(
 ) -> None:
     """Actors start once per process: a second run (any executor) reuses them and their loaded
     models; another plan replaces them; closing gives the CPUs back."""
-    from shift.engine.executor import _POOL, close_actor_pool
+    from shift.inference.executors import _POOL, close_actor_pool
 
     rec = tiny_models["tiny-a"]
     RayExecutor(num_actors=2).run([job(rec)], lambda r: None, print, False)
@@ -457,6 +457,6 @@ def test_ray_pool_is_shared_and_reused(
     RayExecutor(num_actors=1).run([job(rec)], lambda r: None, print, False)
     assert len(_POOL.actors) == 1 and _POOL.actors[0] not in first
     close_actor_pool()
-    from shift.engine.ray_runtime import ray_resources
+    from shift.inference.ray_runtime import ray_resources
 
     assert _POOL.actors == [] and ray_resources()["CPU"] == pytest.approx(2.0)

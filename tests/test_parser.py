@@ -17,7 +17,7 @@ from shift.query.builder import select
 from shift.query.format import to_text
 from shift.query.parser import MAX_NESTING, MAX_QUERY_CHARS, parse, parse_number
 from shift.query.planner import plan_text
-from shift.registry import Registry
+from shift.store.registry import Registry
 
 try:
     from records import fake_model as make_model

@@ -8,14 +8,14 @@ import sys
 import numpy as np
 import pytest
 
-from shift.proxies import PROXIES, ProxySpec, get_proxy
-from shift.proxies.knn import (
+from shift.scoring.knn import (
     knn_accuracy,
     knn_accuracy_hnsw,
     merge_nearest,
     nearest_neighbors,
 )
-from shift.proxies.linear import linear_probe, linear_probe_many, linear_probe_scores
+from shift.scoring.linear import linear_probe, linear_probe_many, linear_probe_scores
+from shift.scoring.proxies import PROXIES, ProxySpec, get_proxy
 
 STEPS = 150  # enough for these small problems, keeps the file fast
 
@@ -69,7 +69,7 @@ def test_specs_score_problems() -> None:
 
 def test_import_is_light() -> None:
     code = (
-        "import sys, shift.proxies; "
+        "import sys, shift.scoring.proxies; "
         "bad = [m for m in ('torch', 'hnswlib', 'ray', 'onnxruntime') if m in sys.modules]; "
         "print(bad); sys.exit(1 if bad else 0)"
     )

@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from shift.catalog.onnx_import import register_onnx
 from shift.errors import InvalidNameError, ModelFileError, NotFoundError, QueryError, ShiftError
 from shift.fsutil import sha256_file
-from shift.migrations import migrations
-from shift.model_import import register_onnx
-from shift.pools import BUILTIN_POOLS, RESNET50_PARAMS
 from shift.query.planner import plan_text
-from shift.registry import Registry
-from shift.schemas import InputSpec, ModelRecord
+from shift.records import InputSpec, ModelRecord
+from shift.store.migrations import migrations
+from shift.store.pools import BUILTIN_POOLS, RESNET50_PARAMS
+from shift.store.registry import Registry
 
 try:
     from records import fake_model as make_model

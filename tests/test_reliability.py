@@ -19,12 +19,13 @@ from typer.testing import CliRunner
 
 import shift
 import shift.cli
-from shift.doctor import doctor, print_report
-from shift.engine.search import build_lock
-from shift.index_store import IndexKey, IndexStore
-from shift.model_import import register_onnx
-from shift.registry import Registry
-from shift.tasks import Samples, TaskStore
+from shift.catalog.onnx_import import register_onnx
+from shift.records import Samples
+from shift.store.index.lock import build_lock
+from shift.store.index.store import IndexKey, IndexStore
+from shift.store.registry import Registry
+from shift.store.tasks import TaskStore
+from shift.tools.doctor import doctor, print_report
 
 try:
     from onnx_factory import build_tiny_cnn
@@ -311,8 +312,8 @@ import json, sys, time, traceback
 from pathlib import Path
 home, role, barrier, out, extra = sys.argv[1:6]
 import shift
-from shift.engine.search import Engine
-from shift.model_import import register_onnx
+from shift.engine.scoring import Engine
+from shift.catalog.onnx_import import register_onnx
 import onnxruntime, hnswlib, torch  # imports done before the barrier
 Path(barrier, "ready-" + role).touch()
 while not Path(barrier, "go").exists():
@@ -421,7 +422,7 @@ FRESH = r"""
 import sys, time
 from pathlib import Path
 home, role, barrier = sys.argv[1:4]
-from shift.registry import Registry
+from shift.store.registry import Registry
 Path(barrier, "ready-" + role).touch()
 while not Path(barrier, "go").exists():
     time.sleep(0.002)

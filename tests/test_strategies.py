@@ -7,8 +7,8 @@ import random
 
 import pytest
 
-from shift.schemas import InputSpec, ModelRecord
-from shift.strategies import agnostic_key, agnostic_reason, rank, rank_agnostic
+from shift.records import InputSpec, ModelRecord
+from shift.scoring.strategies import agnostic_key, agnostic_reason, rank, rank_agnostic
 
 
 def m(

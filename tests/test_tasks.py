@@ -9,8 +9,9 @@ import pytest
 from PIL import Image
 
 from shift.errors import InvalidNameError, TaskDataError
-from shift.registry import Registry
-from shift.tasks import Samples, TaskStore, read_image_folder, read_npz
+from shift.records import Samples
+from shift.store.registry import Registry
+from shift.store.tasks import TaskStore, read_image_folder, read_npz
 
 
 @pytest.fixture

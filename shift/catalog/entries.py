@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from shift.config import validate_name
 from shift.errors import ShiftError
-from shift.schemas import InputSpec
+from shift.records import InputSpec
 
 
 class WeightsFile(BaseModel):

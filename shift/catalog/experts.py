@@ -1,9 +1,9 @@
 """Expert models: small CNNs trained reproducibly, on this machine's CPU, on narrow upstream
 domains (real MNIST digits; procedurally drawn position / orientation / counting / shape-kind
-images from :mod:`shift.demo_data`, style variant 0).
+images from :mod:`shift.datasets`, style variant 0).
 
 Experts give the demo pools what the paper's pools have beside ImageNet generalists: models
-that are weak in general but fit one kind of task. The demo tasks (``demo_data.DEMO_TASKS``)
+that are weak in general but fit one kind of task. The demo tasks (``datasets.DEMO_TASKS``)
 use other seeds and style variant 1, so no expert ever sees a demo image.
 
 Reproducibility: weights are initialised under ``torch.manual_seed(spec.seed)`` (inside a
@@ -28,8 +28,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from shift import demo_data
-from shift.tasks import Samples
+from shift import datasets
+from shift.records import Samples
 
 INPUT_SIZE = 32
 MEAN = (0.5, 0.5, 0.5)
@@ -68,7 +68,7 @@ class SmallCNN(nn.Module):
 
 @dataclass(frozen=True)
 class ExpertSpec:
-    """How one expert is trained. ``dataset`` names a builder in ``demo_data.BUILDERS``,
+    """How one expert is trained. ``dataset`` names a builder in ``datasets.BUILDERS``,
     called as ``builder(n, seed)`` or, when ``variant`` is not None, ``builder(n, seed,
     variant)``."""
 
@@ -87,13 +87,13 @@ class ExpertSpec:
     weight_decay: float = 1e-4
 
     def upstream(self) -> Samples:
-        build = demo_data.BUILDERS[self.dataset]
+        build = datasets.BUILDERS[self.dataset]
         if self.variant is None:
             return build(self.n, self.seed)
         return build(self.n, self.seed, self.variant)
 
 
-_SHAPES = "procedural 32×32 shapes on noisy backgrounds (demo_data style variant 0)"
+_SHAPES = "procedural 32×32 shapes on noisy backgrounds (datasets style variant 0)"
 
 EXPERTS: dict[str, ExpertSpec] = {
     s.name: s
@@ -120,7 +120,7 @@ EXPERTS: dict[str, ExpertSpec] = {
             seed=1,
             variant=0,
             epochs=6,
-            classes=tuple(demo_data.POSITION_CLASSES),
+            classes=tuple(datasets.POSITION_CLASSES),
             description="Small CNN trained to tell which quadrant a shape lies in.",
             upstream_dataset=f"shapes-position-4k: {_SHAPES}",
             tags=("expert", "synthetic", "position", "localisation", "dsprites-like"),
@@ -132,7 +132,7 @@ EXPERTS: dict[str, ExpertSpec] = {
             seed=2,
             variant=0,
             epochs=6,
-            classes=tuple(demo_data.ORIENTATION_CLASSES),
+            classes=tuple(datasets.ORIENTATION_CLASSES),
             description="Small CNN trained to bin a bar's orientation into 6 bins of 30°.",
             upstream_dataset=f"shapes-orientation-4k: {_SHAPES}",
             tags=("expert", "synthetic", "orientation", "dsprites-like"),
@@ -156,7 +156,7 @@ EXPERTS: dict[str, ExpertSpec] = {
             seed=4,
             variant=0,
             epochs=6,
-            classes=tuple(demo_data.SHAPE_KINDS),
+            classes=tuple(datasets.SHAPE_KINDS),
             description="Small CNN trained to tell circles, squares, triangles and crosses apart.",
             upstream_dataset=f"shapes-kind-4k: {_SHAPES}",
             tags=("expert", "synthetic", "shape", "dsprites-like"),

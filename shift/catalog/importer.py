@@ -17,7 +17,7 @@ import numpy as np
 from shift.catalog.entries import CatalogEntry, load_catalog
 from shift.errors import ShiftError
 from shift.fsutil import sha256_file
-from shift.registry import Registry
+from shift.store.registry import Registry
 
 #: ONNX vs torch agreement required on the fixed check input (max abs difference)
 EXPORT_TOLERANCE = 1e-3
@@ -99,7 +99,7 @@ def import_catalog(
 ) -> list[ImportResult]:
     """Export and register every catalog entry (or ``names``). Already-registered entries are
     kept unless ``force``. A failing entry is reported and the others go on."""
-    from shift.model_import import register_onnx
+    from shift.catalog.onnx_import import register_onnx
 
     entries = load_catalog(
         catalog or Path(__file__).resolve().parents[2] / "registry" / "catalog.yaml"

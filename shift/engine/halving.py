@@ -17,8 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from shift.engine.search import Engine, _batch_id, embed_order
-from shift.schemas import ModelRecord
+from shift.engine.indexing import _batch_id, embed_order
+from shift.engine.scoring import Engine
+from shift.records import ModelRecord
 
 
 @dataclass
@@ -70,8 +71,8 @@ def embed_prefix(
     """Embeddings of the first ``n`` samples of the embedding order for each model, embedding
     only batches not stored yet (complete indexes are read directly). Failed models are left out
     and listed in ``engine.last_report.failed``."""
-    from shift.engine.executor import EmbedJob
-    from shift.engine.search import IndexReport
+    from shift.engine.indexing import IndexReport
+    from shift.inference.executors import EmbedJob
 
     rec = engine.registry.get_task(task)
     rows = engine.registry.samples(task)
@@ -151,7 +152,7 @@ def successive_halving(
     budget: int | None = None,
     chunk: int | None = None,
 ) -> HalvingResult:
-    from shift.proxies import get_proxy
+    from shift.scoring.proxies import get_proxy
 
     spec = get_proxy(proxy)
     rows = engine.registry.samples(task)

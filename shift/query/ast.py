@@ -3,7 +3,8 @@ positions (``Span``) are carried for error messages and ignored by equality."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -142,3 +143,18 @@ def and_all(items: list[Expr]) -> Expr | None:
     if not flat:
         return None
     return flat[0] if len(flat) == 1 else And(tuple(flat))
+
+
+def without_positions(node: Any) -> Any:
+    """``node`` with every ``Span`` reset to ``NOWHERE``: for nodes parsed from another text (the
+    builder's condition strings), whose positions would point into the wrong query."""
+    if isinstance(node, tuple):
+        return tuple(without_positions(x) for x in node)
+    if not is_dataclass(node) or isinstance(node, Span):
+        return node
+    changes = {
+        f.name: NOWHERE if isinstance(v, Span) else without_positions(v)
+        for f in fields(node)
+        if (v := getattr(node, f.name)) is not None
+    }
+    return replace(node, **changes)

@@ -7,7 +7,7 @@ c.select(2).pool("resnet50").where(task="flowers").rank("hybrid", "linear")
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from shift.errors import ShiftError
 from shift.query import ast
@@ -15,8 +15,13 @@ from shift.query.format import to_text
 from shift.query.parser import parse_condition
 
 if TYPE_CHECKING:
-    from shift.client import Client
-    from shift.schemas import Result
+    from shift.records import Result
+
+
+class Runner(Protocol):
+    """What runs a built query: the client."""
+
+    def run_select(self, select: ast.Select) -> Result: ...
 
 
 def _lit(v: Any) -> ast.Literal:
@@ -28,7 +33,7 @@ def _lit(v: Any) -> ast.Literal:
 class QueryBuilder:
     """Immutable: every method returns a new builder."""
 
-    def __init__(self, client: Client | None, select: ast.Select) -> None:
+    def __init__(self, client: Runner | None, select: ast.Select) -> None:
         self._client = client
         self._select = select
 
@@ -46,7 +51,7 @@ class QueryBuilder:
         (a list or tuple value means ``IN``)."""
         terms: list[ast.Expr] = ast.conjuncts(self._select.where)
         if condition:
-            terms.append(parse_condition(condition))
+            terms.append(ast.without_positions(parse_condition(condition)))
         for col, v in equals.items():
             if isinstance(v, list | tuple):
                 terms.append(ast.InList(col, tuple(_lit(x) for x in v)))
@@ -82,10 +87,10 @@ class QueryBuilder:
     def run(self) -> Result:
         if self._client is None:
             raise RuntimeError("this builder is not bound to a client")
-        return self._client.query(self.to_text())
+        return self._client.run_select(self._select)
 
 
-def select(top: int | str | None = None, client: Client | None = None) -> QueryBuilder:
+def select(top: int | str | None = None, client: Runner | None = None) -> QueryBuilder:
     """``select(2)`` → ``SELECT top 2``; ``select()`` or ``select("*")`` → ``SELECT *``."""
     n = None if top in (None, "*") else int(top)
     return QueryBuilder(client, ast.Select(top=n, pool="all"))

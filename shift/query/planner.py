@@ -5,16 +5,28 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from shift.errors import QueryError
 from shift.query import ast
 from shift.query.columns import COLUMNS, TASK_COLUMN
 from shift.query.compile import column, compile_condition
+from shift.query.format import expr_text
 from shift.query.parser import parse, parse_condition
+from shift.records import PoolRecord
 
-if TYPE_CHECKING:
-    from shift.registry import Registry
+
+class Catalog(Protocol):
+    """What planning needs to know of the registry: its pools and task names."""
+
+    def get_pool(self, name: str) -> PoolRecord | None: ...
+
+    def pools(self) -> list[PoolRecord]: ...
+
+    def has_task(self, name: str) -> bool: ...
+
+    def task_names(self) -> list[str]: ...
+
 
 DEFAULT_TASK_RANKER = ast.Ranker("hybrid", ("linear",))
 DEFAULT_RANKER = ast.Ranker("agnostic")
@@ -99,7 +111,7 @@ def check_condition(condition: str) -> str:
 
 
 def _resolve_ranker(text: str, r: ast.Ranker, has_task: bool) -> tuple[str, str | None, tuple]:
-    from shift.proxies import PROXIES
+    from shift.scoring.proxies import PROXIES
 
     proxies = sorted(PROXIES)
     valid = (
@@ -117,7 +129,7 @@ def _resolve_ranker(text: str, r: ast.Ranker, has_task: bool) -> tuple[str, str 
             raise _err(text, r.pos, "random takes one integer seed", "e.g. RANK BY random(7)")
         return "random", None, (r.args[0] if r.args else 0,)
     if r.name == "meta":
-        from shift.benchmark_tables import available_tables
+        from shift.scoring.meta import available_tables
 
         tables = available_tables()
         table = r.args[0] if r.args else "vtab1k"
@@ -183,8 +195,8 @@ def _resolve_ranker(text: str, r: ast.Ranker, has_task: bool) -> tuple[str, str 
     return kind, proxy, args
 
 
-def plan(select: ast.Select, text: str, registry: Registry) -> Plan:
-    """Check ``select`` against the registry and build the plan."""
+def plan(select: ast.Select, text: str, registry: Catalog) -> Plan:
+    """Check ``select`` against the catalog (the registry) and build the plan."""
     pool = registry.get_pool(select.pool)
     if pool is None:
         names = [p.name for p in registry.pools()]
@@ -274,14 +286,14 @@ def plan(select: ast.Select, text: str, registry: Registry) -> Plan:
 
 def _describe(term: ast.Expr, text: str) -> str:
     span = getattr(term, "pos", None)
-    if span is not None and span.line >= 1 and span.column >= 1:
+    if span is not None and span is not ast.NOWHERE:
         lines = text.splitlines()
         if span.line <= len(lines):
             frag = lines[span.line - 1][span.column - 1 : span.column - 1 + span.length]
             if frag.strip():
                 return frag.strip()
-    return repr(term)
+    return expr_text(term)
 
 
-def plan_text(text: str, registry: Registry) -> Plan:
+def plan_text(text: str, registry: Catalog) -> Plan:
     return plan(parse(text), text, registry)

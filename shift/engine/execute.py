@@ -1,0 +1,263 @@
+"""Plan → Result. Model filtering runs as parameterised SQL; task-aware rankers get their scores
+from a :class:`ScoreSource` (the engine), which indexes and scores only what is missing."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any, Protocol
+
+from shift.query.columns import COLUMNS, DISPLAY_COLUMNS
+from shift.query.planner import Plan
+from shift.records import ModelRecord, Result, Timings
+from shift.scoring.strategies import rank
+
+if TYPE_CHECKING:
+    from shift.store.registry import Registry
+
+
+class ScoreSource(Protocol):
+    """What the executor needs from the engine."""
+
+    def status(self, task: str, models: list[ModelRecord], proxy: str) -> dict[str, Any]:
+        """Which embeddings and scores exist and what must be computed (for EXPLAIN)."""
+        ...
+
+    def scores(self, task: str, models: list[ModelRecord], proxy: str) -> dict[str, float | None]:
+        """Proxy score per model name, computing (and caching) whatever is missing."""
+        ...
+
+
+def _row(m: ModelRecord) -> dict[str, Any]:
+    return {
+        "name": m.name,
+        "family": m.family,
+        "params": m.params,
+        "dim": m.dim,
+        "imagenet_top1": m.imagenet_top1,
+        "upstream_dataset": m.upstream_dataset,
+        "source": m.source,
+    }
+
+
+def _sort_sql(plan: Plan) -> str:
+    assert plan.order is not None
+    col = COLUMNS[plan.order.column]
+    direction = "DESC" if plan.order.descending else "ASC"
+    # NULLs last either way, then name for a total order
+    return f"({col.sql} IS NULL), {col.sql} {direction}, m.name"
+
+
+def random_scores(models: list[ModelRecord], seed: int) -> dict[str, float | None]:
+    """A seeded, reproducible uniform draw in [0, 1) per model (by name)."""
+    import hashlib
+
+    return {
+        m.name: int(hashlib.sha256(f"{seed}:{m.name}".encode()).hexdigest()[:13], 16) / 16**13
+        for m in models
+    }
+
+
+def meta_model_scores(
+    models: list[ModelRecord], table: str, task: str | None
+) -> dict[str, float | None]:
+    """Mean fine-tuning accuracy on the table's other tasks (leave the query's task out when the
+    table has it). Registry names map to table ids with ``__`` for ``/``
+    (``google__vit-base-patch16-224`` ↔ ``google/vit-base-patch16-224``)."""
+    from shift.scoring.meta import load_table, meta_scores
+
+    gt = load_table(table)
+    ids = {m.name: m.name.replace("__", "/") for m in models}
+    exclude = task if task in gt.tasks else None
+    found = meta_scores(gt, list(ids.values()), exclude)
+    return {name: found.get(tid) for name, tid in ids.items()}
+
+
+def check_heads(plan: Plan, models: list[ModelRecord]) -> None:
+    """Proxies over source-classifier logits (LEEP, NCE, ...) need every model to have a head."""
+    from shift.errors import QueryError
+    from shift.scoring.proxies import get_proxy
+
+    if not plan.proxy or not get_proxy(plan.proxy).needs_logits:
+        return
+    no_head = [m.name for m in models if not m.head_output]
+    if no_head:
+        pos = plan.select.rank.pos if plan.select.rank else None
+        more = ", ..." if len(no_head) > 5 else ""
+        raise QueryError(
+            f"{plan.proxy} scores a model's source-classifier logits, but "
+            f"{len(no_head)} model(s) in the pool have no head: {', '.join(no_head[:5])}{more}",
+            text=plan.text,
+            line=pos.line if pos else 1,
+            column=pos.column if pos else 1,
+            length=pos.length if pos else 1,
+            hint="add has_head = true to the WHERE clause, or rank by a feature proxy",
+        )
+
+
+def explain(plan: Plan, registry: Registry, engine: ScoreSource | None) -> Result:
+    """Pool size after each filter, what is cached and what must be computed."""
+    steps: list[dict[str, Any]] = [
+        {"step": "all models", "detail": "", "models": registry.count_models()}
+    ]
+    for i, _f in enumerate(plan.filters):
+        part = plan.filters[: i + 1]
+        sql = " AND ".join(x.sql for x in part)
+        params = [p for x in part for p in x.params]
+        steps.append(
+            {
+                "step": "filter",
+                "detail": plan.filters[i].label,
+                "models": registry.count_models(sql, params),
+            }
+        )
+    info: dict[str, Any] = {
+        "pool": plan.pool,
+        "ranker": plan.ranker,
+        "budget": plan.budget,
+        "task": plan.task,
+        "steps": steps,
+    }
+    if plan.task and plan.proxy:
+        where, params = plan.where_sql
+        models = registry.models(where, params)
+        if engine is None:
+            from shift.engine.scoring import Engine
+
+            engine = Engine(registry)
+        status = engine.status(plan.task, models, plan.proxy)
+        info["work"] = status
+        steps.append(
+            {"step": "embed", "detail": status["embed_summary"], "models": status["to_embed"]}
+        )
+        steps.append(
+            {
+                "step": f"score {plan.proxy}",
+                "detail": status["score_summary"],
+                "models": status["to_score"],
+            }
+        )
+    steps.append(
+        {
+            "step": "rank",
+            "detail": plan.ranker + (f", keep {plan.budget}" if plan.budget else ""),
+            "models": None,
+        }
+    )
+    return Result(query=plan.text, columns=["step", "detail", "models"], rows=steps, plan=info)
+
+
+def execute(
+    plan: Plan,
+    registry: Registry,
+    engine: ScoreSource | None = None,
+    timings: Timings | None = None,
+) -> Result:
+    timings = timings or Timings()
+    t0 = time.perf_counter()
+    if plan.select.explain:
+        res = explain(plan, registry, engine)
+        res.timings = timings
+        return res
+    where, params = plan.where_sql
+    plan_info = {
+        "pool": plan.pool,
+        "ranker": plan.ranker,
+        "budget": plan.budget,
+        "task": plan.task,
+        "filters": [f.label for f in plan.filters],
+    }
+    if plan.strategy == "order":
+        models = registry.models(where, params, order=_sort_sql(plan))
+        if plan.budget is not None:
+            models = models[: plan.budget]
+        rows = [{"rank": i + 1, **_row(m)} for i, m in enumerate(models)]
+        timings.total_ms += (time.perf_counter() - t0) * 1000
+        return Result(
+            query=plan.text,
+            columns=["rank", *DISPLAY_COLUMNS],
+            rows=rows,
+            plan=plan_info,
+            timings=timings,
+        )
+
+    models = registry.models(where, params)
+    scores: dict[str, float | None] = {}
+    strategy, label = plan.strategy, plan.proxy
+    check_heads(plan, models)  # before any work: sh and plain proxies alike
+    if plan.strategy in ("random", "meta"):
+        scores = (
+            random_scores(models, plan.proxy_args[0])
+            if plan.strategy == "random"
+            else meta_model_scores(models, plan.proxy_args[0], plan.task)
+        )
+        strategy, label = "proxy", plan.ranker
+    elif plan.strategy == "sh":
+        if engine is None:
+            from shift.engine.scoring import Engine
+
+            engine = Engine(registry)
+        from shift.engine.halving import successive_halving
+
+        ts = time.perf_counter()
+        assert plan.task is not None and plan.proxy is not None
+        res = successive_halving(engine, plan.task, models, plan.proxy, *plan.proxy_args)
+        timings.score_ms += (time.perf_counter() - ts) * 1000
+        plan_info["halving"] = {
+            "rounds": res.rounds,
+            "budget": res.budget,
+            "chunk": res.chunk,
+            "new_chunks_per_round": res.per_round,
+            "embedded": res.embedded,
+        }
+        # the race's outcome is the order: rank by position (scores of different rounds, on
+        # different amounts of data, are never compared); rows show each model's last score
+        ranked = res.ranking()
+        scores = {a.model.name: float(len(ranked) - i) for i, a in enumerate(ranked)}
+        strategy, label = "proxy", plan.ranker
+        race_scores = {n: (a.scores[-1] if a.scores else None) for n, a in res.arms.items()}
+        race = res
+    elif plan.task and plan.proxy:
+        if engine is None:
+            from shift.engine.scoring import Engine
+
+            engine = Engine(registry)
+        ts = time.perf_counter()
+        scores = engine.scores(plan.task, models, plan.proxy)
+        timings.score_ms += (time.perf_counter() - ts) * 1000
+    picks = rank(models, plan.budget, strategy, label, scores)
+    rows = []
+    for i, p in enumerate(picks):
+        row = {"rank": i + 1, **_row(p.model), "agnostic_rank": p.agnostic_rank}
+        if plan.task or plan.strategy in ("random", "meta"):
+            row["score"] = p.score
+        row["why"] = p.reason
+        if plan.strategy in ("random", "meta"):
+            row["why"] = f"#{i + 1} by {plan.ranker}" + (" (no results)" if p.score is None else "")
+        if plan.strategy == "sh":
+            arm = race.arms[p.model.name]
+            row["score"] = race_scores[p.model.name]
+            row["samples"] = arm.train_seen
+            row["why"] = (
+                "sh: survived every round"
+                if arm.eliminated_in is None
+                else f"sh: dropped after round {arm.eliminated_in + 1}"
+                if arm.eliminated_in >= 0
+                else "sh: model failed"
+            )
+        rows.append(row)
+    if plan.strategy == "sh":
+        cols = ["rank", "name", "imagenet_top1", "agnostic_rank", "score", "samples", "why"]
+    elif plan.task or plan.strategy in ("random", "meta"):
+        # rows hold every column; the table shows what explains the pick
+        cols = ["rank", "name", "imagenet_top1", "agnostic_rank", "score", "why"]
+    else:
+        cols = ["rank", *DISPLAY_COLUMNS]
+    timings.total_ms += (time.perf_counter() - t0) * 1000
+    return Result(
+        query=plan.text,
+        columns=cols,
+        rows=rows,
+        scores={r["name"]: r.get("score") for r in rows} if "score" in cols else {},
+        plan=plan_info,
+        timings=timings,
+    )

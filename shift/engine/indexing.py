@@ -1,0 +1,290 @@
+"""Indexing: make sure every (task, model) embedding index exists, computing only what is missing.
+
+Incremental rules, per (task, model):
+* index for the current data hash exists → reuse (relabel in place if only labels changed);
+* index for an older data hash whose samples are a subset of the task's → embed only the new
+  samples and append them;
+* otherwise embed everything; batches are written as they arrive, so a killed run resumes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from shift.fsutil import sha256_file
+from shift.records import ModelRecord, TaskRecord
+from shift.store.index.lock import build_lock
+from shift.store.registry import Registry
+from shift.store.tasks import TaskStore
+
+log = logging.getLogger(__name__)
+DEFAULT_BATCH = 64
+
+
+@dataclass
+class _Work:
+    """What one (task, model) pair needs."""
+
+    model: ModelRecord
+    store: Any
+    key: Any
+    mode: str  # ready | relabel | append | full
+    index: Any = None
+    old: Any = None
+    sample_ids: list[str] = field(default_factory=list)  # to embed
+
+
+@dataclass
+class IndexReport:
+    embedded: dict[str, int] = field(default_factory=dict)  # model -> samples embedded
+    reused: list[str] = field(default_factory=list)
+    relabelled: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    providers: dict[str, list[str]] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def _batch_id(i: int, ids: list[str]) -> str:
+    return f"b{i:05d}-" + hashlib.sha256("\n".join(ids).encode()).hexdigest()[:10]
+
+
+def embed_order(rows: list[dict[str, Any]]) -> list[str]:
+    """The order samples are embedded in: validation first, then train (each in task order), so
+    a prefix is what successive halving needs and its batches are reused by a full build."""
+    return [r["sample_id"] for r in rows if r["split"] == "val"] + [
+        r["sample_id"] for r in rows if r["split"] != "val"
+    ]
+
+
+class Indexer:
+    """Builds and reuses a task's embedding indexes. ``executor``: "ray", "inprocess" or "auto"."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        executor: str = "auto",
+        ray_address: str | None = None,
+        progress: bool = False,
+        batch_size: int = DEFAULT_BATCH,
+    ) -> None:
+        self.registry = registry
+        self.tasks = TaskStore(registry)
+        self.executor_kind = executor
+        self.ray_address = ray_address
+        self.progress = progress
+        self.batch_size = batch_size
+        self._executor: Any = None
+        self.last_report: IndexReport | None = None
+        self._sha_cache: dict[tuple[Any, ...], str] = {}  # file identity -> sha256
+
+    @property
+    def executor(self) -> Any:
+        if self._executor is None:
+            from shift.inference.executors import make_executor
+
+            self._executor = make_executor(self.executor_kind, address=self.ray_address)
+        return self._executor
+
+    def close(self) -> None:
+        self._executor = None
+
+    # ---- planning ---------------------------------------------------------------------------
+    def _plan(
+        self, task: TaskRecord, models: list[ModelRecord], rows: list[dict[str, Any]]
+    ) -> list[_Work]:
+        from shift.store.index.store import IndexCorruptError, IndexKey, IndexStore
+
+        ids = embed_order(rows)
+        labels = {r["sample_id"]: r["label"] for r in rows}
+        work = []
+        for m in models:
+            key = IndexKey(task_hash=task.data_hash, model_sha=m.sha256, preprocess=m.input.key())
+            store = IndexStore(self.registry.home.index_path(task.name, m.name))
+            try:
+                idx = store.open(key)
+                meta = store.read_meta() if idx is None else None
+            except IndexCorruptError as e:
+                log.warning("%s; rebuilding it", e)
+                store.drop()
+                idx, meta = None, None
+            if idx is not None:
+                same = np.array_equal(np.asarray(idx.labels), [labels[s] for s in idx.sample_ids])
+                work.append(_Work(m, store, key, "ready" if same else "relabel", index=idx))
+                continue
+            if (
+                meta is not None
+                and meta.complete
+                and meta.key.model_sha == key.model_sha
+                and meta.key.preprocess == key.preprocess
+            ):
+                try:
+                    old = store.open(meta.key)
+                except IndexCorruptError:
+                    old = None
+                if old is not None and set(old.sample_ids) <= set(ids):
+                    have = set(old.sample_ids)
+                    new = [s for s in ids if s not in have]
+                    work.append(_Work(m, store, key, "append", old=old, sample_ids=new))
+                    continue
+            work.append(_Work(m, store, key, "full", sample_ids=ids))
+        return work
+
+    # ---- indexing ---------------------------------------------------------------------------
+    def _batches(
+        self, task: str, rows_by_id: dict[str, dict[str, Any]], ids: list[str], skip: set[str]
+    ) -> Iterator[tuple[str, np.ndarray]]:
+        for i in range(0, len(ids), self.batch_size):
+            part = ids[i : i + self.batch_size]
+            bid = _batch_id(i // self.batch_size, part)
+            if bid in skip:
+                continue
+            yield bid, self.tasks.load(task, [rows_by_id[s] for s in part])
+
+    def _check_model_file(self, m: ModelRecord) -> str | None:
+        """None if ``m``'s file matches its recorded sha256, else why it is refused."""
+        path = self.registry.model_file(m)
+        try:
+            st = path.stat()
+            stamp = (str(path), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            sha = self._sha_cache[stamp] = self._sha_cache.get(stamp) or sha256_file(path)
+        except OSError as e:
+            return f"model {m.name!r}: cannot read its file {path}: {e.strerror or e}"
+        if sha != m.sha256:
+            return (
+                f"model {m.name!r}: file {path} fails its sha256 check (registered "
+                f"{m.sha256[:12]}..., found {sha[:12]}...): modified or damaged, refusing to use it"
+            )
+        return None
+
+    def _lock_work(self, rec: TaskRecord, rows: list[Any], work: list[_Work], locks: Any) -> Any:
+        """Take the build lock of every index that needs work (in name order: no deadlock), then
+        plan those again: another process may have built them while we waited."""
+        busy = sorted((w.model.name, w) for w in work if w.mode != "ready")
+        for _, w in busy:
+            locks.enter_context(build_lock(w.store.root))
+        again = {w.model.name: w for w in self._plan(rec, [w.model for _, w in busy], rows)}
+        return [again.get(w.model.name, w) for w in work]
+
+    def index(self, task: str, models: list[ModelRecord]) -> dict[str, Any]:
+        """Ensure an up-to-date index for every model; returns the indexes by model name.
+        Models that fail are reported in ``self.last_report.failed`` and left out."""
+        with ExitStack() as locks:
+            return self._index(task, models, locks)
+
+    def _index(self, task: str, models: list[ModelRecord], locks: ExitStack) -> dict[str, Any]:
+        from shift.inference.executors import EmbedJob
+        from shift.store.index.store import index_entry
+
+        t0 = time.perf_counter()
+        rec = self.registry.get_task(task)
+        rows = self.registry.samples(task)
+        rows_by_id = {r["sample_id"]: r for r in rows}
+        labels = {r["sample_id"]: r["label"] for r in rows}
+        order = [r["sample_id"] for r in rows]
+        report = IndexReport()
+        out: dict[str, Any] = {}
+        jobs, writers, pending = [], {}, {}
+        entries = self.registry.index_entries(task)
+        for w in self._lock_work(rec, rows, self._plan(rec, models, rows), locks):
+            name = w.model.name
+            if w.mode == "ready":
+                out[name] = w.index
+                report.reused.append(name)
+            elif w.mode == "relabel":
+                out[name] = w.store.relabel(w.index, w.key, labels)
+                report.relabelled.append(name)
+            elif problem := self._check_model_file(w.model):
+                report.failed[name] = problem
+                log.warning("%s", problem)
+            else:
+                skip: set[str] = set()
+                if w.mode == "full":
+                    writers[name] = w.store.begin(w.key, w.model.dim, w.model.head_classes)
+                    skip = writers[name].done_batches()
+                else:
+                    pending[name] = {"w": w, "emb": {}, "logits": {}}
+                n_batches = -(-len(w.sample_ids) // self.batch_size)
+                jobs.append(
+                    EmbedJob(
+                        name,
+                        str(self.registry.model_file(w.model)),
+                        w.model,
+                        self._batches(task, rows_by_id, w.sample_ids, skip),
+                        total_batches=n_batches - len(skip),
+                    )
+                )
+                pending.setdefault(name, {"w": w})
+                report.embedded[name] = len(w.sample_ids)
+        batch_ids: dict[str, dict[str, list[str]]] = {}
+        for job_name in pending:
+            ids = pending[job_name]["w"].sample_ids
+            batch_ids[job_name] = {
+                _batch_id(i // self.batch_size, ids[i : i + self.batch_size]): ids[
+                    i : i + self.batch_size
+                ]
+                for i in range(0, len(ids), self.batch_size)
+            }
+
+        def on_result(r: Any) -> None:
+            ids = batch_ids[r.model_name][r.batch_id]
+            report.providers[r.model_name] = r.providers
+            if r.model_name in writers:
+                writers[r.model_name].add_batch(r.batch_id, ids, r.embeddings, r.logits)
+            else:
+                p = pending[r.model_name]
+                p["emb"][r.batch_id], p["logits"][r.batch_id] = r.embeddings, r.logits
+
+        def on_failure(f: Any) -> None:
+            report.failed[f.model_name] = f.error
+            log.warning("model %s failed: %s", f.model_name, f.error)
+
+        if jobs:
+            self.executor.run(jobs, on_result, on_failure, progress=self.progress)
+        for name, p in pending.items():
+            if name in report.failed:
+                report.embedded.pop(name, None)
+                continue
+            w = p["w"]
+            if name in writers:
+                idx = writers[name].finalize(order, labels)
+            else:
+                bids = list(batch_ids[name])
+                emb = np.concatenate([p["emb"][b] for b in bids]) if bids else None
+                lg = (
+                    np.concatenate([p["logits"][b] for b in bids])
+                    if bids and w.model.head_output
+                    else None
+                )
+                if emb is None:  # nothing new, only the hash changed (e.g. samples reordered)
+                    idx = w.store.relabel(w.old, w.key, labels)
+                else:
+                    idx = w.store.append(
+                        w.old,
+                        w.sample_ids,
+                        emb,
+                        lg,
+                        labels,
+                        key=w.key,
+                        providers=report.providers.get(name, []),
+                    )
+            out[name] = idx
+        for name, idx in out.items():  # new indexes, and entries a killed run left behind
+            e = entries.get(name) or {}
+            if name in pending or (e.get("key_digest"), e.get("count")) != (
+                idx.key.digest(),
+                len(idx),
+            ):
+                self.registry.put_index_entry(
+                    index_entry(task, name, idx, report.providers.get(name))
+                )
+        report.seconds = time.perf_counter() - t0
+        self.last_report = report
+        return out

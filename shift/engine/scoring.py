@@ -1,0 +1,138 @@
+"""Scoring: proxy scores per (task, model), from the registry's cache where possible, indexing
+what is missing first (:class:`~shift.engine.indexing.Indexer`)."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import numpy as np
+
+from shift.engine.cost import embed_seconds, score_seconds
+from shift.engine.indexing import Indexer, IndexReport
+from shift.errors import ShiftError
+from shift.records import ModelRecord
+
+
+def proxy_params_key(params: dict[str, Any]) -> str:
+    return json.dumps(params, sort_keys=True, default=str)
+
+
+class Engine(Indexer):
+    """Indexes tasks and scores models (an :class:`Indexer` that also ranks)."""
+
+    def status(self, task: str, models: list[ModelRecord], proxy: str) -> dict[str, Any]:
+        """What a query on ``task`` would compute (EXPLAIN)."""
+        rec = self.registry.get_task(task)
+        rows = self.registry.samples(task)
+        work = self._plan(rec, models, rows)
+        from shift.scoring.proxies import get_proxy
+
+        spec = get_proxy(proxy)
+        cached = self.registry.get_scores(
+            rec.content_hash, proxy, proxy_params_key(spec.params), [m.sha256 for m in models]
+        )
+        to_embed = [w for w in work if w.mode in ("full", "append")]
+        images = sum(len(w.sample_ids) for w in to_embed)
+        secs = sum(
+            embed_seconds(
+                w.model.params, w.model.input.height, w.model.input.width, len(w.sample_ids)
+            )
+            for w in to_embed
+        )
+        n_cached = sum(1 for m in models if m.sha256 in cached)
+        n_train = sum(r["split"] != "val" for r in rows)
+        per_model = score_seconds(proxy, n_train)
+        score_secs = per_model * (len(models) - n_cached)
+        return {
+            "task": task,
+            "samples": len(rows),
+            "to_embed": len(to_embed),
+            "indexed": sum(1 for w in work if w.mode in ("ready", "relabel")),
+            "per_model": {
+                w.model.name: {
+                    "index": w.mode,
+                    "embed": len(w.sample_ids),
+                    "score_cached": w.model.sha256 in cached,
+                }
+                for w in work
+            },
+            "embed_summary": f"{sum(w.mode in ('ready', 'relabel') for w in work)} indexed, "
+            f"{len(to_embed)} to embed ({images:,} images)",
+            "to_score": len(models) - n_cached,
+            "score_summary": f"{n_cached} cached, {len(models) - n_cached} to compute",
+            "images_to_embed": images,
+            "score_seconds": score_secs,
+            "estimate": f"{images:,} images through {len(to_embed)} models, "
+            f"~{secs:.0f} s on one CPU core; scoring {len(models) - n_cached} models "
+            f"~{score_secs:.1f} s",
+        }
+
+    # ---- scoring ----------------------------------------------------------------------------
+    def scores(self, task: str, models: list[ModelRecord], proxy: str) -> dict[str, float | None]:
+        """Proxy score per model (None for a model that failed), from cache where possible.
+        Pool-relative proxies (NCTI: normalised over the models scored together) are scored over
+        the whole pool every time and never cached per model."""
+        from shift.scoring.proxies import get_proxy
+
+        spec = get_proxy(proxy)
+        rec = self.registry.get_task(task)
+        pkey = proxy_params_key(spec.params)
+        pool_relative = bool(spec.params.get("pool_relative"))
+        cached = (
+            {}
+            if pool_relative
+            else self.registry.get_scores(rec.content_hash, proxy, pkey, [m.sha256 for m in models])
+        )
+        result: dict[str, float | None] = {
+            m.name: cached[m.sha256]["score"] for m in models if m.sha256 in cached
+        }
+        missing = [m for m in models if m.sha256 not in cached]
+        if not missing:
+            self.last_report = IndexReport()  # nothing indexed or embedded for this query
+            return result
+        if spec.needs_logits:
+            no_head = [m.name for m in missing if not m.head_output]
+            if no_head:
+                raise ShiftError(
+                    f"{proxy} needs a source-classifier head; these models have "
+                    f"none: {', '.join(no_head)}",
+                    hint="filter with has_head = true",
+                )
+        indexes = self.index(task, missing)
+        rows = self.registry.samples(task)
+        train = [r["sample_id"] for r in rows if r["split"] == "train"]
+        val = [r["sample_id"] for r in rows if r["split"] == "val"]
+        scored = [m for m in missing if m.name in indexes]
+        t0 = time.perf_counter()
+        problems = []
+        for m in scored:
+            idx = indexes[m.name]
+            xtr, ytr = idx.select(train)
+            xva, yva = idx.select(val)
+            if spec.needs_logits:
+                xtr, xva = idx.select_logits(train), idx.select_logits(val)
+            problems.append((np.asarray(xtr), ytr, np.asarray(xva), yva))
+        values = spec.score_many(problems) if problems else []
+        secs = (time.perf_counter() - t0) / max(1, len(problems))
+        if not pool_relative:
+            self.registry.put_scores(
+                [
+                    {
+                        "task_hash": rec.content_hash,
+                        "model_sha": m.sha256,
+                        "proxy": proxy,
+                        "params": pkey,
+                        "score": float(v),
+                        "n_train": len(train),
+                        "n_val": len(val),
+                        "seconds": secs,
+                    }
+                    for m, v in zip(scored, values, strict=True)
+                ]
+            )
+        result.update({m.name: float(v) for m, v in zip(scored, values, strict=True)})
+        for m in missing:
+            result.setdefault(m.name, None)
+        return result

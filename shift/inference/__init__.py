@@ -1,0 +1,1 @@
+"""Inference: embedders (backends), preprocessing and the local and Ray executors."""

@@ -1,0 +1,174 @@
+"""One ONNX model loaded in ONNX Runtime, turning uint8 image batches into embeddings (+ logits).
+
+onnxruntime is imported inside the functions here, never at module import time, so that the CLI
+starts without it.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from shift.errors import ModelFileError
+from shift.inference.preprocess import preprocess
+from shift.records import ModelRecord
+
+log = logging.getLogger(__name__)
+
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+DEVICES = ("auto", "cpu", "cuda")
+
+_NP_TYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+}
+
+
+def requested_providers(device: str) -> list[str]:
+    """The provider list to ask ONNX Runtime for: "auto" adds CUDA when the installed runtime
+    offers it, "cuda" always asks for it (falling back to CPU), "cpu" is CPU only."""
+    import onnxruntime as ort
+
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
+    if device == "cpu":
+        return [CPU]
+    available = ort.get_available_providers()
+    if device == "cuda" or CUDA in available:
+        # never pass a provider the runtime lacks: ORT would warn on its own
+        return [CUDA, CPU] if CUDA in available else [CPU]
+    return [CPU]
+
+
+def _flatten(out: Any, n: int) -> np.ndarray:
+    arr = np.asarray(out)
+    if arr.ndim > 2:
+        arr = arr.reshape(arr.shape[0], -1)
+    if arr.ndim == 1 and n:
+        arr = arr.reshape(n, -1)
+    return arr
+
+
+class OnnxEmbedder:
+    """An ONNX Runtime session for ``record``'s model file at ``model_path``.
+
+    ``device``: "auto" (CUDA when the runtime has it, else CPU), "cpu", or "cuda" (asks for CUDA
+    and falls back to CPU with a warning). ``providers`` is ``session.get_providers()`` -- the
+    providers actually in use -- and ``on_gpu`` says whether CUDA is among them.
+    Raises ``ModelFileError`` naming the model when the file cannot be loaded or does not have
+    the inputs/outputs the record names.
+    """
+
+    def __init__(
+        self,
+        model_path: str,
+        record: ModelRecord,
+        *,
+        device: str = "auto",
+        intra_op_threads: int | None = None,
+    ) -> None:
+        import onnxruntime as ort
+
+        self.model_path = str(model_path)
+        self.record = record
+        self.name = record.name
+        requested = requested_providers(device)
+        want_gpu = device == "cuda" or CUDA in requested
+        try:
+            if not Path(self.model_path).is_file():
+                raise FileNotFoundError("no such file")
+            opts = ort.SessionOptions()
+            opts.log_severity_level = 3  # errors only
+            if intra_op_threads is not None:
+                opts.intra_op_num_threads = max(1, int(intra_op_threads))
+                opts.inter_op_num_threads = 1
+            self.session = ort.InferenceSession(self.model_path, opts, providers=requested)
+        except Exception as e:
+            raise ModelFileError(
+                f"model {record.name!r}: cannot load {self.model_path}: {_reason(e)}"
+            ) from e
+
+        self.providers: list[str] = list(self.session.get_providers())
+        self.on_gpu = CUDA in self.providers
+        if want_gpu and not self.on_gpu:
+            log.warning(
+                "model %r: GPU (CUDAExecutionProvider) requested but not obtained; "
+                "fell back to CPU (providers in use: %s)",
+                record.name,
+                self.providers,
+            )
+        self._check_signature()
+
+    def _check_signature(self) -> None:
+        rec = self.record
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        outputs = {o.name for o in self.session.get_outputs()}
+        if rec.input_name not in inputs:
+            raise ModelFileError(
+                f"model {rec.name!r}: {self.model_path} has no input {rec.input_name!r} "
+                f"(inputs: {sorted(inputs)})"
+            )
+        for out in (rec.output, rec.head_output):
+            if out is not None and out not in outputs:
+                raise ModelFileError(
+                    f"model {rec.name!r}: {self.model_path} has no output {out!r} "
+                    f"(outputs: {sorted(outputs)})"
+                )
+        self._input_dtype = _NP_TYPES.get(inputs[rec.input_name].type, np.float32)
+        self._outputs = [rec.output] + ([rec.head_output] if rec.head_output else [])
+
+    def embed(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """uint8 NHWC batch -> (embeddings float32 (N, record.dim), logits float32
+        (N, record.head_classes) or None when the record has no head).
+
+        Outputs with more than 2 dims (N x D x 1 x 1) are flattened to (N, D). Raises
+        ``ModelFileError`` naming the model on a runtime failure, a shape that does not match the
+        record, or non-finite values.
+        """
+        rec = self.record
+        x = preprocess(images, rec.input)
+        n = x.shape[0]
+        if n == 0:
+            emb = np.zeros((0, rec.dim), np.float32)
+            logits = np.zeros((0, rec.head_classes or 0), np.float32) if rec.head_output else None
+            return emb, logits
+        if x.dtype != self._input_dtype:
+            x = x.astype(self._input_dtype)
+        try:
+            outs = self.session.run(self._outputs, {rec.input_name: x})
+        except Exception as e:
+            raise ModelFileError(f"model {rec.name!r}: inference failed: {_reason(e)}") from e
+
+        emb = self._check(_flatten(outs[0], n), n, rec.dim, rec.output)
+        logits = None
+        if rec.head_output is not None:
+            logits = self._check(_flatten(outs[1], n), n, rec.head_classes, rec.head_output)
+        return emb, logits
+
+    def _check(self, arr: np.ndarray, n: int, dim: int | None, output: str) -> np.ndarray:
+        name = self.record.name
+        if arr.ndim != 2 or arr.shape[0] != n or (dim is not None and arr.shape[1] != dim):
+            want = f"({n}, {dim})" if dim is not None else f"({n}, D)"
+            raise ModelFileError(
+                f"model {name!r}: output {output!r} has shape {tuple(arr.shape)}, expected {want}"
+            )
+        arr = np.ascontiguousarray(arr, dtype=np.float32)
+        if not np.isfinite(arr).all():
+            bad = int((~np.isfinite(arr)).any(axis=1).sum())
+            raise ModelFileError(
+                f"model {name!r}: output {output!r} has NaN/Inf values in {bad} of {n} rows"
+            )
+        return arr
+
+    def __repr__(self) -> str:
+        return f"OnnxEmbedder({self.name!r}, providers={self.providers})"
+
+
+def _reason(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    return text if len(text) <= 500 else text[:497] + "..."

@@ -1,0 +1,66 @@
+"""Turn a batch of uint8 images into the float32 tensor a model expects (see ``InputSpec``)."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from shift.records import InputSpec
+
+
+def _resize_one(img: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """Crop/resize one uint8 (H, W, C) image to (spec.height, spec.width, C), bilinear via PIL."""
+    h, w = img.shape[:2]
+    if spec.resize == "center_crop" and h != w:
+        s = min(h, w)
+        top, left = (h - s) // 2, (w - s) // 2
+        img = img[top : top + s, left : left + s]
+        h = w = s
+    if (h, w) == (spec.height, spec.width):
+        return img
+    channels = img.shape[2]
+    pil = Image.fromarray(np.ascontiguousarray(img[:, :, 0] if channels == 1 else img))
+    out = np.asarray(pil.resize((spec.width, spec.height), Image.Resampling.BILINEAR))
+    return out[:, :, None] if channels == 1 else out
+
+
+def preprocess(images: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """Return the model input for ``images``, a uint8 batch (N, H, W, C) with C in {1, 3}
+    ((N, H, W) is read as grayscale).
+
+    Per image: ``resize`` ("center_crop": centre-crop to the largest square, then resize;
+    "squash": resize directly) to (spec.height, spec.width), bilinear via PIL and only when the
+    size differs. Channels are adapted (grayscale repeated to 3, RGB averaged to 1). Then
+
+        ``x = (pixel / 255 - mean[c]) / std[c]``   (mean/std broadcast when of length 1)
+
+    channels reversed when ``spec.color == "BGR"``, and transposed to NCHW when
+    ``spec.layout == "NCHW"``. The result is a C-contiguous float32 array.
+    """
+    arr = np.asarray(images)
+    if arr.dtype != np.uint8:
+        raise ValueError(f"images must be uint8, got {arr.dtype}")
+    if arr.ndim == 3:
+        arr = arr[..., None]
+    if arr.ndim != 4 or arr.shape[3] not in (1, 3):
+        raise ValueError(f"images must be (N, H, W, C) with C in {{1, 3}}, got shape {arr.shape}")
+    n, h, w, _ = arr.shape
+    if n and (h, w) != (spec.height, spec.width):
+        arr = np.stack([_resize_one(img, spec) for img in arr])
+    elif not n:
+        arr = np.zeros((0, spec.height, spec.width, arr.shape[3]), np.uint8)
+
+    x = arr.astype(np.float32) / np.float32(255.0)
+    if x.shape[3] != spec.channels:
+        if spec.channels == 3:
+            x = np.repeat(x, 3, axis=3)
+        else:
+            x = x.mean(axis=3, keepdims=True, dtype=np.float32)
+    mean = np.asarray(spec.mean, np.float32)
+    std = np.asarray(spec.std, np.float32)
+    x = (x - mean) / std
+    if spec.color == "BGR" and spec.channels == 3:
+        x = x[..., ::-1]
+    if spec.layout == "NCHW":
+        x = x.transpose(0, 3, 1, 2)
+    return np.ascontiguousarray(x, dtype=np.float32)

@@ -1,0 +1,1 @@
+"""Pure maths of ranking: proxy scores, transferability estimators, strategies, meta tables."""

@@ -1,0 +1,54 @@
+"""Transferability estimators: pure numpy (float64) functions from frozen target features (or
+the model's source-classifier logits) and target labels to a score; higher is better.
+
+| function | paper | input |
+|---|---|---|
+| ``logme`` | You et al., ICML 2021 / JMLR 2022 | features |
+| ``leep``, ``nce`` | Nguyen et al., ICML 2020; Tran et al., ICCV 2019 | source logits |
+| ``hscore``, ``shrinkage_hscore`` | Bao et al., ICIP 2019; Ibrahim et al., ICLR 2022 | features |
+| ``transrate`` | Huang et al., ICML 2022 | features |
+| ``gbc`` | Pándy et al., CVPR 2022 | features (PCA 64) |
+| ``parc`` | Bolya et al., NeurIPS 2021 | features (PCA 32) |
+| ``sfda`` | Shao et al., ECCV 2022 | features |
+| ``ncti`` (pool-relative) | Wang et al., ICCV 2023 | features (PCA 64) |
+| ``lfc``, ``lgc`` | Deshpande et al., 2021 | features; per-sample gradients |
+
+**Which labelled data.** Every estimator is defined on one labelled set, the target data a
+fine-tune would see. In SHiFT the engine hands proxies ``(train_x, train_y, val_x, val_y)``;
+the registered estimator proxies (``shift.scoring.proxies``) score the **train split only** and
+ignore the validation split, for every estimator alike, so that scores are comparable between
+estimators and with the kNN/linear proxies' training data.
+
+Labels may be any values; they are remapped to ``0..C−1``. Feature estimators need at least two
+rows and two classes; inputs are copied to float64 and never modified. The modules import only
+numpy (no scipy, torch or scikit-learn).
+"""
+
+from __future__ import annotations
+
+from shift.scoring.estimators.gbc import gbc
+from shift.scoring.estimators.hscore import hscore, shrinkage_hscore
+from shift.scoring.estimators.leep import leep, nce
+from shift.scoring.estimators.linearized import lfc, lgc
+from shift.scoring.estimators.logme import logme
+from shift.scoring.estimators.ncti import ncti, ncti_components, ncti_scores
+from shift.scoring.estimators.parc import parc
+from shift.scoring.estimators.sfda import sfda
+from shift.scoring.estimators.transrate import transrate
+
+__all__ = [
+    "gbc",
+    "hscore",
+    "leep",
+    "lfc",
+    "lgc",
+    "logme",
+    "ncti",
+    "ncti_components",
+    "ncti_scores",
+    "nce",
+    "parc",
+    "sfda",
+    "shrinkage_hscore",
+    "transrate",
+]

@@ -1,0 +1,1 @@
+"""Storage: the SQLite registry, tasks' sample chunks and the per-task embedding indexes."""

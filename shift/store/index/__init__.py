@@ -1,0 +1,1 @@
+"""Per-(task, model) embedding indexes on disk: vectors, logits, labels and hnswlib graphs."""

@@ -1,0 +1,120 @@
+"""Registry schema, versioned. Never edit an applied migration: append a new one."""
+
+from __future__ import annotations
+
+from sqlite_utils import Database, Migrations
+
+migrations = Migrations("shift")
+
+
+@migrations()
+def m001_initial(db: Database) -> None:
+    db["models"].create(
+        {
+            "name": str,
+            "path": str,
+            "sha256": str,
+            "family": str,
+            "params": int,
+            "dim": int,
+            "output": str,
+            "head_output": str,
+            "head_classes": int,
+            "input_name": str,
+            "input_json": str,
+            "input_height": int,
+            "upstream_dataset": str,
+            "upstream_size": int,
+            "imagenet_top1": float,
+            "imagenet_source": str,
+            "source": str,
+            "tags": str,
+            "license": str,
+            "date_added": str,
+        },
+        pk="name",
+        not_null={"path", "sha256", "params", "dim", "output", "input_name", "input_json"},
+    )
+    db["pools"].create(
+        {"name": str, "filter": str, "description": str, "date_added": str}, pk="name"
+    )
+    db["tasks"].create(
+        {
+            "name": str,
+            "content_hash": str,
+            "data_hash": str,
+            "kind": str,
+            "source": str,
+            "num_samples": int,
+            "num_train": int,
+            "num_val": int,
+            "num_classes": int,
+            "classes": str,
+            "date_added": str,
+        },
+        pk="name",
+    )
+    db["samples"].create(
+        {
+            "task": str,
+            "sample_id": str,
+            "content_hash": str,
+            "label": int,
+            "split": str,
+            "chunk": str,
+            "offset": int,
+            "seq": int,
+        },
+        pk=("task", "sample_id"),
+        foreign_keys=[("task", "tasks", "name")],
+    )
+    db["samples"].create_index(["task", "seq"])
+    db["scores"].create(
+        {
+            "task_hash": str,
+            "model_sha": str,
+            "proxy": str,
+            "params": str,
+            "score": float,
+            "n_train": int,
+            "n_val": int,
+            "seconds": float,
+            "computed_at": str,
+        },
+        pk=("task_hash", "model_sha", "proxy", "params"),
+    )
+    db["index_entries"].create(
+        {
+            "task": str,
+            "model": str,
+            "key_digest": str,
+            "task_hash": str,
+            "model_sha": str,
+            "preprocess": str,
+            "path": str,
+            "count": int,
+            "dim": int,
+            "providers": str,
+            "updated": str,
+        },
+        pk=("task", "model"),
+    )
+
+
+@migrations()
+def m002_finetune(db: Database) -> None:
+    """Ground-truth fine-tuning results (:mod:`shift.tools.finetune`), keyed by task content hash,
+    model sha256 and the protocol's canonical JSON."""
+    db["finetune_results"].create(
+        {
+            "task_hash": str,
+            "model_sha": str,
+            "protocol": str,
+            "accuracy": float,
+            "seconds": float,
+            "epochs": int,
+            "details": str,
+            "computed_at": str,
+        },
+        pk=("task_hash", "model_sha", "protocol"),
+    )

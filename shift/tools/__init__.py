@@ -1,0 +1,1 @@
+"""Tools on top of the engine: doctor, fine-tuning, evaluation metrics."""
