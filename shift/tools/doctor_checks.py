@@ -1,0 +1,442 @@
+"""The checks behind ``shift doctor`` (see :mod:`shift.tools.doctor` for what each one covers):
+one ``_Doctor`` walks the registry, model files, task chunks and index folders, records
+findings, and repairs what is safe when asked."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from shift.config import Home
+from shift.errors import ShiftError
+from shift.fsutil import sha256_file
+from shift.tools.doctor_report import DoctorReport, Finding, Severity
+
+DEFAULT_GRACE_S = 300.0
+LOCK_FILES = frozenset({".lock", ".build.lock"})
+
+
+def is_temp_file(name: str) -> bool:
+    """Temp files of shift's atomic writes: ``.<name>.<random>.tmp`` (fsutil) and
+    ``.<name>.tmp-<random>`` (index store)."""
+    return name.startswith(".") and (name.endswith(".tmp") or ".tmp-" in name)
+
+
+def _age_s(path: Path) -> float:
+    try:
+        return time.time() - path.lstat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _clear_dir(root: Path) -> None:
+    """Delete everything in an index directory except its lock files (which a waiting builder
+    may hold open: deleting them would let a second builder in)."""
+    for p in root.iterdir():
+        if p.name not in LOCK_FILES:
+            _remove(p)
+
+
+class _Doctor:
+    def __init__(self, home: Home, repair: bool, grace_s: float) -> None:
+        self.home = home
+        self.repair = repair
+        self.grace_s = grace_s
+        self.report = DoctorReport(home=str(home.registry_dir), repair=repair)
+        self.checked = self.report.checked
+
+    # ---- recording ------------------------------------------------------------------------
+    def find(
+        self,
+        severity: Severity,
+        check: str,
+        path: Path | str | None,
+        message: str,
+        fix: Callable[[], Any] | None = None,
+        action: str = "",
+    ) -> Finding:
+        f = Finding(
+            severity=severity,
+            check=check,
+            path=None if path is None else str(path),
+            message=message,
+            repairable=fix is not None,
+            action=action if fix is not None else "",
+        )
+        if fix is not None and self.repair:
+            try:
+                fix()
+                f.repaired = True
+            except (OSError, ShiftError, sqlite3.Error) as e:
+                f.action = f"repair failed: {e}"
+        self.report.findings.append(f)
+        return f
+
+    def old_enough(self, path: Path) -> bool:
+        return _age_s(path) >= self.grace_s
+
+    def stray(self, path: Path, check: str, what: str) -> None:
+        """A file or folder nothing uses: removable once older than the grace period."""
+        young = not self.old_enough(path)
+        self.find(
+            "leftover" if is_temp_file(path.name) else "orphan",
+            check,
+            path,
+            f"{what}" + (f" (younger than {self.grace_s:.0f} s: left alone)" if young else ""),
+            None if young else (lambda: _remove(path)),
+            "remove",
+        )
+
+    # ---- registry ---------------------------------------------------------------------------
+    def sqlite(self) -> bool:
+        """integrity_check + foreign_key_check on a plain connection; False if unreadable."""
+        db = self.home.db_path
+        try:
+            conn = sqlite3.connect(str(db), timeout=30)
+        except sqlite3.Error as e:
+            self.find("corrupt", "registry", db, f"cannot open the registry: {e}")
+            return False
+        try:
+            conn.execute("PRAGMA busy_timeout = 30000")
+            rows = [r[0] for r in conn.execute("PRAGMA integrity_check")]
+            if rows != ["ok"]:
+                self.find(
+                    "corrupt", "registry", db, "integrity_check: " + "; ".join(map(str, rows[:5]))
+                )
+                return False
+            fks = conn.execute("PRAGMA foreign_key_check").fetchall()
+            for table, rowid, parent, _ in fks[:20]:
+                self.find(
+                    "corrupt",
+                    "registry",
+                    db,
+                    f"foreign key: {table} row {rowid} points at a missing {parent} row",
+                )
+            if len(fks) > 20:
+                self.find("corrupt", "registry", db, f"{len(fks) - 20} more foreign key errors")
+        except sqlite3.DatabaseError as e:
+            self.find("corrupt", "registry", db, f"the registry cannot be read: {e}")
+            return False
+        finally:
+            conn.close()
+        self.checked["registry"] = 1
+        return True
+
+    # ---- models -----------------------------------------------------------------------------
+    def models(self, reg: Any) -> None:
+        hashes: dict[Path, str | None] = {}
+        used: set[Path] = set()
+        for m in reg.models():
+            path = reg.model_file(m)
+            used.add(path.resolve())
+            if path not in hashes:
+                try:
+                    hashes[path] = sha256_file(path)
+                except OSError:
+                    hashes[path] = None
+            sha = hashes[path]
+            if sha is None:
+                self.find("corrupt", "model_file", path, f"model {m.name!r}: its file is missing")
+            elif sha != m.sha256:
+                self.find(
+                    "corrupt",
+                    "model_file",
+                    path,
+                    f"model {m.name!r}: file fails its sha256 check (registered "
+                    f"{m.sha256[:12]}..., found {sha[:12]}...): modified or damaged; "
+                    "re-register it (`shift models add --replace`)",
+                )
+            self.checked["models"] = self.checked.get("models", 0) + 1
+        d = self.home.models_dir
+        for f in sorted(d.iterdir()) if d.is_dir() else []:
+            if f.resolve() not in used:
+                what = "temp file of an interrupted copy" if is_temp_file(f.name) else None
+                self.stray(f, "model_file", what or "model file no registered model uses")
+
+    # ---- tasks ------------------------------------------------------------------------------
+    def tasks(self, reg: Any) -> dict[str, Any]:
+        from shift.store.tasks import TaskStore
+
+        store = TaskStore(reg)
+        known: dict[str, Any] = {}
+        for rec in reg.tasks():
+            rows = reg.samples(rec.name)
+            known[rec.name] = (rec, rows)
+            self.checked["tasks"] = self.checked.get("tasks", 0) + 1
+            tdir = store.task_dir(rec.name)
+            content, data = TaskStore.hashes(rows)
+            if len(rows) != rec.num_samples or (content, data) != (
+                rec.content_hash,
+                rec.data_hash,
+            ):
+                self.find(
+                    "corrupt",
+                    "task_data",
+                    tdir,
+                    f"task {rec.name!r}: its {len(rows)} sample rows do not match its record "
+                    f"({rec.num_samples} samples, hash {rec.content_hash[:12]})",
+                )
+            need: dict[str, int] = {}
+            for r in rows:
+                need[r["chunk"]] = max(need.get(r["chunk"], -1), int(r["offset"]))
+            for chunk, last in sorted(need.items()):
+                self.chunk(rec.name, tdir / chunk, last)
+            for f in sorted(tdir.iterdir()) if tdir.is_dir() else []:
+                if f.name not in need:
+                    what = "temp file of an interrupted write" if is_temp_file(f.name) else None
+                    self.stray(f, "task_data", what or f"task {rec.name!r}: chunk no sample uses")
+        d = self.home.tasks_dir
+        for t in sorted(d.iterdir()) if d.is_dir() else []:
+            if t.name not in known:
+                self.stray(t, "task_data", "task data of no registered task")
+        return known
+
+    def chunk(self, task: str, path: Path, last: int) -> None:
+        self.checked["chunks"] = self.checked.get("chunks", 0) + 1
+        if not path.is_file():
+            self.find("corrupt", "task_data", path, f"task {task!r}: data file is missing")
+            return
+        try:
+            arr = np.load(path, mmap_mode="r", allow_pickle=False)
+            h = hashlib.sha256(str(arr.shape).encode())
+            step = max(1, (64 << 20) // max(1, arr[:1].nbytes))  # ~64 MB at a time
+            for i in range(0, len(arr), step):
+                h.update(np.ascontiguousarray(arr[i : i + step]).data)
+        except (OSError, ValueError, EOFError) as e:
+            self.find("corrupt", "task_data", path, f"task {task!r}: data file unreadable: {e}")
+            return
+        if arr.dtype != np.uint8 or arr.ndim != 4 or len(arr) <= last:
+            self.find(
+                "corrupt",
+                "task_data",
+                path,
+                f"task {task!r}: data file holds {arr.dtype}{list(arr.shape)}, expected uint8 "
+                f"images with at least {last + 1} rows",
+            )
+        elif path.name != f"chunk-{h.hexdigest()[:16]}.npy":
+            self.find(
+                "corrupt",
+                "task_data",
+                path,
+                f"task {task!r}: data file content does not match its name (modified)",
+            )
+
+    # ---- indexes ----------------------------------------------------------------------------
+    def indexes(self, reg: Any, tasks: dict[str, Any]) -> None:
+        from shift.store.index.lock import build_lock
+
+        models = {m.name: m for m in reg.models()}
+        entries: dict[tuple[str, str], dict[str, Any]] = {
+            (r["task"], r["model"]): r for r in reg.db.query("SELECT * FROM index_entries")
+        }
+        for task, model in sorted(entries):
+            if task not in tasks or model not in models:
+                self.find(
+                    "orphan",
+                    "index_entry",
+                    None,
+                    f"index entry ({task}, {model}) names an unknown "
+                    + ("task" if task not in tasks else "model"),
+                )
+        root = self.home.index_dir
+        seen: set[tuple[str, str]] = set()
+        for tdir in sorted(root.iterdir()) if root.is_dir() else []:
+            if not tdir.is_dir():
+                if is_temp_file(tdir.name):
+                    self.stray(tdir, "files", "temp file")
+                elif not tdir.name.startswith("."):
+                    self.find("orphan", "files", tdir, "unexpected file among the indexes")
+                continue
+            if tdir.name not in tasks:
+                self.unknown_dir(tdir, f"indexes of task {tdir.name!r}, which is not registered")
+                continue
+            for mdir in sorted(tdir.iterdir()):
+                if not mdir.is_dir():
+                    if is_temp_file(mdir.name):
+                        self.stray(mdir, "files", "temp file")
+                    else:
+                        self.find("orphan", "files", mdir, "unexpected file among the indexes")
+                    continue
+                if mdir.name not in models:
+                    self.unknown_dir(mdir, f"index of model {mdir.name!r}, which is not registered")
+                    continue
+                seen.add((tdir.name, mdir.name))
+                with build_lock(mdir, blocking=False) as mine:
+                    if not mine:
+                        self.find(
+                            "resumable",
+                            "index",
+                            mdir,
+                            "being built by another process right now: skipped",
+                        )
+                        continue
+                    self.index(reg, tasks[tdir.name], models[mdir.name], mdir, entries)
+        for task, model in sorted(set(entries) - seen):
+            if task in tasks and model in models:
+                self.find(
+                    "resumable",
+                    "index_entry",
+                    entries[task, model]["path"],
+                    f"index entry ({task}, {model}) but no index directory: rebuilt on the next "
+                    "query",
+                )
+
+    def unknown_dir(self, path: Path, what: str) -> None:
+        from shift.store.index.lock import build_lock
+
+        for d in [path, *path.glob("*")]:
+            if not (d / ".build.lock").is_file():  # the engine creates it before building
+                continue
+            with build_lock(d, blocking=False) as mine:
+                if not mine:
+                    self.find("orphan", "index", path, what + " (in use: left alone)")
+                    return
+        self.find("orphan", "index", path, what, lambda: _remove(path), "remove")
+
+    def index(
+        self,
+        reg: Any,
+        task: tuple[Any, list[dict[str, Any]]],
+        model: Any,
+        mdir: Path,
+        entries: dict[tuple[str, str], dict[str, Any]],
+    ) -> None:
+        from shift.store.index.store import FORMAT_VERSION, IndexCorruptError, IndexKey, IndexStore
+
+        rec, rows = task
+        self.checked["index_dirs"] = self.checked.get("index_dirs", 0) + 1
+        store = IndexStore(mdir)
+        want = IndexKey(
+            task_hash=rec.data_hash, model_sha=model.sha256, preprocess=model.input.key()
+        )
+        label = f"index ({rec.name}, {model.name})"
+        drop = (lambda: _clear_dir(mdir)), "delete it (rebuilt on the next query)"
+        meta = None
+        try:
+            meta = store.read_meta()
+        except IndexCorruptError as e:
+            self.find("corrupt", "index", e.path or mdir, f"{label}: {e.message}", *drop)
+        idx = None
+        if meta is not None and meta.complete:
+            try:
+                idx = store.open(meta.key, verify=True)
+                if idx is None and meta.format != FORMAT_VERSION:
+                    self.find(
+                        "resumable",
+                        "index",
+                        mdir,
+                        f"{label}: format {meta.format}, rebuilt on the next query",
+                    )
+            except IndexCorruptError as e:
+                self.find("corrupt", "index", e.path or mdir, f"{label}: {e.message}", *drop)
+        elif meta is not None:
+            self.find(
+                "resumable",
+                "index",
+                mdir,
+                f"{label}: incomplete (a commit was interrupted): rebuilt on the next query",
+            )
+        if idx is not None:
+            self.checked["indexes"] = self.checked.get("indexes", 0) + 1
+            ids = [r["sample_id"] for r in rows]
+            if idx.key == want and (len(idx) != len(ids) or set(idx.sample_ids) != set(ids)):
+                self.find(
+                    "corrupt",
+                    "index",
+                    mdir,
+                    f"{label}: holds {len(idx)} samples, the task has {len(ids)}",
+                    *drop,
+                )
+            elif idx.key != want:
+                self.find(
+                    "resumable",
+                    "index",
+                    mdir,
+                    f"{label}: built for an older version of the task or model: updated on the "
+                    "next query",
+                )
+            else:
+                entry = entries.get((rec.name, model.name))
+                got = None if entry is None else (entry["key_digest"], entry["count"], entry["dim"])
+                if got != (idx.key.digest(), len(idx), idx.dim):
+                    self.find(
+                        "resumable",
+                        "index_entry",
+                        mdir,
+                        f"{label}: "
+                        + ("no registry entry" if entry is None else "registry entry out of date")
+                        + " (a run was killed before recording it): rewritten by the next index",
+                        lambda idx=idx: _put_entry(reg, rec.name, model.name, idx),
+                        "rewrite the entry from the verified index",
+                    )
+        self.parts(mdir, meta if idx is not None else None, want, label)
+        for f in sorted(mdir.iterdir()):
+            if is_temp_file(f.name):
+                self.find(
+                    "leftover",
+                    "index",
+                    f,
+                    f"{label}: temp file of an interrupted write",
+                    lambda f=f: f.unlink(missing_ok=True),
+                    "remove",
+                )
+
+    def parts(self, mdir: Path, meta: Any, want: Any, label: str) -> None:
+        """``parts-<digest>/`` folders: the current unfinished build is resumable; parts of a
+        finished build or of a key that is no longer wanted are leftovers."""
+        current_done = meta is not None and meta.key == want
+        for p in sorted(mdir.glob("parts-*")):
+            digest = p.name[len("parts-") :]
+            batches = len(list(p.glob("b-*.json")))
+            temps = [f for f in p.iterdir() if is_temp_file(f.name)] if p.is_dir() else []
+            if digest == want.digest() and not current_done:
+                self.find(
+                    "resumable",
+                    "index",
+                    p,
+                    f"{label}: unfinished build, {batches} batches stored: the next query "
+                    "resumes it",
+                )
+                for f in temps:
+                    self.find(
+                        "leftover",
+                        "index",
+                        f,
+                        f"{label}: temp file of an interrupted batch write",
+                        lambda f=f: f.unlink(missing_ok=True),
+                        "remove",
+                    )
+                continue
+            why = (
+                "of a finished build"
+                if meta is not None and digest == meta.key.digest()
+                else "of an abandoned build (task or model changed)"
+            )
+            self.find(
+                "leftover",
+                "index",
+                p,
+                f"{label}: {batches} stored batches {why}",
+                lambda p=p: shutil.rmtree(p, ignore_errors=True),
+                "remove",
+            )
+
+
+def _put_entry(reg: Any, task: str, model: str, idx: Any) -> None:
+    from shift.store.index.store import index_entry
+
+    reg.put_index_entry(index_entry(task, model, idx))
