@@ -62,6 +62,18 @@ class CatalogEntry(BaseModel):
         return self
 
 
+#: the catalog shipped with shift (a checkout's ``registry/catalog.yaml``)
+SHIPPED_CATALOG = Path(__file__).resolve().parents[2] / "registry" / "catalog.yaml"
+
+
+def catalog_path(home_catalog: Path, catalog: str | Path | None = None) -> Path:
+    """Which catalog file to read: ``catalog`` if given, else the home's own ``catalog.yaml``
+    if it has one, else the shipped catalog."""
+    if catalog is not None:
+        return Path(catalog)
+    return home_catalog if home_catalog.is_file() else SHIPPED_CATALOG
+
+
 def load_catalog(path: str | Path) -> list[CatalogEntry]:
     import yaml
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from shift.catalog.entries import CatalogEntry, load_catalog
+from shift.catalog.entries import CatalogEntry, catalog_path, load_catalog
 from shift.errors import ShiftError
 from shift.fsutil import sha256_file
 from shift.store.registry import Registry
@@ -101,9 +101,7 @@ def import_catalog(
     kept unless ``force``. A failing entry is reported and the others go on."""
     from shift.catalog.onnx_import import register_onnx
 
-    entries = load_catalog(
-        catalog or Path(__file__).resolve().parents[2] / "registry" / "catalog.yaml"
-    )
+    entries = load_catalog(catalog_path(registry.home.catalog_path, catalog))
     if names:
         unknown = sorted(set(names) - {e.name for e in entries})
         if unknown:

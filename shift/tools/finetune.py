@@ -134,21 +134,12 @@ class FinetuneResult:
 
 
 # ---- catalog --------------------------------------------------------------------------------
-def _catalog_path(registry: Registry, catalog: str | Path | None) -> Path:
-    if catalog is not None:
-        return Path(catalog)
-    own = registry.home.catalog_path
-    if own.is_file():
-        return own
-    return Path(__file__).resolve().parents[2] / "registry" / "catalog.yaml"
-
-
 def catalog_entry(registry: Registry, model: str, catalog: str | Path | None = None) -> Any:
     """The catalog entry named ``model``, or a ShiftError explaining why only catalog models can
     be fine-tuned."""
-    from shift.catalog.entries import load_catalog
+    from shift.catalog.entries import catalog_path, load_catalog
 
-    path = _catalog_path(registry, catalog)
+    path = catalog_path(registry.home.catalog_path, catalog)
     entries = {e.name: e for e in load_catalog(path)} if path.is_file() else {}
     if model not in entries:
         raise ShiftError(
