@@ -14,17 +14,13 @@ import pytest
 import torch
 
 from shift.errors import ModelFileError, ShiftError
-from shift.inference.executors import (
-    BatchResult,
-    EmbedJob,
-    InProcessExecutor,
-    JobFailure,
-    RayExecutor,
-    make_executor,
-    plan_pool,
-)
+from shift.inference.executors import make_executor
+from shift.inference.jobs import BatchResult, EmbedJob, JobFailure
+from shift.inference.local import InProcessExecutor
 from shift.inference.onnx_backend import OnnxEmbedder
 from shift.inference.preprocess import preprocess
+from shift.inference.ray_executor import RayExecutor
+from shift.inference.ray_pool import plan_pool
 from shift.records import InputSpec, ModelRecord
 
 try:
@@ -240,7 +236,9 @@ def test_embedder_gpu_fallback_is_logged(
 def test_modules_do_not_import_onnxruntime_or_ray() -> None:
     code = (
         "import sys, shift.inference.executors, shift.inference.onnx_backend, "
-        "shift.inference.ray_runtime, shift.inference.preprocess\n"
+        "shift.inference.ray_runtime, shift.inference.ray_pool, shift.inference.preprocess\n"
+        "from shift.inference.embedder import known_backends\n"
+        "assert 'onnxruntime' in known_backends()\n"
         "bad = [m for m in ('onnxruntime', 'ray', 'torch') if m in sys.modules]\n"
         "assert not bad, bad"
     )
@@ -355,7 +353,7 @@ def test_executor_callback_errors_propagate(
     with pytest.raises(OSError, match="disk full"):
         executor.run([job(tiny_models["tiny-a"])], boom, lambda f: None, progress=False)
     if isinstance(executor, RayExecutor):  # the pool was torn down and its CPUs given back
-        from shift.inference.executors import _POOL
+        from shift.inference.ray_pool import _POOL
         from shift.inference.ray_runtime import ray_resources
 
         assert _POOL.actors == []
@@ -446,7 +444,7 @@ def test_ray_pool_is_shared_and_reused(
 ) -> None:
     """Actors start once per process: a second run (any executor) reuses them and their loaded
     models; another plan replaces them; closing gives the CPUs back."""
-    from shift.inference.executors import _POOL, close_actor_pool
+    from shift.inference.ray_pool import _POOL, close_actor_pool
 
     rec = tiny_models["tiny-a"]
     RayExecutor(num_actors=2).run([job(rec)], lambda r: None, print, False)

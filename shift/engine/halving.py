@@ -72,7 +72,7 @@ def embed_prefix(
     only batches not stored yet (complete indexes are read directly). Failed models are left out
     and listed in ``engine.last_report.failed``."""
     from shift.engine.indexing import IndexReport
-    from shift.inference.executors import EmbedJob
+    from shift.inference.jobs import EmbedJob
 
     rec = engine.registry.get_task(task)
     rows = engine.registry.samples(task)
@@ -121,6 +121,7 @@ def embed_prefix(
                     w.model,
                     engine._batches(task, rows_by_id, aligned, set(done)),
                     total_batches=len(todo),
+                    backend=engine.backend,
                 )
             )
             report.embedded[name] = min(n, len(todo) * bs)

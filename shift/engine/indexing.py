@@ -65,7 +65,9 @@ def embed_order(rows: list[dict[str, Any]]) -> list[str]:
 
 
 class Indexer:
-    """Builds and reuses a task's embedding indexes. ``executor``: "ray", "inprocess" or "auto"."""
+    """Builds and reuses a task's embedding indexes. ``executor``: "ray", "inprocess" or "auto";
+    ``backend``: the inference backend that embeds (a name registered with
+    ``shift.inference.embedder.register_backend``), recorded with every index it builds."""
 
     def __init__(
         self,
@@ -74,8 +76,13 @@ class Indexer:
         ray_address: str | None = None,
         progress: bool = False,
         batch_size: int = DEFAULT_BATCH,
+        backend: str = "onnxruntime",
     ) -> None:
+        from shift.inference.embedder import backend_factory
+
+        backend_factory(backend)  # an unknown name fails here, naming the known backends
         self.registry = registry
+        self.backend = backend
         self.tasks = TaskStore(registry)
         self.executor_kind = executor
         self.ray_address = ray_address
@@ -180,7 +187,7 @@ class Indexer:
             return self._index(task, models, locks)
 
     def _index(self, task: str, models: list[ModelRecord], locks: ExitStack) -> dict[str, Any]:
-        from shift.inference.executors import EmbedJob
+        from shift.inference.jobs import EmbedJob
         from shift.store.index.store import index_entry
 
         t0 = time.perf_counter()
@@ -219,6 +226,7 @@ class Indexer:
                         w.model,
                         self._batches(task, rows_by_id, w.sample_ids, skip),
                         total_batches=n_batches - len(skip),
+                        backend=self.backend,
                     )
                 )
                 pending.setdefault(name, {"w": w})

@@ -1,4 +1,5 @@
-"""One ONNX model loaded in ONNX Runtime, turning uint8 image batches into embeddings (+ logits).
+"""The "onnxruntime" inference backend: one ONNX model loaded in ONNX Runtime, turning uint8
+image batches into embeddings (+ logits).
 
 onnxruntime is imported inside the functions here, never at module import time, so that the CLI
 starts without it.
@@ -13,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from shift.errors import ModelFileError
+from shift.inference.embedder import DEFAULT_BACKEND, register_backend
 from shift.inference.preprocess import preprocess
 from shift.records import ModelRecord
 
@@ -54,12 +56,14 @@ def _flatten(out: Any, n: int) -> np.ndarray:
     return arr
 
 
+@register_backend(DEFAULT_BACKEND)
 class OnnxEmbedder:
-    """An ONNX Runtime session for ``record``'s model file at ``model_path``.
+    """An ONNX Runtime session for ``record``'s model file at ``model_path`` (an ``Embedder``).
 
-    ``device``: "auto" (CUDA when the runtime has it, else CPU), "cpu", or "cuda" (asks for CUDA
-    and falls back to CPU with a warning). ``providers`` is ``session.get_providers()`` -- the
-    providers actually in use -- and ``on_gpu`` says whether CUDA is among them.
+    ``device`` (the request): "auto" (CUDA when the runtime has it, else CPU), "cpu", or "cuda"
+    (asks for CUDA and falls back to CPU with a warning). ``providers`` is
+    ``session.get_providers()`` -- the providers actually in use -- ``on_gpu`` says whether CUDA
+    is among them and the ``device`` property is then "cuda", else "cpu".
     Raises ``ModelFileError`` naming the model when the file cannot be loaded or does not have
     the inputs/outputs the record names.
     """
@@ -103,6 +107,11 @@ class OnnxEmbedder:
                 self.providers,
             )
         self._check_signature()
+
+    @property
+    def device(self) -> str:
+        """What the session actually runs on: "cuda" or "cpu"."""
+        return "cuda" if self.on_gpu else "cpu"
 
     def _check_signature(self) -> None:
         rec = self.record

@@ -93,9 +93,9 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
 def shutdown_ray() -> None:
     """Shut Ray down if this process initialised or joined it; a no-op otherwise."""
     with _lock:
-        executor = sys.modules.get("shift.inference.executors")
-        if executor is not None:  # the shared actors die with Ray: forget their handles
-            executor._POOL.close(None)
+        pool = sys.modules.get("shift.inference.ray_pool")
+        if pool is not None:  # the shared actors die with Ray: forget their handles
+            pool._POOL.close(None)
         if "ray" in sys.modules and sys.modules["ray"].is_initialized():
             sys.modules["ray"].shutdown()
 
