@@ -43,7 +43,7 @@ CHILD = r"""
 import os, signal, sys, time
 home, batch, fault = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 import hnswlib, onnxruntime  # imported before "start": the timed run is the indexing itself
-import shift.store.index.store as ist
+import shift.store.index.writer as ist
 from shift.engine.scoring import Engine
 from shift.store.registry import Registry
 
@@ -63,12 +63,12 @@ def die(at):
             mark("fault-" + at)
             os.kill(os.getpid(), signal.SIGKILL)
 
-real_npy = ist._atomic_npy
+real_npy = ist.atomic_npy
 def atomic_npy(target, array):  # a batch file: the kill leaves it without its marker
     sha = real_npy(target, array)
     die("npy")
     return sha
-ist._atomic_npy = atomic_npy
+ist.atomic_npy = atomic_npy
 
 real_add = ist.IndexWriter.add_batch
 def add_batch(self, *a, **k):
@@ -227,7 +227,8 @@ def _stored_batches(parts: Path) -> int:
 def _state(home: Path, reference: dict[str, tuple[list[str], np.ndarray]] | None) -> dict[str, Any]:
     """Per model: is a complete current index there (verified; vectors as in the reference
     run), and how many batches of an unfinished build are stored."""
-    from shift.store.index.store import IndexKey, IndexStore
+    from shift.store.index.meta import IndexKey
+    from shift.store.index.store import IndexStore
     from shift.store.registry import Registry
 
     out: dict[str, Any] = {}

@@ -1,15 +1,25 @@
-"""Small filesystem helpers: hashing and atomic writes (temp file + fsync + rename)."""
+"""Small filesystem helpers: hashing, and the one atomic-write mechanism of shift.
+
+Every durable write is *staged* then *put*: the bytes go to a fresh temp file beside the target
+(``.<name>.tmp-<12 hex>``), hashed with sha256 as they are written, flushed and fsynced; then
+``os.replace`` renames it over the target and the directory is fsynced. A crash at any point
+leaves either the old file or the new one (plus, at worst, a temp file), never a partial one.
+Callers that swap several files at once (the index store) stage them all first, then put them.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import shutil
-import tempfile
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO
+from typing import Any, NamedTuple
+
+TMP_MARK = ".tmp-"
 
 
 def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
@@ -35,31 +45,133 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-@contextmanager
-def atomic_open(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO]:
-    """Write to a temp file beside ``path``; on success fsync and rename over ``path``.
+# ---- staging -----------------------------------------------------------------------------------
 
-    A crash at any point leaves either the old file or the new one, never a partial one."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+
+class Staged(NamedTuple):
+    """A written and fsynced temp file, not yet renamed over its target, and its sha256."""
+
+    tmp: Path
+    sha256: str
+
+
+def temp_path(target: Path) -> Path:
+    """A fresh temp name beside ``target``: ``.<name>.tmp-<12 random hex>``."""
+    return target.parent / f".{target.name}{TMP_MARK}{uuid.uuid4().hex[:12]}"
+
+
+class HashingWriter(io.RawIOBase):
+    """A write-only binary file that feeds every byte written into a sha256."""
+
+    def __init__(self, f: Any, tmp: Path) -> None:
+        self._f = f
+        self.tmp = tmp
+        self._sha = hashlib.sha256()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b: Any) -> int:
+        mv = memoryview(b).cast("B")
+        self._sha.update(mv)
+        self._f.write(mv)
+        return mv.nbytes
+
+    def hexdigest(self) -> str:
+        """sha256 of everything written so far."""
+        return self._sha.hexdigest()
+
+
+@contextmanager
+def staging(target: Path) -> Iterator[HashingWriter]:
+    """Yield a hashing writer on a new temp file beside ``target``; on a clean exit the file is
+    flushed and fsynced (``Staged(writer.tmp, writer.hexdigest())``); on any error it is removed.
+    """
+    tmp = temp_path(target)
     try:
-        with os.fdopen(fd, mode) as f:
-            yield f
+        with open(tmp, "xb") as f:
+            w = HashingWriter(f, tmp)
+            yield w
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, target)
-        fsync_dir(target.parent)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    with atomic_open(path, "wb") as f:
-        f.write(data)
+def stage(target: Path, write: Callable[[HashingWriter], object]) -> Staged:
+    """Stage what ``write(f)`` writes for ``target`` (see ``staging``)."""
+    with staging(target) as f:
+        write(f)
+    return Staged(f.tmp, f.hexdigest())
 
 
-def atomic_copy(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
-    with open(src, "rb") as fin, atomic_open(dst, "wb") as fout:
-        shutil.copyfileobj(fin, fout, 1 << 20)
+def stage_bytes(target: Path, data: bytes) -> Staged:
+    """Stage ``data`` for ``target``."""
+    return stage(target, lambda f: f.write(data))
+
+
+def stage_file(target: Path, src: Path) -> Staged:
+    """Stage a file already written by someone else (e.g. a library's ``save``): rename ``src``
+    to a temp name beside ``target``, then hash and fsync it."""
+    tmp = temp_path(target)
+    os.replace(src, tmp)
+    try:
+        with open(tmp, "rb") as f:
+            sha = hashlib.file_digest(f, "sha256").hexdigest()
+            os.fsync(f.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return Staged(tmp, sha)
+
+
+def put_staged(target: Path, staged: Staged) -> str:
+    """Rename a staged temp file over ``target``, fsync the directory, and return the sha256; the
+    temp file is removed if the rename fails."""
+    try:
+        os.replace(staged.tmp, target)
+    except BaseException:
+        staged.tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(target.parent)
+    return staged.sha256
+
+
+def discard(staged: Iterable[Staged]) -> None:
+    """Remove the temp files of ``staged`` entries that were never put (already-put ones are
+    gone, so this is safe to call in a ``finally``)."""
+    for s in staged:
+        s.tmp.unlink(missing_ok=True)
+
+
+# ---- one-file atomic writes --------------------------------------------------------------------
+
+
+@contextmanager
+def atomic_open(path: str | os.PathLike[str]) -> Iterator[HashingWriter]:
+    """A binary file whose content replaces ``path`` atomically when the block ends without
+    error (``staging`` + ``put_staged``); the parent directory is created if needed."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with staging(target) as f:
+        yield f
+    put_staged(target, Staged(f.tmp, f.hexdigest()))
+
+
+def atomic_write(path: str | os.PathLike[str], write: Callable[[HashingWriter], object]) -> str:
+    """Atomically replace ``path`` with what ``write(f)`` writes; returns its sha256."""
+    with atomic_open(path) as f:
+        write(f)
+    return f.hexdigest()
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> str:
+    """Atomically replace ``path`` with ``data``; returns ``sha256(data)``."""
+    return atomic_write(path, lambda f: f.write(data))
+
+
+def atomic_copy(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> str:
+    """Atomically replace ``dst`` with a copy of ``src``; returns the copy's sha256."""
+    with open(src, "rb") as fin:
+        return atomic_write(dst, lambda f: shutil.copyfileobj(fin, f, 1 << 20))

@@ -14,7 +14,8 @@ from shift.catalog.onnx_import import register_onnx
 from shift.engine.scoring import proxy_params_key
 from shift.records import Samples
 from shift.scoring.proxies import get_proxy
-from shift.store.index.store import IndexKey, IndexStore
+from shift.store.index.meta import IndexKey
+from shift.store.index.store import IndexStore
 from shift.store.registry import Registry
 from shift.store.tasks import TaskStore
 

@@ -11,16 +11,12 @@ import hnswlib
 import numpy as np
 import pytest
 
-import shift.store.index.store as index_store
+import shift.store.index as index_pkg
 from shift.errors import ShiftError
 from shift.fsutil import sha256_file
-from shift.store.index.store import (
-    EmbeddingIndex,
-    IndexCorruptError,
-    IndexKey,
-    IndexStore,
-    IndexStoreError,
-)
+from shift.store.index.meta import IndexCorruptError, IndexKey, IndexStoreError
+from shift.store.index.reader import EmbeddingIndex
+from shift.store.index.store import IndexStore
 
 DIM, NCLS, N = 8, 5, 60
 
@@ -247,7 +243,7 @@ def _crashing_replace(monkeypatch: pytest.MonkeyPatch, crash_at: int) -> list[st
             raise OSError("simulated crash")
         real(src, dst)
 
-    monkeypatch.setattr(index_store.os, "replace", replace)
+    monkeypatch.setattr(os, "replace", replace)
     return calls
 
 
@@ -298,7 +294,7 @@ def test_crash_on_final_meta_write(store: IndexStore, monkeypatch: pytest.Monkey
             raise OSError("simulated crash while writing meta.json")
         real(src, dst)
 
-    monkeypatch.setattr(index_store.os, "replace", replace)
+    monkeypatch.setattr(os, "replace", replace)
     with pytest.raises(OSError, match="simulated"):
         w.finalize(ids, dict(zip(ids, labels.tolist(), strict=True)))
     monkeypatch.undo()
@@ -428,9 +424,13 @@ def test_wrong_dtype_with_forged_checksum_is_refused(store: IndexStore) -> None:
 
 
 def test_no_pickle_in_module_source() -> None:
-    src = Path(index_store.__file__).read_text()
-    assert "allow_pickle=True" not in src and "import pickle" not in src
-    loads = [line for line in src.splitlines() if re.search(r"\bnp\.load\(", line)]
+    modules = sorted(Path(index_pkg.__file__).parent.glob("*.py"))
+    assert len(modules) >= 6
+    loads = []
+    for path in modules:
+        src = path.read_text()
+        assert "allow_pickle=True" not in src and "import pickle" not in src, path
+        loads += [line for line in src.splitlines() if re.search(r"\bnp\.(load|save)\(", line)]
     assert loads and all("allow_pickle=False" in line for line in loads)
 
 

@@ -22,7 +22,8 @@ import shift.cli
 from shift.catalog.onnx_import import register_onnx
 from shift.records import Samples
 from shift.store.index.lock import build_lock
-from shift.store.index.store import IndexKey, IndexStore
+from shift.store.index.meta import IndexKey
+from shift.store.index.store import IndexStore
 from shift.store.registry import Registry
 from shift.store.tasks import TaskStore
 from shift.tools.doctor import doctor, print_report

@@ -107,7 +107,8 @@ class Indexer:
     def _plan(
         self, task: TaskRecord, models: list[ModelRecord], rows: list[dict[str, Any]]
     ) -> list[_Work]:
-        from shift.store.index.store import IndexCorruptError, IndexKey, IndexStore
+        from shift.store.index.meta import IndexCorruptError, IndexKey
+        from shift.store.index.store import IndexStore
 
         ids = embed_order(rows)
         labels = {r["sample_id"]: r["label"] for r in rows}
@@ -188,7 +189,7 @@ class Indexer:
 
     def _index(self, task: str, models: list[ModelRecord], locks: ExitStack) -> dict[str, Any]:
         from shift.inference.jobs import EmbedJob
-        from shift.store.index.store import index_entry
+        from shift.store.index.reader import index_entry
 
         t0 = time.perf_counter()
         rec = self.registry.get_task(task)

@@ -315,7 +315,8 @@ class _Doctor:
         mdir: Path,
         entries: dict[tuple[str, str], dict[str, Any]],
     ) -> None:
-        from shift.store.index.store import FORMAT_VERSION, IndexCorruptError, IndexKey, IndexStore
+        from shift.store.index.meta import FORMAT_VERSION, IndexCorruptError, IndexKey
+        from shift.store.index.store import IndexStore
 
         rec, rows = task
         self.checked["index_dirs"] = self.checked.get("index_dirs", 0) + 1
@@ -437,6 +438,6 @@ class _Doctor:
 
 
 def _put_entry(reg: Any, task: str, model: str, idx: Any) -> None:
-    from shift.store.index.store import index_entry
+    from shift.store.index.reader import index_entry
 
     reg.put_index_entry(index_entry(task, model, idx))

@@ -1,0 +1,237 @@
+"""Incremental, resumable builds of one index (``IndexWriter``).
+
+Each batch is durable as soon as ``add_batch`` returns: its files are written atomically under
+``parts-<keydigest>/`` and a marker naming them with their sha256 is written last. A killed build
+resumes from the batches whose markers and files check out (``done_batches``); ``finalize``
+assembles the rows and hands them to the store's commit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from shift.fsutil import TMP_MARK, put_staged, sha256_bytes, sha256_file, stage_bytes
+from shift.store.index.arrays import as_matrix, atomic_npy, check_array, check_ids, load_npy
+from shift.store.index.meta import IndexCorruptError, IndexKey, IndexStoreError
+from shift.store.index.reader import EmbeddingIndex
+
+if TYPE_CHECKING:  # pragma: no cover
+    from shift.store.index.store import IndexStore
+
+
+class IndexWriter:
+    """Builds one index batch by batch; each batch is durable as soon as ``add_batch`` returns.
+
+    A batch is ``<stem>.emb.npy`` (+ ``<stem>.logits.npy``) plus a ``<stem>.json`` marker
+    written last (sample ids and file sha256s); a batch without a valid marker does not exist.
+    """
+
+    def __init__(
+        self,
+        store: IndexStore,
+        key: IndexKey,
+        dim: int,
+        logits_dim: int | None,
+        providers: list[str],
+    ) -> None:
+        self.store = store
+        self.key = key
+        self.dim = dim
+        self.logits_dim = logits_dim
+        self.providers = providers
+        self.parts_dir = store.root / f"parts-{key.digest()}"
+        self._verified: set[str] = set()  # batch ids whose files were checked or written here
+        self._prepare()
+
+    def _prepare(self) -> None:
+        manifest = {
+            "key": self.key.model_dump(),
+            "dim": self.dim,
+            "logits_dim": self.logits_dim,
+        }
+        mpath = self.parts_dir / "writer.json"
+        if self.parts_dir.is_dir():
+            try:
+                same = json.loads(mpath.read_text()) == manifest
+            except (OSError, ValueError):
+                same = False
+            if not same:  # parts of an incompatible (or unreadable) build: start over
+                shutil.rmtree(self.parts_dir)
+        self.parts_dir.mkdir(parents=True, exist_ok=True)
+        for tmp in self.parts_dir.glob(f".*{TMP_MARK}*"):  # temp files of a killed run
+            tmp.unlink(missing_ok=True)
+        if not mpath.exists():
+            put_staged(mpath, stage_bytes(mpath, json.dumps(manifest, sort_keys=True).encode()))
+
+    @staticmethod
+    def _stem(batch_id: str) -> str:
+        return "b-" + hashlib.sha256(batch_id.encode()).hexdigest()[:32]
+
+    def add_batch(
+        self,
+        batch_id: str,
+        sample_ids: Sequence[str],
+        embeddings: Any,
+        logits: Any | None = None,
+    ) -> None:
+        """Durably store one batch (atomic files, marker last). Re-adding a batch id replaces it."""
+        if not isinstance(batch_id, str) or not batch_id:
+            raise IndexStoreError("batch_id must be a non-empty string")
+        ids = check_ids(sample_ids, f"batch {batch_id!r}")
+        emb = as_matrix(f"embeddings of batch {batch_id!r}", embeddings, self.dim, len(ids))
+        if (logits is None) != (self.logits_dim is None):
+            raise IndexStoreError(
+                f"batch {batch_id!r}: logits must be given iff the writer has logits_dim "
+                f"(logits_dim={self.logits_dim})"
+            )
+        stem = self._stem(batch_id)
+        marker = self.parts_dir / f"{stem}.json"
+        marker.unlink(missing_ok=True)  # a replaced batch is absent until its new marker lands
+        files = {f"{stem}.emb.npy": atomic_npy(self.parts_dir / f"{stem}.emb.npy", emb)}
+        if logits is not None:
+            lg = as_matrix(f"logits of batch {batch_id!r}", logits, self.logits_dim, len(ids))
+            files[f"{stem}.logits.npy"] = atomic_npy(self.parts_dir / f"{stem}.logits.npy", lg)
+        record = {"batch_id": batch_id, "sample_ids": ids, "files": files}
+        put_staged(marker, stage_bytes(marker, json.dumps(record).encode()))
+        self._verified.add(batch_id)
+
+    def _markers(self) -> Iterator[tuple[Path, dict[str, Any]]]:
+        for marker in sorted(self.parts_dir.glob("b-*.json")):
+            try:
+                rec = json.loads(marker.read_text())
+                ok = (
+                    isinstance(rec, dict)
+                    and isinstance(rec.get("batch_id"), str)
+                    and self._stem(rec["batch_id"]) == marker.stem
+                    and isinstance(rec.get("sample_ids"), list)
+                    and isinstance(rec.get("files"), dict)
+                )
+            except (OSError, ValueError):
+                ok = False
+            if not ok:
+                marker.unlink(missing_ok=True)
+                continue
+            yield marker, rec
+
+    def done_batches(self) -> set[str]:
+        """Batch ids already stored (verified against their sha256 once per writer). A damaged
+        batch is deleted and left out, so the caller recomputes it."""
+        done: set[str] = set()
+        for marker, rec in self._markers():
+            bid = rec["batch_id"]
+            if bid not in self._verified:
+                try:
+                    good = all(
+                        sha256_file(self.parts_dir / name) == sha
+                        for name, sha in rec["files"].items()
+                    )
+                except OSError:
+                    good = False
+                if not good:
+                    marker.unlink(missing_ok=True)
+                    continue
+                self._verified.add(bid)
+            done.add(bid)
+        return done
+
+    def _load_part(self, name: str, sha: str, cols: int | None, n: int) -> np.ndarray:
+        path = self.parts_dir / name
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise IndexCorruptError(f"missing part file {path}", path=path) from e
+        if sha256_bytes(data) != sha:
+            raise IndexCorruptError(f"part file {path} fails its sha256 check", path=path)
+        arr = load_npy(path, data)
+        check_array(path, arr, np.float32, (n, cols or 0))
+        return arr
+
+    def read_batches(
+        self, batch_ids: Sequence[str]
+    ) -> tuple[list[str], np.ndarray, np.ndarray | None]:
+        """Sample ids, embeddings and logits of stored batches, concatenated in the given order
+        (each file sha256-checked). Lets a caller use a partial build, e.g. successive halving."""
+        recs = {rec["batch_id"]: rec for _, rec in self._markers()}
+        missing = [b for b in batch_ids if b not in recs]
+        if missing:
+            raise IndexStoreError(f"{len(missing)} batches are not stored, e.g. {missing[0]!r}")
+        ids: list[str] = []
+        embs, logits = [], []
+        for b in batch_ids:
+            rec = recs[b]
+            stem = self._stem(b)
+            n = len(rec["sample_ids"])
+            ids += rec["sample_ids"]
+            embs.append(
+                self._load_part(f"{stem}.emb.npy", rec["files"][f"{stem}.emb.npy"], self.dim, n)
+            )
+            if self.logits_dim is not None:
+                name = f"{stem}.logits.npy"
+                logits.append(self._load_part(name, rec["files"][name], self.logits_dim, n))
+        emb = np.concatenate(embs) if embs else np.zeros((0, self.dim), np.float32)
+        lg = np.concatenate(logits) if logits else None
+        return ids, emb, lg
+
+    def finalize(self, order: Sequence[str], labels: Mapping[str, int]) -> EmbeddingIndex:
+        """Assemble rows in ``order`` from the stored batches, build the hnswlib graphs and
+        commit the index (meta.json last); then delete the parts. When a sample id occurs in
+        several batches, the batch with the smallest batch id wins."""
+        order = check_ids(order, "finalize order")
+        if not order:
+            raise IndexStoreError("cannot finalize an empty index")
+        missing_labels = [s for s in order if s not in labels]
+        if missing_labels:
+            raise IndexStoreError(
+                f"{len(missing_labels)} samples have no label, e.g. {missing_labels[:3]}"
+            )
+        wanted = {s: i for i, s in enumerate(order)}
+        vectors = np.empty((len(order), self.dim), np.float32)
+        logits = np.empty((len(order), self.logits_dim), np.float32) if self.logits_dim else None
+        filled = np.zeros(len(order), bool)
+        recs = sorted((rec for _, rec in self._markers()), key=lambda r: r["batch_id"])
+        for rec in recs:
+            ids: list[str] = rec["sample_ids"]
+            src = [j for j, s in enumerate(ids) if s in wanted and not filled[wanted[s]]]
+            if not src:
+                continue
+            dst = np.fromiter((wanted[ids[j]] for j in src), np.int64, len(src))
+            stem = self._stem(rec["batch_id"])
+            emb_name = f"{stem}.emb.npy"
+            emb = self._load_part(emb_name, rec["files"].get(emb_name, ""), self.dim, len(ids))
+            vectors[dst] = emb[src]
+            if logits is not None:
+                lg_name = f"{stem}.logits.npy"
+                lg = self._load_part(
+                    lg_name, rec["files"].get(lg_name, ""), self.logits_dim, len(ids)
+                )
+                logits[dst] = lg[src]
+            filled[dst] = True
+        if not filled.all():
+            absent = [order[i] for i in np.flatnonzero(~filled)[:3]]
+            raise IndexStoreError(
+                f"{int((~filled).sum())} samples were never added, e.g. {absent}",
+                hint="add their batches (IndexWriter.add_batch) before finalize",
+            )
+        y = np.fromiter((int(labels[s]) for s in order), np.int64, len(order))
+        index = self.store._write_full(
+            key=self.key,
+            sample_ids=order,
+            vectors=vectors,
+            logits=logits,
+            labels=y,
+            providers=self.providers,
+            created=None,
+        )
+        self.abort()
+        return index
+
+    def abort(self) -> None:
+        """Delete this writer's stored batches."""
+        shutil.rmtree(self.parts_dir, ignore_errors=True)
