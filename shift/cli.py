@@ -328,7 +328,7 @@ def tasks_list(home: HomeOpt = None, as_json: JsonOpt = False) -> None:
 def _read_samples(
     images: Path | None, npz: Path | None, store_size: int | None, classes: list[str] | None = None
 ) -> tuple[Any, str, str]:
-    from shift.store.tasks import read_image_folder, read_npz
+    from shift.store.readers import read_image_folder, read_npz
 
     if (images is None) == (npz is None):
         raise ShiftError("give exactly one of --images DIR or --npz FILE")

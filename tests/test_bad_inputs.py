@@ -39,8 +39,9 @@ from shift.errors import InvalidNameError, ModelFileError, QueryError, ShiftErro
 from shift.query.parser import parse
 from shift.query.planner import plan_text
 from shift.records import Samples
+from shift.store.readers import read_image_folder, read_npz
 from shift.store.registry import Registry
-from shift.store.tasks import TaskStore, read_image_folder, read_npz
+from shift.store.tasks import TaskStore
 
 try:
     from onnx_factory import build_tiny_cnn, tiny_torch_model

@@ -10,8 +10,9 @@ from PIL import Image
 
 from shift.errors import InvalidNameError, TaskDataError
 from shift.records import Samples
+from shift.store.readers import read_image_folder, read_npz
 from shift.store.registry import Registry
-from shift.store.tasks import TaskStore, read_image_folder, read_npz
+from shift.store.tasks import TaskStore
 
 
 @pytest.fixture
