@@ -87,3 +87,13 @@ def test_atomic_copy(tmp_path: Path) -> None:
     src.write_bytes(os.urandom(3 << 20))
     sha = atomic_copy(src, tmp_path / "dst")
     assert sha == sha256_file(src) == sha256_file(tmp_path / "dst")
+
+
+def test_doctor_recognises_every_temp_name(tmp_path: Path) -> None:
+    from shift.fsutil import temp_path
+    from shift.tools.doctor_checks import is_temp_file
+
+    for name in ("meta.json", "x.onnx", "chunk-0123.npy"):
+        tmp = temp_path(tmp_path / name)
+        assert tmp.parent == tmp_path and is_temp_file(tmp.name)
+        assert not is_temp_file(name)

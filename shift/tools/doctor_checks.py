@@ -24,8 +24,8 @@ LOCK_FILES = frozenset({".lock", ".build.lock"})
 
 
 def is_temp_file(name: str) -> bool:
-    """Temp files of shift's atomic writes: ``.<name>.<random>.tmp`` (fsutil) and
-    ``.<name>.tmp-<random>`` (index store)."""
+    """Temp files of shift's atomic writes: ``.<name>.tmp-<random>`` (``fsutil.temp_path``) and
+    ``.<name>.<random>.tmp`` (left by versions before fsutil had one naming scheme)."""
     return name.startswith(".") and (name.endswith(".tmp") or ".tmp-" in name)
 
 
