@@ -43,8 +43,10 @@ class Engine(Indexer):
         )
         n_cached = sum(1 for m in models if m.sha256 in cached)
         n_train = sum(r["split"] != "val" for r in rows)
-        per_model = score_seconds(proxy, n_train)
+        per_model = score_seconds(spec.cost_per_1k, n_train)
         score_secs = per_model * (len(models) - n_cached)
+        path = spec.index_path(sum(r["split"] == "train" for r in rows))
+        via = f"; {proxy} via the {path} graph of each index" if path else ""
         return {
             "task": task,
             "samples": len(rows),
@@ -61,7 +63,8 @@ class Engine(Indexer):
             "embed_summary": f"{sum(w.mode in ('ready', 'relabel') for w in work)} indexed, "
             f"{len(to_embed)} to embed ({images:,} images)",
             "to_score": len(models) - n_cached,
-            "score_summary": f"{n_cached} cached, {len(models) - n_cached} to compute",
+            "score_summary": f"{n_cached} cached, {len(models) - n_cached} to compute{via}",
+            "score_path": path or "arrays",
             "images_to_embed": images,
             "score_seconds": score_secs,
             "estimate": f"{images:,} images through {len(to_embed)} models, "
@@ -70,16 +73,31 @@ class Engine(Indexer):
         }
 
     # ---- scoring ----------------------------------------------------------------------------
+    last_score_path: str | None = None  # "arrays" or a from_index hook's path, e.g. "hnsw"
+
+    @staticmethod
+    def _problem(
+        idx: Any, train: list[str], val: list[str], logits: bool
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``(train_x, train_y, val_x, val_y)`` of one index: features, or logits if asked."""
+        xtr, ytr = idx.select(train)
+        xva, yva = idx.select(val)
+        if logits:
+            xtr, xva = idx.select_logits(train), idx.select_logits(val)
+        return np.asarray(xtr), ytr, np.asarray(xva), yva
+
     def scores(self, task: str, models: list[ModelRecord], proxy: str) -> dict[str, float | None]:
         """Proxy score per model (None for a model that failed), from cache where possible.
         Pool-relative proxies (NCTI: normalised over the models scored together) are scored over
-        the whole pool every time and never cached per model."""
+        the whole pool every time and never cached per model. A proxy whose ``from_index`` hook
+        applies to the training split (kNN on large splits: the hnsw graph) scores each index
+        directly; ``last_score_path`` says which path ran (``"arrays"`` or the hook's path)."""
         from shift.scoring.proxies import get_proxy
 
         spec = get_proxy(proxy)
         rec = self.registry.get_task(task)
         pkey = proxy_params_key(spec.params)
-        pool_relative = bool(spec.params.get("pool_relative"))
+        pool_relative = spec.pool_relative
         cached = (
             {}
             if pool_relative
@@ -106,16 +124,19 @@ class Engine(Indexer):
         val = [r["sample_id"] for r in rows if r["split"] == "val"]
         scored = [m for m in missing if m.name in indexes]
         t0 = time.perf_counter()
-        problems = []
-        for m in scored:
-            idx = indexes[m.name]
-            xtr, ytr = idx.select(train)
-            xva, yva = idx.select(val)
-            if spec.needs_logits:
-                xtr, xva = idx.select_logits(train), idx.select_logits(val)
-            problems.append((np.asarray(xtr), ytr, np.asarray(xva), yva))
-        values = spec.score_many(problems) if problems else []
-        secs = (time.perf_counter() - t0) / max(1, len(problems))
+        path = spec.index_path(len(train))
+        self.last_score_path = path or "arrays"
+        if spec.from_index is not None and path is not None:
+            values = [spec.from_index(indexes[m.name], train, val) for m in scored]
+        else:
+            values = (
+                spec.score_many(
+                    [self._problem(indexes[m.name], train, val, spec.needs_logits) for m in scored]
+                )
+                if scored
+                else []
+            )
+        secs = (time.perf_counter() - t0) / max(1, len(scored))
         if not pool_relative:
             self.registry.put_scores(
                 [

@@ -8,18 +8,34 @@ The brute-force path is exact and reproducible: distances are computed in float6
 smallest train index; distances equal up to float64 rounding (relative ``1e-9`` of
 ``|q|² + max|t|²``) count as ties. The hnswlib path is approximate and only for large or
 interactive use. No hnswlib import at module level.
+
+**Registered proxies** ``knn`` and ``knn_cosine`` score arrays exactly; from an embedding index
+(the engine's ``from_index`` hook, :class:`GraphKnn`) they query the index's stored hnsw graph
+instead once the training split has ``HNSW_MIN_TRAIN`` samples. The graph holds every sample of
+the index (train and validation), so each validation vector takes its nearest graph hit that is
+a training sample, asking for ``GRAPH_K`` hits and widening for the rare rows whose hits are all
+non-training samples (:func:`graph_nearest`): exact 1-NN semantics up to hnsw's approximation.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
+
+from shift.scoring.registry import proxy
 
 if TYPE_CHECKING:  # pragma: no cover
     import hnswlib
 
 __all__ = [
+    "GRAPH_EF",
+    "GRAPH_K",
+    "HNSW_MIN_TRAIN",
+    "GraphKnn",
+    "graph_nearest",
     "knn_accuracy",
     "knn_accuracy_hnsw",
     "merge_nearest",
@@ -29,6 +45,13 @@ __all__ = [
 Metric = Literal["euclidean", "cosine"]
 _TIE_RTOL = 1e-9
 _DEFAULT_BLOCK_BYTES = 32 << 20
+
+#: training-split size from which the kNN proxies query the index's hnsw graph instead of exact
+#: numpy 1-NN (chosen from benchmarks/results/knn_hnsw.json; see benchmarks/bench_knn.py)
+HNSW_MIN_TRAIN = 20_000
+#: hnsw search breadth for the graph path (``ef``), and the first number of hits asked for
+GRAPH_EF = 64
+GRAPH_K = 8
 
 
 def _matrix(name: str, x: Any) -> np.ndarray:
@@ -106,10 +129,106 @@ def merge_nearest(
     return np.where(take_b, idx_b, idx_a), np.where(take_b, dist_b, dist_a)
 
 
+class VectorIndex(Protocol):
+    """What the graph path needs of an embedding index (``shift.store``'s ``EmbeddingIndex``)."""
+
+    labels: np.ndarray
+
+    def __len__(self) -> int: ...
+
+    def rows(self, sample_ids: Sequence[str]) -> np.ndarray: ...
+
+    def select(self, sample_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def knn_query(
+        self, queries: Any, k: int = 1, space: str = "l2", ef: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+def graph_nearest(
+    index: VectorIndex,
+    queries: np.ndarray,
+    allowed: np.ndarray,
+    space: str,
+    *,
+    k: int | None = None,
+    ef: int | None = None,
+) -> np.ndarray:
+    """Row of the nearest ``allowed`` graph item per query (int64 (m,)): the first allowed row
+    among ``k`` graph hits (nearest first), asking again with 4× ``k`` for the queries whose hits
+    are all disallowed, up to the whole graph. ``allowed``: bool (len(index),), not all False;
+    ``k``/``ef`` default to ``GRAPH_K``/``GRAPH_EF`` (read at call time)."""
+    if not allowed.any():
+        raise ValueError("no allowed rows in the graph")
+    out = np.full(len(queries), -1, np.int64)
+    todo = np.arange(len(queries))
+    k = max(1, int(GRAPH_K if k is None else k))
+    ef = GRAPH_EF if ef is None else int(ef)
+    while todo.size:
+        kk = min(k, len(allowed))
+        rows, _ = index.knn_query(queries[todo], kk, space, max(ef, kk))
+        ok = allowed[rows]
+        hit = ok.any(axis=1)
+        out[todo[hit]] = rows[hit, ok[hit].argmax(axis=1)]
+        todo = todo[~hit]
+        if kk == len(allowed) and todo.size:  # hnsw missed every allowed row: should not happen
+            raise RuntimeError(f"hnsw graph search found no allowed row for {todo.size} queries")
+        k *= 4
+    return out
+
+
+@dataclass(frozen=True)
+class GraphKnn:
+    """``from_index`` hook of the kNN proxies: 1-NN validation accuracy through the index's
+    stored hnsw graph (``l2`` for euclidean, ``cosine`` for cosine), for training splits of at
+    least ``HNSW_MIN_TRAIN`` samples (read at call time); ``ef`` None: ``GRAPH_EF``. Picklable,
+    no closures."""
+
+    metric: Metric
+    ef: int | None = None
+    path: str = "hnsw"
+
+    def applies(self, n_train: int) -> bool:
+        return n_train >= HNSW_MIN_TRAIN
+
+    def __call__(
+        self, index: VectorIndex, train_ids: Sequence[str], val_ids: Sequence[str]
+    ) -> float:
+        space = "l2" if self.metric == "euclidean" else "cosine"
+        allowed = np.zeros(len(index), bool)
+        allowed[index.rows(train_ids)] = True
+        if not allowed.any():
+            raise ValueError("train split has no rows")
+        xva, yva = index.select(val_ids)
+        if len(yva) == 0:
+            raise ValueError("val_x has no rows")
+        nearest = graph_nearest(index, np.asarray(xva, np.float32), allowed, space, ef=self.ef)
+        return _accuracy(np.asarray(index.labels)[nearest], np.asarray(yva))
+
+
 def _accuracy(pred: np.ndarray, val_y: np.ndarray) -> float:
     return float(np.mean(pred == val_y))
 
 
+# stacked: the lower decorator registers first (``knn`` before ``knn_cosine``)
+@proxy(
+    "knn_cosine",
+    description="1-nearest-neighbour validation accuracy, cosine similarity (exact; through the "
+    f"index's hnsw graph from {HNSW_MIN_TRAIN:,} training samples)",
+    cost_per_1k=0.02,
+    from_index=GraphKnn("cosine"),
+    record={"k": 1},
+    metric="cosine",
+)
+@proxy(
+    "knn",
+    description="1-nearest-neighbour validation accuracy, euclidean distance (exact; through the "
+    f"index's hnsw graph from {HNSW_MIN_TRAIN:,} training samples)",
+    cost_per_1k=0.02,
+    from_index=GraphKnn("euclidean"),
+    record={"k": 1},
+    metric="euclidean",
+)
 def knn_accuracy(
     train_x: Any,
     train_y: Any,

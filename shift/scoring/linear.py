@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from shift.scoring.registry import proxy
+
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
@@ -263,6 +265,21 @@ def linear_probe_many(
     return [float(s) for s in scores.max(axis=1)] if len(scores) else []
 
 
+@proxy(
+    "linear",
+    description=(
+        "linear probe: softmax regression on standardised features, mini-batch SGD "
+        f"({DEFAULT_STEPS} steps, batch {DEFAULT_BATCH}, momentum {DEFAULT_MOMENTUM}) at "
+        f"lr in {list(DEFAULT_LRS)}; best validation accuracy"
+    ),
+    cost_per_1k=0.5,
+    many=linear_probe_many,
+    lrs=DEFAULT_LRS,
+    steps=DEFAULT_STEPS,
+    batch_size=DEFAULT_BATCH,
+    momentum=DEFAULT_MOMENTUM,
+    seed=0,
+)
 def linear_probe(
     train_x: Any,
     train_y: Any,

@@ -15,9 +15,9 @@ the model's source-classifier logits) and target labels to a score; higher is be
 
 **Which labelled data.** Every estimator is defined on one labelled set, the target data a
 fine-tune would see. In SHiFT the engine hands proxies ``(train_x, train_y, val_x, val_y)``;
-the registered estimator proxies (``shift.scoring.proxies``) score the **train split only** and
-ignore the validation split, for every estimator alike, so that scores are comparable between
-estimators and with the kNN/linear proxies' training data.
+the estimator proxies (each registered by ``@estimator`` next to its function) score the
+**train split only** and ignore the validation split, for every estimator alike, so that scores
+are comparable between estimators and with the kNN/linear proxies' training data.
 
 Labels may be any values; they are remapped to ``0..C−1``. Feature estimators need at least two
 rows and two classes; inputs are copied to float64 and never modified. The modules import only
@@ -26,15 +26,18 @@ numpy (no scipy, torch or scikit-learn).
 
 from __future__ import annotations
 
-from shift.scoring.estimators.gbc import gbc
-from shift.scoring.estimators.hscore import hscore, shrinkage_hscore
-from shift.scoring.estimators.leep import leep, nce
-from shift.scoring.estimators.linearized import lfc, lgc
+# Importing a module registers its proxies (``@estimator``); this order is PROXIES' order.
+# isort: off
 from shift.scoring.estimators.logme import logme
-from shift.scoring.estimators.ncti import ncti, ncti_components, ncti_scores
+from shift.scoring.estimators.leep import leep, nce
+from shift.scoring.estimators.hscore import hscore, shrinkage_hscore
+from shift.scoring.estimators.transrate import transrate
+from shift.scoring.estimators.gbc import gbc
 from shift.scoring.estimators.parc import parc
 from shift.scoring.estimators.sfda import sfda
-from shift.scoring.estimators.transrate import transrate
+from shift.scoring.estimators.ncti import ncti, ncti_components, ncti_scores
+from shift.scoring.estimators.linearized import lfc, lgc
+# isort: on
 
 __all__ = [
     "gbc",

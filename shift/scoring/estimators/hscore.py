@@ -26,12 +26,18 @@ from typing import Any
 import numpy as np
 
 from shift.scoring.estimators._common import check_xy, class_means, spectrum
+from shift.scoring.proxies import estimator
 
 __all__ = ["hscore", "ledoit_wolf_shrinkage", "shrinkage_hscore"]
 
 _RCOND = 1e-15
 
 
+@estimator(
+    "hscore",
+    description="H-score (Bao et al. 2019): tr(cov_f^+ cov_g); saturates at C-1 when N < D",
+    cost_per_1k=0.11,
+)
 def hscore(features: Any, labels: Any) -> float:
     """H-score ``tr(cov_f⁺ cov_g)`` (≥ 0, at most C − 1; higher is better)."""
     F, y, c = check_xy(features, labels)
@@ -63,6 +69,12 @@ def ledoit_wolf_shrinkage(Fc: np.ndarray, sigma_sq_sum: float | None = None) -> 
     return 0.0 if beta <= 0 or delta <= 0 else float(beta / delta)
 
 
+@estimator(
+    "shrink_hscore",
+    description="shrinkage H-score (Ibrahim et al. 2022): H-score with a Ledoit-Wolf feature "
+    "covariance",
+    cost_per_1k=0.14,
+)
 def shrinkage_hscore(features: Any, labels: Any) -> float:
     """Ledoit–Wolf-regularised H-score ``tr(cov_α⁻¹ (1−α) cov_g)`` (≥ 0; higher is better)."""
     F, y, c = check_xy(features, labels)

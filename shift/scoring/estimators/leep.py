@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from shift.scoring.estimators._common import as_labels, as_matrix, log_softmax, one_hot
+from shift.scoring.proxies import estimator
 
 __all__ = ["leep", "nce"]
 
@@ -31,6 +32,12 @@ def _probabilities(outputs: Any, probabilities: bool) -> np.ndarray:
     return X / X.sum(axis=1, keepdims=True)
 
 
+@estimator(
+    "leep",
+    description="LEEP (Nguyen et al. 2020): log expected empirical prediction from the source head",
+    cost_per_1k=0.01,
+    needs_logits=True,
+)
 def leep(logits: Any, labels: Any, *, probabilities: bool = False) -> float:
     """LEEP score (≤ 0, higher is better) of source-head ``logits`` (N × C_s) for target
     ``labels``; pass ``probabilities=True`` if the rows already are softmax outputs."""
@@ -44,6 +51,13 @@ def leep(logits: Any, labels: Any, *, probabilities: bool = False) -> float:
     return float(np.mean(np.log(eep)))
 
 
+@estimator(
+    "nce",
+    description="NCE (Tran et al. 2019): negative conditional entropy of target given source "
+    "argmax",
+    cost_per_1k=0.01,
+    needs_logits=True,
+)
 def nce(logits: Any, labels: Any) -> float:
     """NCE (≤ 0, higher is better) of the source-head argmax labels for target ``labels``
     (``logits`` or probabilities: only the argmax is used)."""

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from shift.scoring.estimators._common import as_matrix, check_xy, per_class_cap, softmax
+from shift.scoring.proxies import estimator
 
 __all__ = [
     "MAX_PER_CLASS",
@@ -55,6 +56,14 @@ def kernel_label_correlation(X: np.ndarray, y: np.ndarray) -> float:
     return float(sab / den) if den > 0 else 0.0
 
 
+@estimator(
+    "lfc",
+    description="LFC (Deshpande et al. 2021): correlation of the feature Gram matrix with the "
+    "label agreement matrix (at most 25 samples per class)",
+    cost_per_1k=0.04,
+    max_per_class=25,
+    seed=0,
+)
 def lfc(
     features: Any, labels: Any, *, max_per_class: int | None = MAX_PER_CLASS, seed: int = 0
 ) -> float:
@@ -81,6 +90,27 @@ def project(gradients: Any, dim: int = LGC_PROJECTION_DIM, seed: int = 0) -> np.
     return out / np.sqrt(dim)
 
 
+def logit_gradients(logits: Any) -> np.ndarray:
+    """Per-sample gradients of the source head's pseudo-label log-likelihood
+    ``log softmax(o)_ẑ`` (ẑ = argmax) w.r.t. the logits o: ``e_ẑ − softmax(o)`` (N × C_s).
+    The only gradient computable from stored logits alone; the engine's ``lgc`` proxy uses it
+    in place of the paper's last-conv-layer gradients."""
+    z = as_matrix(logits, "logits", min_rows=1)
+    g = -softmax(z, axis=1)
+    g[np.arange(z.shape[0]), z.argmax(axis=1)] += 1.0
+    return g
+
+
+@estimator(
+    "lgc",
+    description="LGC (Deshpande et al. 2021) on source-head logit gradients e_argmax - softmax "
+    "(stand-in for the paper's last-conv-layer gradients, which stored logits cannot give)",
+    cost_per_1k=0.02,
+    needs_logits=True,
+    transform=logit_gradients,
+    max_per_class=25,
+    seed=0,
+)
 def lgc(
     gradients: Any,
     labels: Any,
@@ -99,14 +129,3 @@ def lgc(
     if projection_dim is not None:
         G = project(G, projection_dim, seed)
     return kernel_label_correlation(G, y)
-
-
-def logit_gradients(logits: Any) -> np.ndarray:
-    """Per-sample gradients of the source head's pseudo-label log-likelihood
-    ``log softmax(o)_ẑ`` (ẑ = argmax) w.r.t. the logits o: ``e_ẑ − softmax(o)`` (N × C_s).
-    The only gradient computable from stored logits alone; the engine's ``lgc`` proxy uses it
-    in place of the paper's last-conv-layer gradients."""
-    z = as_matrix(logits, "logits", min_rows=1)
-    g = -softmax(z, axis=1)
-    g[np.arange(z.shape[0]), z.argmax(axis=1)] += 1.0
-    return g

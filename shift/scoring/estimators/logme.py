@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from shift.scoring.estimators._common import as_matrix, check_xy, one_hot, spectrum
+from shift.scoring.proxies import estimator
 
 __all__ = ["log_evidence", "logme"]
 
@@ -92,6 +93,14 @@ def log_evidence(
     return _fixed_point(sigma, z2, r0, n, max_iter, tol)
 
 
+@estimator(
+    "logme",
+    description="LogME (You et al. 2021): mean per-class log maximum evidence / N of a Bayesian "
+    "linear model on the features (fixed-point solver, N < D corrected)",
+    cost_per_1k=0.12,
+    max_iter=11,
+    tol=1e-3,
+)
 def logme(features: Any, labels: Any, *, max_iter: int = 11, tol: float = 1e-3) -> float:
     """LogME of a classification task: mean over classes of the one-vs-rest log evidence / N
     (higher is better; typically in about [-2, 2])."""

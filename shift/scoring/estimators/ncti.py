@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from shift.scoring.estimators._common import EPS, check_xy, class_means, pca, softmax
+from shift.scoring.proxies import estimator
 
 __all__ = ["NCTIComponents", "lda_fit", "ncti", "ncti_components", "ncti_scores"]
 
@@ -152,6 +153,14 @@ def ncti_scores(components: Sequence[NCTIComponents]) -> list[float]:
     return [float(v) for v in ncc + seli - vc]
 
 
+@estimator(
+    "ncti",
+    description="NCTI (Wang et al. 2023): neural-collapse index on 64 PCA components; min-max "
+    "normalised over the models scored together (pool-relative; one model scores 0)",
+    cost_per_1k=0.17,
+    pool_relative=True,
+    record={"pca_dim": 64},
+)
 def ncti(problems: Sequence[tuple[Any, Any]]) -> list[float]:
     """NCTI of a pool: one ``(features, labels)`` per candidate model, same target task."""
     return ncti_scores([ncti_components(x, y) for x, y in problems])

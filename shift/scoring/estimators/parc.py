@@ -28,6 +28,7 @@ from shift.scoring.estimators._common import (
     pca,
     pearson,
 )
+from shift.scoring.proxies import estimator
 
 __all__ = ["DEFAULT_MAX_SAMPLES", "DEFAULT_PCA_DIM", "parc"]
 
@@ -35,6 +36,15 @@ DEFAULT_PCA_DIM = 32
 DEFAULT_MAX_SAMPLES = 1000
 
 
+@estimator(
+    "parc",
+    description="PARC (Bolya et al. 2021): 100 x Spearman between feature and label "
+    "dissimilarities on 32 PCA components (class-balanced probe of at most 1000 samples)",
+    cost_per_1k=0.23,
+    pca_dim=32,
+    max_samples=1000,
+    seed=0,
+)
 def parc(
     features: Any,
     labels: Any,

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from shift.scoring.estimators._common import check_xy
+from shift.scoring.proxies import estimator
 
 __all__ = ["coding_rate", "transrate"]
 
@@ -39,6 +40,13 @@ def coding_rate(Z: np.ndarray, eps: float = DEFAULT_EPS) -> float:
         return float(0.5 * np.sum(np.log1p(np.maximum(w, 0.0) / (n * eps))))
 
 
+@estimator(
+    "transrate",
+    description="TransRate (Huang et al. 2022): coding rate of all minus mean per-class "
+    "coding rate",
+    cost_per_1k=0.05,
+    eps=1e-4,
+)
 def transrate(features: Any, labels: Any, *, eps: float = DEFAULT_EPS) -> float:
     """TransRate ``R(Z) − mean_c R(Z_c)`` of centred features (higher is better)."""
     if not eps > 0:
