@@ -115,7 +115,8 @@ class Indexer:
         work = []
         for m in models:
             key = IndexKey(task_hash=task.data_hash, model_sha=m.sha256, preprocess=m.input.key())
-            store = IndexStore(self.registry.home.index_path(task.name, m.name))
+            path = self.registry.home.index_path(task.name, m.name)
+            store = IndexStore(path, backend=self.backend)
             try:
                 idx = store.open(key)
                 meta = store.read_meta() if idx is None else None
@@ -132,6 +133,7 @@ class Indexer:
                 and meta.complete
                 and meta.key.model_sha == key.model_sha
                 and meta.key.preprocess == key.preprocess
+                and meta.backend == self.backend  # never mix two backends' embeddings
             ):
                 try:
                     old = store.open(meta.key)

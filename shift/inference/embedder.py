@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 
@@ -50,6 +50,8 @@ EmbedderFactory = Callable[..., Embedder]
 """``factory(model_path, record, *, device="auto", intra_op_threads=None) -> Embedder``; a
 backend may ignore the options it has no use for."""
 
+F = TypeVar("F", bound=EmbedderFactory)
+
 _BACKENDS: dict[str, EmbedderFactory] = {}
 
 
@@ -58,11 +60,11 @@ def _load_builtins() -> None:
     from shift.inference import onnx_backend  # noqa: F401  (registers "onnxruntime")
 
 
-def register_backend(name: str) -> Callable[[EmbedderFactory], EmbedderFactory]:
+def register_backend(name: str) -> Callable[[F], F]:
     """Class (or function) decorator: make ``factory`` the backend called ``name``. Registering
     a second, different factory under a taken name raises ``ShiftError``."""
 
-    def decorate(factory: EmbedderFactory) -> EmbedderFactory:
+    def decorate(factory: F) -> F:
         old = _BACKENDS.get(name)
         if old is not None and _origin(old) != _origin(factory):
             raise ShiftError(

@@ -118,3 +118,10 @@ def m002_finetune(db: Database) -> None:
         },
         pk=("task_hash", "model_sha", "protocol"),
     )
+
+
+@migrations()
+def m003_index_backend(db: Database) -> None:
+    """The inference backend that embedded each index (:mod:`shift.inference.embedder`); every
+    index before this migration was embedded by ONNX Runtime."""
+    db["index_entries"].add_column("backend", str, not_null_default="onnxruntime")

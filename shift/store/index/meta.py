@@ -105,6 +105,7 @@ class IndexMeta(BaseModel):
     has_logits: bool = False
     logits_dim: int | None = Field(None, gt=0)
     providers: list[str] = Field(default_factory=list)
+    backend: str = Field("onnxruntime", description="the inference backend that embedded it")
     hnsw: dict[str, int] = Field(default_factory=dict)
     created: str
     updated: str

@@ -136,4 +136,5 @@ def index_entry(
         "count": len(index),
         "dim": index.dim,
         "providers": json.dumps(list(providers or index.meta.providers)),
+        "backend": index.meta.backend,
     }

@@ -63,11 +63,18 @@ __all__ = ["IndexStore"]
 
 
 class IndexStore:
-    """The index of one (task, model) under ``root`` (layout: ``meta.py``; safety: module doc)."""
+    """The index of one (task, model) under ``root`` (layout: ``meta.py``; safety: module doc).
+    ``backend``: the inference backend recorded in the meta of an index built here."""
 
-    def __init__(self, root: str | os.PathLike[str], hnsw: HnswConfig | None = None) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        hnsw: HnswConfig | None = None,
+        backend: str = "onnxruntime",
+    ) -> None:
         self.root = Path(root)
         self.hnsw_config = hnsw or HnswConfig()
+        self.backend = backend
 
     @property
     def meta_path(self) -> Path:
@@ -358,6 +365,7 @@ class IndexStore:
             has_logits=logits is not None,
             logits_dim=None if logits is None else logits.shape[1],
             providers=list(providers),
+            backend=self.backend,
             hnsw=self.hnsw_config.settings(),
             created=created or now,
             updated=now,
