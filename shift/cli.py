@@ -1,5 +1,7 @@
-"""The ``shift`` command line. Importing this module stays light: ray, torch and onnxruntime
-load only inside the commands that need them."""
+"""The ``shift`` command line (also ``shift-cli``, which no shell builtin shadows, and
+``python -m shift``). Each command parses its options, makes one :class:`~shift.client.Client`
+call and renders the answer. Importing this module stays light: ray, torch and onnxruntime load
+only inside the commands that need them."""
 
 from __future__ import annotations
 
@@ -8,12 +10,15 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 
-from shift.errors import QueryError, ShiftError
+from shift.errors import ShiftError
+
+if TYPE_CHECKING:
+    from shift.client import Client
 
 app = typer.Typer(
     help="shift: which B models should I fine-tune?",
@@ -32,27 +37,15 @@ out = Console()
 err = Console(stderr=True)
 
 
-def report(e: ShiftError) -> None:
-    """Print a ShiftError for a person: message, position and caret for queries, and the hint."""
-    if isinstance(e, QueryError):
-        err.print(
-            f"[red]query error:[/red] {e.message} (line {e.line}, column {e.column})",
-            highlight=False,
-        )
-        err.print(e.snippet, markup=False, highlight=False)
-    else:
-        err.print(f"[red]error:[/red] {e.message}", highlight=False)
-    if e.hint:
-        err.print(f"[yellow]hint:[/yellow] {e.hint}", highlight=False)
-
-
 def _errors_to_exit(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except ShiftError as e:
-            report(e)
+            from shift.render import print_error
+
+            print_error(e, err)
             raise typer.Exit(1) from None
 
     return wrapper
@@ -80,7 +73,7 @@ RayOpt = Annotated[
 
 def _client(
     home: Path | None, executor: str = "ray", ray_address: str | None = None, progress: bool = True
-) -> Any:
+) -> Client:
     from shift.client import Client
 
     return Client(home, executor=executor, ray_address=ray_address, progress=progress)
@@ -114,20 +107,27 @@ def query(
 @command(app)
 def explain(text: str, home: HomeOpt = None, as_json: JsonOpt = False) -> None:
     """Show the plan of a query: pool size after each filter, cached vs to-compute work."""
-    from shift.render import result_table
+    from shift.render import print_plan
 
     with _client(home) as c:
         res = c.explain(text)
     if as_json:
         _print_json(res.plan)
-        return
-    out.print(result_table(res, title=f"plan: {text}"))
-    work = res.plan.get("work")
-    if work:
-        out.print(f"estimated work: {work['estimate']}")
+    else:
+        print_plan(res, text, out)
 
 
 # ---- models ---------------------------------------------------------------------------------
+def _floats(s: str | None, what: str) -> tuple[float, ...] | None:
+    """``"0.5,0.5,0.5"`` → a tuple of floats (``--mean``/``--std``)."""
+    if s is None:
+        return None
+    try:
+        return tuple(float(x) for x in s.split(","))
+    except ValueError:
+        raise ShiftError(f"--{what} must be comma-separated numbers, got {s!r}") from None
+
+
 @command(models_app, "add")
 def models_add(
     file: Annotated[Path, typer.Argument(help="ONNX file")],
@@ -153,31 +153,17 @@ def models_add(
     home: HomeOpt = None,
 ) -> None:
     """Register an ONNX model; parameters and output sizes are read from the graph."""
-    from shift.catalog.onnx_import import register_onnx
-    from shift.store.registry import Registry
-
-    def floats(s: str | None, what: str) -> tuple[float, ...] | None:
-        if s is None:
-            return None
-        try:
-            return tuple(float(x) for x in s.split(","))
-        except ValueError:
-            raise ShiftError(f"--{what} must be comma-separated numbers, got {s!r}") from None
-
-    with Registry.open(home) as reg:
-        rec = register_onnx(
-            reg,
+    with _client(home) as c:
+        rec = c.add_model(
             file,
             name,
             output=output,
             head_output=head_output,
             input_size=input_size,
-            input_overrides={
-                "mean": floats(mean, "mean"),
-                "std": floats(std, "std"),
-                "color": color,
-                "resize": resize,
-            },
+            mean=_floats(mean, "mean"),
+            std=_floats(std, "std"),
+            color=color,
+            resize=resize,
             replace=replace,
             imagenet_top1=imagenet_top1,
             imagenet_source=imagenet_source,
@@ -203,12 +189,10 @@ def models_import_catalog(
     home: HomeOpt = None,
 ) -> None:
     """Export the shipped catalog's real models to ONNX and register them."""
-    from shift.catalog.importer import import_catalog
     from shift.render import records_table
-    from shift.store.registry import Registry
 
-    with Registry.open(home) as reg:
-        results = import_catalog(reg, catalog, name, force=force)
+    with _client(home) as c:
+        results = c.import_catalog(name, catalog=catalog, force=force)
     rows = [r.__dict__ for r in results]
     out.print(
         records_table(rows, ["name", "status", "seconds", "max_abs_diff", "detail"], "catalog")
@@ -221,43 +205,28 @@ def models_import_catalog(
 def models_list(home: HomeOpt = None, as_json: JsonOpt = False) -> None:
     """List registered models."""
     from shift.render import records_table
-    from shift.store.registry import Registry
 
-    with Registry.open(home) as reg:
-        models = reg.models()
+    with _client(home) as c:
+        rows = [m.model_dump() for m in c.models()]
     if as_json:
-        _print_json([m.model_dump() for m in models])
-        return
-    cols = [
-        "name",
-        "family",
-        "params",
-        "dim",
-        "imagenet_top1",
-        "upstream_dataset",
-        "source",
-        "tags",
-    ]
-    out.print(records_table([m.model_dump() for m in models], cols, f"{len(models)} models"))
+        _print_json(rows)
+    else:
+        cols = ["name", "family", "params", "dim", "imagenet_top1", "upstream_dataset", "source"]
+        out.print(records_table(rows, [*cols, "tags"], f"{len(rows)} models"))
 
 
 @command(models_app, "show")
 def models_show(name: str, home: HomeOpt = None) -> None:
     """Show every field of one model."""
-    from shift.store.registry import Registry
-
-    with Registry.open(home) as reg:
-        rec = reg.get_model(name)
-    _print_json(rec.model_dump())
+    with _client(home) as c:
+        _print_json(c.model(name).model_dump())
 
 
 @command(models_app, "remove")
 def models_remove(name: str, home: HomeOpt = None) -> None:
     """Remove a model (its file too, unless another entry uses the same weights)."""
-    from shift.store.registry import Registry
-
-    with Registry.open(home) as reg:
-        reg.remove_model(name)
+    with _client(home) as c:
+        c.drop_model(name)
     out.print(f"removed {name}")
 
 
@@ -265,18 +234,10 @@ def models_remove(name: str, home: HomeOpt = None) -> None:
 @command(pools_app, "list")
 def pools_list(home: HomeOpt = None, as_json: JsonOpt = False) -> None:
     """List built-in and saved pools with their sizes."""
-    from shift.query.compile import compile_condition
-    from shift.query.parser import parse_condition
     from shift.render import records_table
-    from shift.store.registry import Registry
 
-    rows = []
-    with Registry.open(home) as reg:
-        for p in reg.pools():
-            where, params = (
-                compile_condition(parse_condition(p.filter), p.filter) if p.filter else ("", [])
-            )
-            rows.append({**p.model_dump(), "models": reg.count_models(where, params)})
+    with _client(home) as c:
+        rows = [{**p.model_dump(), "models": c.pool_size(p.name)} for p in c.pools()]
     if as_json:
         _print_json(rows)
         return
@@ -292,20 +253,16 @@ def pools_add(
     home: HomeOpt = None,
 ) -> None:
     """Save a pool as a named condition."""
-    from shift.store.registry import Registry
-
-    with Registry.open(home) as reg:
-        p = reg.add_pool(name, condition, description, replace=replace)
+    with _client(home) as c:
+        p = c.add_pool(name, condition, description, replace=replace)
     out.print(f"pool [bold]{p.name}[/bold]: {p.filter}")
 
 
 @command(pools_app, "remove")
 def pools_remove(name: str, home: HomeOpt = None) -> None:
     """Remove a saved pool."""
-    from shift.store.registry import Registry
-
-    with Registry.open(home) as reg:
-        reg.remove_pool(name)
+    with _client(home) as c:
+        c.drop_pool(name)
     out.print(f"removed pool {name}")
 
 
@@ -314,28 +271,23 @@ def pools_remove(name: str, home: HomeOpt = None) -> None:
 def tasks_list(home: HomeOpt = None, as_json: JsonOpt = False) -> None:
     """List registered tasks."""
     from shift.render import records_table
-    from shift.store.registry import Registry
 
-    with Registry.open(home) as reg:
-        tasks = reg.tasks()
+    with _client(home) as c:
+        rows = [t.model_dump() for t in c.tasks()]
     if as_json:
-        _print_json([t.model_dump() for t in tasks])
+        _print_json(rows)
         return
     cols = ["name", "kind", "num_samples", "num_train", "num_val", "num_classes", "content_hash"]
-    out.print(records_table([t.model_dump() for t in tasks], cols, f"{len(tasks)} tasks"))
+    out.print(records_table(rows, cols, f"{len(rows)} tasks"))
 
 
-def _read_samples(
-    images: Path | None, npz: Path | None, store_size: int | None, classes: list[str] | None = None
-) -> tuple[Any, str, str]:
-    from shift.store.readers import read_image_folder, read_npz
-
-    if (images is None) == (npz is None):
-        raise ShiftError("give exactly one of --images DIR or --npz FILE")
-    if images is not None:
-        return read_image_folder(images, store_size, classes), "images", str(images)
-    assert npz is not None
-    return read_npz(npz), "npz", str(npz)
+def _data(images: Path | None, npz: Path | None) -> tuple[Path, Any]:
+    """The one data source given on the command line, and its kind."""
+    if images is not None and npz is None:
+        return images, "images"
+    if npz is not None and images is None:
+        return npz, "npz"
+    raise ShiftError("give exactly one of --images DIR or --npz FILE")
 
 
 ImagesOpt = Annotated[
@@ -363,18 +315,15 @@ def tasks_add(
     home: HomeOpt = None,
 ) -> None:
     """Register a labelled dataset as a task."""
-    from shift.store.registry import Registry
-    from shift.store.tasks import TaskStore
-
-    samples, kind, source = _read_samples(images, npz, store_size)
-    with Registry.open(home) as reg:
-        rec = TaskStore(reg).add(
+    data, kind = _data(images, npz)
+    with _client(home) as c:
+        rec = c.add_task(
             name,
-            samples,
+            data,
             kind=kind,
-            source=source,
             val_fraction=val_fraction,
             seed=seed,
+            store_size=store_size,
             replace=replace,
         )
     out.print(
@@ -393,13 +342,9 @@ def tasks_append(
     home: HomeOpt = None,
 ) -> None:
     """Add samples to a task; the next query embeds only them."""
-    from shift.store.registry import Registry
-    from shift.store.tasks import TaskStore
-
-    with Registry.open(home) as reg:
-        old = reg.get_task(name)
-        samples, _, _ = _read_samples(images, npz, None, old.classes if images else None)
-        rec, n = TaskStore(reg).append(name, samples, val_fraction=val_fraction, seed=seed)
+    data, kind = _data(images, npz)
+    with _client(home) as c:
+        rec, n = c.append(name, data, kind=kind, val_fraction=val_fraction, seed=seed)
     out.print(f"task [bold]{name}[/bold]: +{n} samples, now {rec.num_samples}")
 
 
@@ -410,32 +355,20 @@ def tasks_relabel(
     home: HomeOpt = None,
 ) -> None:
     """Replace a task's labels; indexes are reused, only scores are recomputed."""
-    import numpy as np
-
-    from shift.store.registry import Registry
-    from shift.store.tasks import TaskStore
-
-    try:
-        with np.load(npz, allow_pickle=False) as z:
-            y = z["y"]
-    except (OSError, ValueError, KeyError) as e:
-        raise ShiftError(f"{npz}: cannot read array 'y' ({e})") from None
-    with Registry.open(home) as reg:
-        rec = TaskStore(reg).relabel(name, y)
+    with _client(home) as c:
+        rec = c.relabel(name, npz)
     out.print(f"task [bold]{name}[/bold] relabelled: hash {rec.content_hash[:12]}")
 
 
 @command(tasks_app, "remove")
 def tasks_remove(name: str, home: HomeOpt = None) -> None:
     """Remove a task and its stored data."""
-    from shift.store.registry import Registry
-    from shift.store.tasks import TaskStore
-
-    with Registry.open(home) as reg:
-        TaskStore(reg).remove(name)
+    with _client(home) as c:
+        c.drop_task(name)
     out.print(f"removed task {name}")
 
 
+# ---- work -----------------------------------------------------------------------------------
 @command(app, "index")
 def index_cmd(
     task: str,
@@ -445,25 +378,11 @@ def index_cmd(
     ray_address: RayOpt = None,
 ) -> None:
     """Precompute the embedding indexes of TASK for every model in a pool."""
-    from shift.client import Client
-    from shift.config import validate_name
-    from shift.query.planner import plan_text
+    from shift.render import print_index_report
 
-    validate_name(task, "task name")
-    validate_name(pool, "pool name")
-    with Client(home, executor=executor, ray_address=ray_address, progress=True) as c:
-        c.registry.get_task(task)  # a clear error for an unknown task
-        where, params = plan_text(f"SELECT * FROM pool {pool}", c.registry).where_sql
-        models = c.registry.models(where, params)
-        c.engine.index(task, models)
-        rep = c.engine.last_report
-    out.print(
-        f"indexed {task}: {len(rep.embedded)} models embedded "
-        f"({sum(rep.embedded.values()):,} samples), {len(rep.reused)} reused, "
-        f"{len(rep.relabelled)} relabelled, {len(rep.failed)} failed in {rep.seconds:.1f} s"
-    )
-    for name, e in rep.failed.items():
-        err.print(f"[red]failed:[/red] {name}: {e}", highlight=False)
+    with _client(home, executor, ray_address) as c:
+        rep = c.index(task, pool=pool)
+    print_index_report(task, rep, out, err)
 
 
 @command(app, "finetune")
@@ -481,19 +400,12 @@ def finetune_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Fine-tune catalog models on TASK (ground truth; cached) and print best val accuracy."""
-    from shift.config import validate_name
-    from shift.query.planner import plan_text
-    from shift.store.registry import Registry
-    from shift.tools.finetune import FinetuneProtocol, finetune_many, results_table
+    from shift.tools.finetune import results_table
 
-    validate_name(pool, "pool name")
-    with Registry.open(home) as reg:
-        reg.get_task(task)
-        if not model:
-            where, params = plan_text(f"SELECT * FROM pool {pool}", reg).where_sql
-            model = [m.name for m in reg.models(where, params)]
-        proto = FinetuneProtocol(epochs=epochs, max_train=max_train)
-        results = finetune_many(reg, task, model, proto, force=force, progress=not as_json)
+    with _client(home, progress=not as_json) as c:
+        results = c.finetune(
+            task, model, pool=pool, epochs=epochs, max_train=max_train, force=force
+        )
     if as_json:
         _print_json([r.to_dict() for r in results])
     else:
@@ -511,9 +423,10 @@ def doctor_cmd(
 ) -> None:
     """Check a home: registry integrity, model and task files, indexes, leftovers; exit 1 if
     problems remain."""
-    from shift.tools.doctor import doctor, print_report
+    from shift.tools.doctor import print_report
 
-    rep = doctor(home, repair=repair, grace_s=grace)
+    with _client(home) as c:
+        rep = c.doctor(repair=repair, grace_s=grace)
     if as_json:
         sys.stdout.write(rep.model_dump_json(indent=2) + "\n")
     else:
@@ -523,7 +436,7 @@ def doctor_cmd(
 
 
 def main() -> None:
-    """Entry point (``shift``)."""
+    """Entry point (``shift``, ``shift-cli``, ``python -m shift``)."""
     app()
 
 

@@ -11,6 +11,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from shift.config import validate_name
+from shift.errors import ShiftError
 
 
 def utcnow() -> str:
@@ -154,6 +155,19 @@ class Result(BaseModel):
     @property
     def names(self) -> list[str]:
         return [r["name"] for r in self.rows if "name" in r]
+
+    def to_pandas(self) -> Any:
+        """The rows as a pandas DataFrame, in rank order: the displayed ``columns`` first, then
+        every other field the rows hold. Needs pandas (``pip install pandas``)."""
+        try:
+            import pandas as pd
+        except ImportError:
+            raise ShiftError(
+                "Result.to_pandas() needs pandas, which is not installed",
+                hint="pip install pandas",
+            ) from None
+        extra = [k for r in self.rows for k in r if k not in self.columns]
+        return pd.DataFrame(self.rows, columns=[*self.columns, *dict.fromkeys(extra)])
 
 
 @dataclass

@@ -7,6 +7,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from shift.errors import QueryError, ShiftError
 from shift.records import Result
 
 
@@ -78,3 +79,38 @@ def records_table(rows: list[dict[str, Any]], columns: list[str], title: str = "
     for r in rows:
         t.add_row(*(fmt(c, r.get(c)) for c in columns))
     return t
+
+
+def print_plan(res: Result, text: str, console: Console) -> None:
+    """EXPLAIN's steps as a table, then the estimated work when the query has a task."""
+    console.print(result_table(res, title=f"plan: {text}"))
+    work = res.plan.get("work")
+    if work:
+        console.print(f"estimated work: {work['estimate']}")
+
+
+def print_index_report(task: str, rep: Any, console: Console, errors: Console) -> None:
+    """One line of what ``index`` did (an :class:`~shift.engine.indexing.IndexReport`), then
+    one line per failed model on ``errors``."""
+    console.print(
+        f"indexed {task}: {len(rep.embedded)} models embedded "
+        f"({sum(rep.embedded.values()):,} samples), {len(rep.reused)} reused, "
+        f"{len(rep.relabelled)} relabelled, {len(rep.failed)} failed in {rep.seconds:.1f} s"
+    )
+    for name, e in rep.failed.items():
+        errors.print(f"[red]failed:[/red] {name}: {e}", highlight=False)
+
+
+def print_error(e: ShiftError, console: Console) -> None:
+    """A ShiftError for a person: the message (for a query, its position and the line with a
+    caret under the offending text), then the hint."""
+    if isinstance(e, QueryError):
+        console.print(
+            f"[red]query error:[/red] {e.message} (line {e.line}, column {e.column})",
+            highlight=False,
+        )
+        console.print(e.snippet, markup=False, highlight=False)
+    else:
+        console.print(f"[red]error:[/red] {e.message}", highlight=False)
+    if e.hint:
+        console.print(f"[yellow]hint:[/yellow] {e.hint}", highlight=False)

@@ -1,18 +1,29 @@
-"""Plan → Result. Model filtering runs as parameterised SQL; task-aware rankers get their scores
-from a :class:`ScoreSource` (the engine), which indexes and scores only what is missing."""
+"""The whole story of a query, in :func:`run`: text (or an AST) → parse → plan → execute →
+:class:`~shift.records.Result`. Model filtering runs as parameterised SQL; task-aware rankers get
+their scores from a :class:`ScoreSource` (the engine), which indexes and scores only what is
+missing. The caller supplies the engine as a zero-argument factory, called only when a step
+needs it, so a query without a task never loads inference."""
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Protocol
 
+from shift.query import ast
 from shift.query.columns import COLUMNS, DISPLAY_COLUMNS
-from shift.query.planner import Plan
+from shift.query.format import to_text
+from shift.query.parser import parse
+from shift.query.planner import Plan, plan
 from shift.records import ModelRecord, Result, Timings
 from shift.scoring.strategies import rank
 
 if TYPE_CHECKING:
     from shift.store.registry import Registry
+
+log = logging.getLogger(__name__)
 
 
 class ScoreSource(Protocol):
@@ -25,6 +36,51 @@ class ScoreSource(Protocol):
     def scores(self, task: str, models: list[ModelRecord], proxy: str) -> dict[str, float | None]:
         """Proxy score per model name, computing (and caching) whatever is missing."""
         ...
+
+
+#: supplies the engine on first need (``lambda: engine`` for one already built)
+EngineFactory = Callable[[], ScoreSource]
+
+
+def run(
+    query: str | ast.Select,
+    registry: Registry,
+    engine: EngineFactory,
+    *,
+    explain: bool = False,
+) -> Result:
+    """Parse ``query`` (or take its AST, rendered to text only for messages), plan it against
+    ``registry`` and execute it; ``explain=True`` returns the plan instead of the ranking.
+    ``result.timings``: parse (or render), plan, score and total milliseconds."""
+    t0 = time.perf_counter()
+    if isinstance(query, str):
+        text, select = query, parse(query)
+    else:
+        text, select = to_text(query), query
+    if explain:
+        select = replace(select, explain=True)
+    t1 = time.perf_counter()
+    log.debug("parsed in %.1f ms: %s", (t1 - t0) * 1000, select)
+    p = plan(select, text, registry)
+    t2 = time.perf_counter()
+    log.debug(
+        "planned in %.1f ms: pool %s, task %s, %s, filters %s",
+        (t2 - t1) * 1000,
+        p.pool,
+        p.task,
+        p.ranker,
+        [f.label for f in p.filters],
+    )
+    timings = Timings(parse_ms=(t1 - t0) * 1000, plan_ms=(t2 - t1) * 1000)
+    result = execute(p, registry, engine, timings)
+    result.timings.total_ms = (time.perf_counter() - t0) * 1000
+    log.debug(
+        "executed: %d rows in %.1f ms (score %.1f ms)",
+        len(result.rows),
+        result.timings.total_ms,
+        result.timings.score_ms,
+    )
+    return result
 
 
 def _row(m: ModelRecord) -> dict[str, Any]:
@@ -94,7 +150,7 @@ def check_heads(plan: Plan, models: list[ModelRecord]) -> None:
         )
 
 
-def explain(plan: Plan, registry: Registry, engine: ScoreSource | None) -> Result:
+def explain(plan: Plan, registry: Registry, engine: EngineFactory) -> Result:
     """Pool size after each filter, what is cached and what must be computed."""
     steps: list[dict[str, Any]] = [
         {"step": "all models", "detail": "", "models": registry.count_models()}
@@ -120,11 +176,7 @@ def explain(plan: Plan, registry: Registry, engine: ScoreSource | None) -> Resul
     if plan.task and plan.proxy:
         where, params = plan.where_sql
         models = registry.models(where, params)
-        if engine is None:
-            from shift.engine.scoring import Engine
-
-            engine = Engine(registry)
-        status = engine.status(plan.task, models, plan.proxy)
+        status = engine().status(plan.task, models, plan.proxy)
         info["work"] = status
         steps.append(
             {"step": "embed", "detail": status["embed_summary"], "models": status["to_embed"]}
@@ -149,9 +201,11 @@ def explain(plan: Plan, registry: Registry, engine: ScoreSource | None) -> Resul
 def execute(
     plan: Plan,
     registry: Registry,
-    engine: ScoreSource | None = None,
+    engine: EngineFactory,
     timings: Timings | None = None,
 ) -> Result:
+    """Run a checked plan: SQL filters, then the plan's strategy (ORDER BY, agnostic, a proxy,
+    hybrid, successive halving, meta or random); the engine is made only for task-aware ones."""
     timings = timings or Timings()
     t0 = time.perf_counter()
     if plan.select.explain:
@@ -192,15 +246,12 @@ def execute(
         )
         strategy, label = "proxy", plan.ranker
     elif plan.strategy == "sh":
-        if engine is None:
-            from shift.engine.scoring import Engine
-
-            engine = Engine(registry)
         from shift.engine.halving import successive_halving
 
+        eng = engine()
         ts = time.perf_counter()
         assert plan.task is not None and plan.proxy is not None
-        res = successive_halving(engine, plan.task, models, plan.proxy, *plan.proxy_args)
+        res = successive_halving(eng, plan.task, models, plan.proxy, *plan.proxy_args)
         timings.score_ms += (time.perf_counter() - ts) * 1000
         plan_info["halving"] = {
             "rounds": res.rounds,
@@ -217,12 +268,9 @@ def execute(
         race_scores = {n: (a.scores[-1] if a.scores else None) for n, a in res.arms.items()}
         race = res
     elif plan.task and plan.proxy:
-        if engine is None:
-            from shift.engine.scoring import Engine
-
-            engine = Engine(registry)
+        eng = engine()
         ts = time.perf_counter()
-        scores = engine.scores(plan.task, models, plan.proxy)
+        scores = eng.scores(plan.task, models, plan.proxy)
         timings.score_ms += (time.perf_counter() - ts) * 1000
     picks = rank(models, plan.budget, strategy, label, scores)
     rows = []

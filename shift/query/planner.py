@@ -195,6 +195,14 @@ def _resolve_ranker(text: str, r: ast.Ranker, has_task: bool) -> tuple[str, str 
     return kind, proxy, args
 
 
+def pool_filter(pool: PoolRecord) -> Filter | None:
+    """A pool's condition as a model filter (``None`` for a pool of every model)."""
+    if not pool.filter:
+        return None
+    sql, params = compile_condition(parse_condition(pool.filter), pool.filter)
+    return Filter(f"pool {pool.name}: {pool.filter}", sql, params)
+
+
 def plan(select: ast.Select, text: str, registry: Catalog) -> Plan:
     """Check ``select`` against the catalog (the registry) and build the plan."""
     pool = registry.get_pool(select.pool)
@@ -217,10 +225,9 @@ def plan(select: ast.Select, text: str, registry: Catalog) -> Plan:
         )
 
     p = Plan(text=text, select=select, pool=pool.name)
-    if pool.filter:
-        expr = parse_condition(pool.filter)
-        sql, params = compile_condition(expr, pool.filter)
-        p.filters.append(Filter(f"pool {pool.name}: {pool.filter}", sql, params))
+    pool_term = pool_filter(pool)
+    if pool_term is not None:
+        p.filters.append(pool_term)
 
     task_term: ast.Compare | None = None
     for term in ast.conjuncts(select.where):
