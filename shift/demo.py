@@ -22,18 +22,14 @@ DESIGN_CARD = "SELECT top 2 FROM pool all WHERE task=digits"
 
 def ensure_tasks(c: Client, console: Console) -> list[str]:
     from shift.datasets import DEMO_TASKS
-    from shift.store.tasks import TaskStore
 
-    store = TaskStore(c.registry)
     names = []
     for name, make in DEMO_TASKS.items():
         samples = make()
-        if store.is_current(name, samples):  # same content hash: keep it and its indexes
+        if c.task_is_current(name, samples):  # same content hash: keep it and its indexes
             names.append(name)
             continue
-        rec = store.add(
-            name, samples, kind="generated", source=f"shift.datasets:{name}", replace=True
-        )
+        rec = c.add_task(name, samples, source=f"shift.datasets:{name}", replace=True)
         console.print(
             f"task [bold]{name}[/bold]: {rec.num_samples} samples, {rec.num_classes} classes"
         )
@@ -42,13 +38,11 @@ def ensure_tasks(c: Client, console: Console) -> list[str]:
 
 
 def main() -> None:
-    from shift.catalog.importer import import_catalog
-
     console = Console(width=max(110, shutil.get_terminal_size().columns))
     t0 = time.perf_counter()
     with Client(executor="ray", progress=True) as c:
         console.rule("1. catalog")
-        results = import_catalog(c.registry)
+        results = c.import_catalog()
         for r in results:
             extra = (
                 f" ({r.seconds:.1f} s{', ' + r.detail if r.detail else ''})"
@@ -62,10 +56,8 @@ def main() -> None:
         console.rule("2. tasks")
         tasks = ensure_tasks(c, console)
         console.rule("3. indexing (Ray + ONNX Runtime)")
-        models = c.registry.models()
         for t in tasks:
-            c.engine.index(t, models)
-            rep = c.engine.last_report
+            rep = c.index(t)
             console.print(
                 f"{t}: {len(rep.embedded)} models embedded, {len(rep.reused)} reused "
                 f"({rep.seconds:.1f} s)"
@@ -101,8 +93,7 @@ def main() -> None:
             result_table(c.query("SELECT * FROM models ORDER BY imagenet_top1 DESC LIMIT 5"))
         )
     console.print(
-        f"[dim]demo finished in {time.perf_counter() - t0:.1f} s; home: "
-        f"{c.registry.home.registry_dir}[/dim]"
+        f"[dim]demo finished in {time.perf_counter() - t0:.1f} s; home: {c.home.registry_dir}[/dim]"
     )
 
 
