@@ -20,8 +20,6 @@ def build_lock(root: Path, *, blocking: bool = True) -> Iterator[bool]:
     two processes never build one index at once. (Not the store's ``.lock``: a second flock on
     that file from this process would wait for ourselves.) Yields False if not ``blocking`` and
     another process holds it."""
-    import fcntl
-
     root.mkdir(parents=True, exist_ok=True)
     with open(root / ".build.lock", "a+b") as f:
         try:
