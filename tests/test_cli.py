@@ -404,3 +404,38 @@ def test_import_is_light() -> None:
     assert "shift.cli" in modules and "typer" in modules
     heavy = [m for m in modules if m.split(".")[0] in {"ray", "torch", "onnxruntime"}]
     assert heavy == []
+
+
+def test_shift_cli_console_script_works_from_bash(tmp_path: Path) -> None:
+    """`shift` is a bash builtin that a shell runs instead of the program; `shift-cli` (the same
+    entry point, installed in the venv's bin dir) is not shadowed, typed into bash as written."""
+    bin_dir = Path(sys.executable).parent
+    assert (bin_dir / "shift-cli").is_file(), "reinstall: pip install --no-deps -e ."
+    home = tmp_path / "h"
+    seed_registry(home)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    line = f"shift-cli query 'SELECT top 1 FROM pool all' --json --home '{home}'"
+    proc = subprocess.run(
+        ["bash", "-c", f"type -t shift; {line}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr
+    kind, _, payload = proc.stdout.partition("\n")
+    assert kind == "builtin"  # why the second name exists
+    assert [r["name"] for r in json.loads(payload)["rows"]] == ["vit"]
+
+
+def test_python_dash_m_shift(tmp_path: Path) -> None:
+    home = tmp_path / "h"
+    seed_registry(home)
+    proc = subprocess.run(
+        [sys.executable, "-m", "shift", "models", "list", "--json", "--home", str(home)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert [m["name"] for m in json.loads(proc.stdout)] == ["birds", "r50", "vit"]

@@ -173,3 +173,50 @@ def test_context_manager(tmp_path: Path) -> None:
         assert c.query("SELECT * FROM models").names == ["r50"]
     with shift.connect(tmp_path) as c:
         assert c.query("SELECT * FROM models").names == ["r50"]
+
+
+def test_builder_hands_its_ast_to_the_client(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shift.engine.execute
+
+    def no_parse(text: str) -> None:
+        raise AssertionError(f"re-parsed {text!r}")
+
+    monkeypatch.setattr(shift.engine.execute, "parse", no_parse)
+    res = client.select(2).pool("resnet50").where("dim >= 1024").run()
+    assert res.names == ["r50", "mobilenet"]
+    assert res.query == "SELECT top 2 FROM pool resnet50 WHERE dim >= 1024"
+
+
+def test_result_to_pandas(client: Client) -> None:
+    pd = pytest.importorskip("pandas")
+    res = client.query("SELECT top 3 FROM pool all")
+    df = res.to_pandas()
+    assert isinstance(df, pd.DataFrame)
+    assert list(df.columns[: len(res.columns)]) == res.columns
+    assert set(df.columns) == set(res.rows[0])  # every field, displayed ones first
+    assert list(df["name"]) == ["vit-b16", "r101", "r50"]
+    assert list(df["rank"]) == [1, 2, 3]
+    assert df.loc[0, "why"] == "task-agnostic: ImageNet top-1 81.1%"
+    empty = client.query("SELECT * FROM models WHERE dim > 100000").to_pandas()
+    assert list(empty.columns) == client.query("SELECT * FROM models").columns and empty.empty
+
+
+def test_result_to_pandas_without_pandas(client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from shift.errors import ShiftError
+
+    monkeypatch.setitem(sys.modules, "pandas", None)  # `import pandas` raises ImportError
+    with pytest.raises(ShiftError, match="needs pandas") as e:
+        client.query("SELECT top 1 FROM pool all").to_pandas()
+    assert e.value.hint == "pip install pandas"
+
+
+def test_home_is_opened_on_first_use(tmp_path: Path) -> None:
+    c = shift.connect(tmp_path / "later")
+    assert not (tmp_path / "later").exists()
+    assert c.tasks() == []
+    assert (tmp_path / "later").is_dir()
+    c.close()

@@ -1,0 +1,129 @@
+"""engine.execute.run: one function tells a query's story (parse → plan → execute), logging each
+step; the engine is a factory called only when a step needs it; an AST is never re-parsed."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import shift.engine.execute as ex
+from shift.errors import QueryError
+from shift.query.builder import select
+from shift.records import ModelRecord
+from shift.store.registry import Registry
+
+try:
+    from records import fake_model, fake_task
+except ImportError:  # tests/ is a package
+    from tests.records import fake_model, fake_task
+
+
+class FakeEngine:
+    """Scores by parameter count; counts what it was asked."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def status(self, task: str, models: list[ModelRecord], proxy: str) -> dict[str, Any]:
+        self.calls.append("status")
+        return {
+            "embed_summary": "nothing",
+            "to_embed": 0,
+            "score_summary": f"{len(models)} to score",
+            "to_score": len(models),
+        }
+
+    def scores(self, task: str, models: list[ModelRecord], proxy: str) -> dict[str, float | None]:
+        self.calls.append(f"scores {task} {proxy}")
+        return {m.name: m.params / 1e8 for m in models}
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Iterator[Registry]:
+    reg = Registry.open(tmp_path)
+    reg.add_model(fake_model("small", params=5_000_000))
+    reg.add_model(fake_model("big", params=60_000_000))
+    reg.add_model(fake_model("mid", params=20_000_000))
+    reg.put_task(fake_task("toy"))
+    yield reg
+    reg.close()
+
+
+def factory(made: list[FakeEngine]) -> ex.EngineFactory:
+    def make() -> FakeEngine:
+        made.append(FakeEngine())
+        return made[-1]
+
+    return make
+
+
+def test_run_logs_each_step_and_times_it(
+    registry: Registry, caplog: pytest.LogCaptureFixture
+) -> None:
+    made: list[FakeEngine] = []
+    with caplog.at_level(logging.DEBUG, logger="shift.engine.execute"):
+        res = ex.run(
+            "SELECT top 2 FROM pool all WHERE task=toy RANK BY knn", registry, factory(made)
+        )
+    steps = [r.getMessage().split(" ")[0] for r in caplog.records]
+    assert steps == ["parsed", "planned", "executed:"]
+    assert "task toy, knn" in caplog.records[1].getMessage()
+    assert res.names == ["big", "mid"]
+    assert res.scores == {"big": 0.6, "mid": 0.2}
+    assert len(made) == 1 and made[0].calls == ["scores toy knn"]
+    t = res.timings
+    assert t.parse_ms > 0 and t.plan_ms > 0 and t.score_ms > 0
+    assert t.total_ms >= t.parse_ms + t.plan_ms + t.score_ms
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "SELECT top 2 FROM pool all",
+        "SELECT * FROM models ORDER BY params DESC",
+        "SELECT top 2 FROM pool all WHERE task=toy RANK BY random(3)",
+        "EXPLAIN SELECT top 2 FROM pool all",
+    ],
+)
+def test_engine_is_made_only_when_needed(registry: Registry, text: str) -> None:
+    made: list[FakeEngine] = []
+    assert ex.run(text, registry, factory(made)).rows
+    assert made == []
+
+
+def test_explain_asks_the_engine_for_its_status(registry: Registry) -> None:
+    made: list[FakeEngine] = []
+    q = "SELECT top 2 FROM pool all WHERE task=toy RANK BY knn"
+    res = ex.run(q, registry, factory(made), explain=True)
+    assert [s["step"] for s in res.rows] == ["all models", "embed", "score knn", "rank"]
+    assert made[0].calls == ["status"]
+    assert ex.run("EXPLAIN " + q, registry, factory(made)).rows == res.rows
+
+
+def test_an_ast_is_planned_without_a_text_round_trip(
+    registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    built = select(2).where(task="toy").rank("knn").to_ast()
+    want = ex.run(built, registry, factory([]))
+
+    def no_parse(text: str) -> Any:
+        raise AssertionError(f"re-parsed {text!r}")
+
+    monkeypatch.setattr(ex, "parse", no_parse)
+    res = ex.run(built, registry, factory([]))
+    assert res.rows == want.rows and res.names == ["big", "mid"]
+    assert res.query == "SELECT top 2 FROM pool all WHERE task = 'toy' RANK BY knn"
+    with pytest.raises(AssertionError, match="re-parsed"):
+        ex.run(res.query, registry, factory([]))
+
+
+def test_errors_name_the_users_text(registry: Registry) -> None:
+    with pytest.raises(QueryError) as e:
+        ex.run("SELECT top 2 FROM pool nope", registry, factory([]))
+    assert (e.value.line, e.value.column) == (1, 24)
+    with pytest.raises(QueryError, match="unknown pool 'nope'"):
+        ex.run(select(2).pool("nope").to_ast(), registry, factory([]))
