@@ -17,4 +17,13 @@ def connect(home: Any = None, **options: Any) -> Client:
     return _connect(home, **options)
 
 
-__all__ = ["connect", "__version__"]
+def __getattr__(name: str) -> Any:
+    """``shift.Client``, imported on first use so that ``import shift`` stays light."""
+    if name == "Client":
+        from shift.client import Client
+
+        return Client
+    raise AttributeError(f"module 'shift' has no attribute {name!r}")
+
+
+__all__ = ["Client", "connect", "__version__"]

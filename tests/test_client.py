@@ -220,3 +220,17 @@ def test_home_is_opened_on_first_use(tmp_path: Path) -> None:
     assert c.tasks() == []
     assert (tmp_path / "later").is_dir()
     c.close()
+
+
+def test_shift_client_is_lazy() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, shift\n"
+        "assert 'shift.client' not in sys.modules\n"
+        "import shift.client\n"
+        "assert shift.Client is shift.client.Client\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
