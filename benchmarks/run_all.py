@@ -13,6 +13,7 @@ from benchmarks import (
     bench_embedding,
     bench_estimators,
     bench_incremental,
+    bench_knn,
     bench_query,
     bench_vtab_regret,
 )
@@ -58,6 +59,7 @@ def main() -> None:
     plot(emb, inc)
     print(f"plot: {RESULTS / 'engine.png'}")
     bench_estimators.main([])
+    bench_knn.main([])  # exact vs hnsw 1-NN up to 100k training rows (a few minutes)
     bench_vtab_regret.main()
     bench_e2e_regret.main([])  # from the committed ground truth; needs the demo home (make demo)
     bench_crash.main([])
