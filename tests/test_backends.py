@@ -205,7 +205,7 @@ def test_engine_indexes_and_scores_with_the_numpy_backend(tmp_path: Path) -> Non
         want, want_lg = NumpyEmbedder(str(reg.model_file(rec)), rec).embed(imgs)
         np.testing.assert_allclose(np.asarray(idx.vectors), want, rtol=1e-6)
         np.testing.assert_allclose(np.asarray(idx.logits), want_lg, rtol=1e-6)
-        assert idx.meta.backend == NUMPY
+        assert idx.meta.backend == NUMPY and idx.meta.providers == ["numpy"]
         assert entries[rec.name]["backend"] == NUMPY
     reg.close()
 

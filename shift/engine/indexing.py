@@ -248,6 +248,7 @@ class Indexer:
             ids = batch_ids[r.model_name][r.batch_id]
             report.providers[r.model_name] = r.providers
             if r.model_name in writers:
+                writers[r.model_name].providers = list(r.providers)  # recorded in its meta
                 writers[r.model_name].add_batch(r.batch_id, ids, r.embeddings, r.logits)
             else:
                 p = pending[r.model_name]
