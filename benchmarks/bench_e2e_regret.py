@@ -269,8 +269,8 @@ def finetune_costs(
 def _score_seconds(reg: Any, task_hash: str, proxy: str, shas: list[str]) -> float | None:
     qs = ",".join("?" * len(shas))
     rows = reg.db.conn.execute(
-        f"SELECT model_sha, avg(seconds) FROM scores WHERE task_hash = ? AND proxy = ? "
-        f"AND model_sha IN ({qs}) GROUP BY model_sha",
+        f"SELECT substr(model_sha, 1, 64) AS sha, avg(seconds) FROM scores WHERE task_hash = ? "
+        f"AND proxy = ? AND substr(model_sha, 1, 64) IN ({qs}) GROUP BY sha",  # <sha256>+<...>
         [task_hash, proxy, *shas],
     ).fetchall()
     return float(sum(s for _, s in rows)) if rows else None

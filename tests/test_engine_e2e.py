@@ -11,7 +11,7 @@ import pytest
 
 import shift
 from shift.catalog.onnx_import import register_onnx
-from shift.engine.scoring import proxy_params_key
+from shift.engine.scoring import model_cache_key, proxy_params_key
 from shift.records import Samples
 from shift.scoring.proxies import get_proxy
 from shift.store.index.meta import IndexKey
@@ -140,7 +140,7 @@ def test_append_embeds_only_new_samples(client: shift.Client) -> None:
     assert added == 20 and rec.num_samples == N + 20
     assert rec.content_hash != old_hash
     models = reg.models()
-    shas = [m.sha256 for m in models]
+    shas = [model_cache_key(m, "onnxruntime") for m in models]
     assert reg.get_scores(rec.content_hash, "knn", KNN_KEY, shas) == {}
     res = client.query(QUERY + " RANK BY knn")
     rep = client.engine.last_report

@@ -114,7 +114,7 @@ class Indexer:
         labels = {r["sample_id"]: r["label"] for r in rows}
         work = []
         for m in models:
-            key = IndexKey(task_hash=task.data_hash, model_sha=m.sha256, preprocess=m.input.key())
+            key = IndexKey.of(task.data_hash, m, self.backend)  # backend too: never mix two
             path = self.registry.home.index_path(task.name, m.name)
             store = IndexStore(path, backend=self.backend)
             try:
@@ -133,7 +133,7 @@ class Indexer:
                 and meta.complete
                 and meta.key.model_sha == key.model_sha
                 and meta.key.preprocess == key.preprocess
-                and meta.backend == self.backend  # never mix two backends' embeddings
+                and meta.key.backend == key.backend  # never mix two backends' embeddings
             ):
                 try:
                     old = store.open(meta.key)

@@ -3,6 +3,7 @@ what is missing first (:class:`~shift.engine.indexing.Indexer`)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from typing import Any
@@ -19,8 +20,20 @@ def proxy_params_key(params: dict[str, Any]) -> str:
     return json.dumps(params, sort_keys=True, default=str)
 
 
+def model_cache_key(m: ModelRecord, backend: str) -> str:
+    """The model part of a cached score's key (its ``model_sha`` column): the weights' sha256
+    and a digest of everything else that changes the embedding, the preprocessing and the
+    inference backend: ``<sha256>+<16 hex>``."""
+    extra = json.dumps([m.input.key(), backend], separators=(",", ":"))
+    return f"{m.sha256}+{hashlib.sha256(extra.encode()).hexdigest()[:16]}"
+
+
 class Engine(Indexer):
     """Indexes tasks and scores models (an :class:`Indexer` that also ranks)."""
+
+    def score_key(self, m: ModelRecord) -> str:
+        """``m``'s part of the key of the scores this engine caches (:func:`model_cache_key`)."""
+        return model_cache_key(m, self.backend)
 
     def status(self, task: str, models: list[ModelRecord], proxy: str) -> dict[str, Any]:
         """What a query on ``task`` would compute (EXPLAIN)."""
@@ -31,7 +44,10 @@ class Engine(Indexer):
 
         spec = get_proxy(proxy)
         cached = self.registry.get_scores(
-            rec.content_hash, proxy, proxy_params_key(spec.params), [m.sha256 for m in models]
+            rec.content_hash,
+            proxy,
+            proxy_params_key(spec.params),
+            [self.score_key(m) for m in models],
         )
         to_embed = [w for w in work if w.mode in ("full", "append")]
         images = sum(len(w.sample_ids) for w in to_embed)
@@ -41,7 +57,7 @@ class Engine(Indexer):
             )
             for w in to_embed
         )
-        n_cached = sum(1 for m in models if m.sha256 in cached)
+        n_cached = sum(1 for m in models if self.score_key(m) in cached)
         n_train = sum(r["split"] != "val" for r in rows)
         per_model = score_seconds(spec.cost_per_1k, n_train)
         score_secs = per_model * (len(models) - n_cached)
@@ -56,7 +72,7 @@ class Engine(Indexer):
                 w.model.name: {
                     "index": w.mode,
                     "embed": len(w.sample_ids),
-                    "score_cached": w.model.sha256 in cached,
+                    "score_cached": self.score_key(w.model) in cached,
                 }
                 for w in work
             },
@@ -101,12 +117,16 @@ class Engine(Indexer):
         cached = (
             {}
             if pool_relative
-            else self.registry.get_scores(rec.content_hash, proxy, pkey, [m.sha256 for m in models])
+            else self.registry.get_scores(
+                rec.content_hash, proxy, pkey, [self.score_key(m) for m in models]
+            )
         )
         result: dict[str, float | None] = {
-            m.name: cached[m.sha256]["score"] for m in models if m.sha256 in cached
+            m.name: cached[self.score_key(m)]["score"]
+            for m in models
+            if self.score_key(m) in cached
         }
-        missing = [m for m in models if m.sha256 not in cached]
+        missing = [m for m in models if self.score_key(m) not in cached]
         if not missing:
             self.last_report = IndexReport()  # nothing indexed or embedded for this query
             return result
@@ -142,7 +162,7 @@ class Engine(Indexer):
                 [
                     {
                         "task_hash": rec.content_hash,
-                        "model_sha": m.sha256,
+                        "model_sha": self.score_key(m),
                         "proxy": proxy,
                         "params": pkey,
                         "score": float(v),

@@ -19,12 +19,15 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from shift.errors import ShiftError
+from shift.records import ModelRecord
 
 FORMAT_VERSION = 1
+DEFAULT_BACKEND = "onnxruntime"
 SPACES: tuple[str, ...] = ("l2", "cosine")
 META_FILE = "meta.json"
 VECTORS_FILE = "vectors.npy"
@@ -78,17 +81,31 @@ class HnswConfig:
 
 
 class IndexKey(BaseModel):
-    """What an index was computed from: task data, model weights and preprocessing."""
+    """What an index was computed from: everything that changes its vectors (task data, model
+    weights, preprocessing, the inference backend that ran the model)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     task_hash: str
     model_sha: str
     preprocess: str
+    backend: str = DEFAULT_BACKEND
+
+    @classmethod
+    def of(cls, task_hash: str, model: ModelRecord, backend: str = DEFAULT_BACKEND) -> IndexKey:
+        """The key of ``model``'s index over task data ``task_hash``, embedded by ``backend``."""
+        return cls(
+            task_hash=task_hash,
+            model_sha=model.sha256,
+            preprocess=model.input.key(),
+            backend=backend,
+        )
 
     def digest(self) -> str:
-        """``sha256(canonical JSON of the key)[:16]``: keys sorted, no whitespace."""
-        canon = json.dumps(self.model_dump(), sort_keys=True, separators=(",", ":"))
+        """``sha256(canonical JSON of the key)[:16]``: keys sorted, no whitespace. The default
+        backend is left out, so keys from before the backend was part of them keep their digest."""
+        fields = self.model_dump(exclude={"backend"} if self.backend == DEFAULT_BACKEND else None)
+        canon = json.dumps(fields, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canon.encode()).hexdigest()[:16]
 
 
@@ -105,12 +122,21 @@ class IndexMeta(BaseModel):
     has_logits: bool = False
     logits_dim: int | None = Field(None, gt=0)
     providers: list[str] = Field(default_factory=list)
-    backend: str = Field("onnxruntime", description="the inference backend that embedded it")
+    backend: str = Field(DEFAULT_BACKEND, description="the inference backend that embedded it")
     hnsw: dict[str, int] = Field(default_factory=dict)
     created: str
     updated: str
     files: dict[str, str] = Field(default_factory=dict, description="file name -> sha256 hex")
     complete: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _key_backend(cls, data: Any) -> Any:
+        """A meta from before the key held the backend: its key's backend is the meta's."""
+        key = data.get("key") if isinstance(data, dict) else None
+        if isinstance(key, dict) and "backend" not in key:
+            data = {**data, "key": {**key, "backend": data.get("backend", DEFAULT_BACKEND)}}
+        return data
 
 
 def utcnow() -> str:
