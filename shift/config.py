@@ -3,12 +3,17 @@
 Resolution order for the home: an explicit ``home`` argument, then ``$SHIFT_HOME`` (registry in
 ``$SHIFT_HOME``, indexes in ``$SHIFT_HOME/indexes``), then a source checkout (``registry/`` and
 ``indexes/`` beside ``pyproject.toml``), else ``~/.shift``.
+
+A home is marked as one by a ``.shift-home`` file in its registry folder, written when the home is
+created. A home from before the marker gets it the first time it is opened, if its
+``registry.db`` holds shift's tables. ``shift doctor --repair`` changes only marked homes.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +22,9 @@ from shift.errors import InvalidNameError
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-]{0,127}")
 _QUERY_NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_\-]{0,127}")
 CATALOG_FILE = "catalog.yaml"
+HOME_MARKER = ".shift-home"
+QUARANTINE_DIR = "quarantine"
+_SHIFT_TABLES = frozenset({"models", "tasks", "samples", "scores"})
 
 
 def validate_name(name: str, kind: str = "name", *, queryable: bool = False) -> str:
@@ -31,6 +39,24 @@ def validate_name(name: str, kind: str = "name", *, queryable: bool = False) -> 
             hint=f"use letters, digits, '_' and '-', starting with {first} (max 128)",
         )
     return name
+
+
+def is_shift_registry(db_path: Path) -> bool:
+    """Whether ``db_path`` is an SQLite file holding shift's tables (read-only look: False when
+    it is absent, unreadable or another program's database)."""
+    if not db_path.is_file():
+        return False
+    try:
+        conn = sqlite3.connect(db_path.resolve().as_uri() + "?mode=ro", uri=True, timeout=5)
+    except sqlite3.Error:
+        return False
+    try:
+        rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+    except sqlite3.Error:
+        return False
+    finally:
+        conn.close()
+    return {r[0] for r in rows} >= _SHIFT_TABLES
 
 
 def _checkout_root() -> Path | None:
@@ -69,9 +95,38 @@ class Home:
             self.index_dir / validate_name(task, "task name") / validate_name(model, "model name")
         )
 
+    @property
+    def marker_path(self) -> Path:
+        """The file that marks this folder as a shift home (see the module docstring)."""
+        return self.registry_dir / HOME_MARKER
+
+    @property
+    def quarantine_dir(self) -> Path:
+        """Where ``doctor --repair`` moves files it does not recognise (never deleted)."""
+        return self.registry_dir / QUARANTINE_DIR
+
+    def is_marked(self) -> bool:
+        return self.marker_path.is_file()
+
+    def mark(self) -> bool:
+        """Write the home marker if it is absent; False where it cannot be written (read-only)."""
+        try:
+            with open(self.marker_path, "x") as f:
+                f.write("This folder is a shift home (registry, models, task data).\n")
+        except FileExistsError:
+            pass
+        except OSError:
+            return False
+        return True
+
     def ensure(self) -> Home:
+        """Create the home's folders; mark it as a home if it is new (no ``registry.db`` yet) or
+        its ``registry.db`` is a shift registry (a home from before the marker)."""
+        fresh = not self.db_path.exists()
         for d in (self.registry_dir, self.index_dir, self.models_dir, self.tasks_dir):
             d.mkdir(parents=True, exist_ok=True)
+        if not self.is_marked() and (fresh or is_shift_registry(self.db_path)):
+            self.mark()
         return self
 
     @classmethod

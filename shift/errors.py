@@ -66,3 +66,7 @@ class ModelFileError(ShiftError):
 
 class TaskDataError(ShiftError):
     """Task data that cannot be used: undecodable image, one class, mismatched lengths..."""
+
+
+class NotAHomeError(ShiftError):
+    """A folder that is not marked as a shift home, where an operation would change files."""

@@ -27,6 +27,12 @@ registry row or a model file in use, and skips an index directory another proces
 (its build lock is held). Files outside index directories are only removed when older than
 ``grace_s`` seconds, so that a model or task being added at this moment is not mistaken for an
 orphan.
+
+It deletes only files whose names shift writes where they lie (:mod:`shift.tools.doctor_files`):
+anything else is reported and moved to ``<home>/quarantine/<time>/``, never deleted, and a
+folder holding any such file is quarantined whole instead of removed. It repairs only a marked
+home (``.shift-home``, see :mod:`shift.config`): a home from before the marker is marked when
+its ``registry.db`` holds shift's tables; any other folder is refused (``NotAHomeError``).
 """
 
 from __future__ import annotations
@@ -35,8 +41,8 @@ import sqlite3
 import time
 from pathlib import Path
 
-from shift.config import Home
-from shift.errors import NotFoundError, ShiftError
+from shift.config import Home, is_shift_registry
+from shift.errors import NotAHomeError, NotFoundError, ShiftError
 from shift.tools.doctor_checks import DEFAULT_GRACE_S, _Doctor
 from shift.tools.doctor_report import DoctorReport, Finding, print_report
 
@@ -50,25 +56,44 @@ def doctor(
     grace_s: float = DEFAULT_GRACE_S,
 ) -> DoctorReport:
     """Check the shift home ``home`` (default: as ``shift`` resolves it); ``repair`` removes
-    what is safe to remove. Raises ``NotFoundError`` if there is no registry there."""
-    from shift.store.registry import Registry
-
+    what is safe to remove (on a marked home only: ``NotAHomeError`` otherwise). Raises
+    ``NotFoundError`` if there is no registry there."""
     t0 = time.perf_counter()
     h = home if isinstance(home, Home) else Home.resolve(home)
     if not h.db_path.is_file():
         raise NotFoundError(f"no shift registry at {h.db_path}")
+    ours = h.is_marked() or is_shift_registry(h.db_path)
+    if ours:
+        h.mark()  # a home from before the marker (best effort: a read-only home stays unmarked)
+    if repair and not h.is_marked():
+        raise NotAHomeError(
+            f"{h.registry_dir} is not marked as a shift home ({h.marker_path.name} is missing)"
+            + ("" if ours else f" and {h.db_path.name} is not a shift registry")
+            + ": refusing to repair it",
+            hint="point --home / SHIFT_HOME at a shift home; if this folder is one, create the "
+            f"marker (touch {h.marker_path}) and run doctor again",
+        )
     d = _Doctor(h, repair, grace_s)
-    if d.sqlite():
-        try:
-            reg = Registry(h)
-        except (sqlite3.Error, ShiftError) as e:
-            d.find("corrupt", "registry", h.db_path, f"the registry cannot be opened: {e}")
-        else:
-            try:
-                d.models(reg)
-                tasks = d.tasks(reg)
-                d.indexes(reg, tasks)
-            finally:
-                reg.close()
+    if d.sqlite() and not ours:  # opening it as a Registry would add shift's tables to it
+        d.find("corrupt", "registry", h.db_path, "not a shift registry (it has no shift tables)")
+    elif d.checked.get("registry"):  # readable
+        _check_registry(d, h)
     d.report.seconds = time.perf_counter() - t0
     return d.report
+
+
+def _check_registry(d: _Doctor, h: Home) -> None:
+    """Open the registry of ``h`` and check its models, tasks and indexes."""
+    from shift.store.registry import Registry
+
+    try:
+        reg = Registry(h)
+    except (sqlite3.Error, ShiftError) as e:
+        d.find("corrupt", "registry", h.db_path, f"the registry cannot be opened: {e}")
+        return
+    try:
+        d.models(reg)
+        tasks = d.tasks(reg)
+        d.indexes(reg, tasks)
+    finally:
+        reg.close()

@@ -5,102 +5,33 @@ findings, and repairs what is safe when asked."""
 from __future__ import annotations
 
 import hashlib
-import shutil
 import sqlite3
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from shift.config import Home
-from shift.errors import ShiftError
 from shift.fsutil import sha256_file
-from shift.tools.doctor_report import DoctorReport, Finding, Severity
+from shift.tools.doctor_files import (
+    DEFAULT_GRACE_S,
+    LOCK_FILES,
+    Recorder,
+    child_kind,
+    foreign,
+    is_temp_file,
+    remove_known,
+)
 
-DEFAULT_GRACE_S = 300.0
-LOCK_FILES = frozenset({".lock", ".build.lock"})
-
-
-def is_temp_file(name: str) -> bool:
-    """Temp files of shift's atomic writes: ``.<name>.tmp-<random>`` (``fsutil.temp_path``) and
-    ``.<name>.<random>.tmp`` (left by versions before fsutil had one naming scheme)."""
-    return name.startswith(".") and (name.endswith(".tmp") or ".tmp-" in name)
-
-
-def _age_s(path: Path) -> float:
-    try:
-        return time.time() - path.lstat().st_mtime
-    except OSError:
-        return 0.0
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
+__all__ = ["DEFAULT_GRACE_S", "is_temp_file"]
 
 
 def _clear_dir(root: Path) -> None:
-    """Delete everything in an index directory except its lock files (which a waiting builder
-    may hold open: deleting them would let a second builder in)."""
-    for p in root.iterdir():
-        if p.name not in LOCK_FILES:
-            _remove(p)
+    """Delete the files of an index directory except its lock files (which a waiting builder
+    may hold open: deleting them would let a second builder in) and anything foreign."""
+    remove_known(root, "index", keep=LOCK_FILES)
 
 
-class _Doctor:
-    def __init__(self, home: Home, repair: bool, grace_s: float) -> None:
-        self.home = home
-        self.repair = repair
-        self.grace_s = grace_s
-        self.report = DoctorReport(home=str(home.registry_dir), repair=repair)
-        self.checked = self.report.checked
-
-    # ---- recording ------------------------------------------------------------------------
-    def find(
-        self,
-        severity: Severity,
-        check: str,
-        path: Path | str | None,
-        message: str,
-        fix: Callable[[], Any] | None = None,
-        action: str = "",
-    ) -> Finding:
-        f = Finding(
-            severity=severity,
-            check=check,
-            path=None if path is None else str(path),
-            message=message,
-            repairable=fix is not None,
-            action=action if fix is not None else "",
-        )
-        if fix is not None and self.repair:
-            try:
-                fix()
-                f.repaired = True
-            except (OSError, ShiftError, sqlite3.Error) as e:
-                f.action = f"repair failed: {e}"
-        self.report.findings.append(f)
-        return f
-
-    def old_enough(self, path: Path) -> bool:
-        return _age_s(path) >= self.grace_s
-
-    def stray(self, path: Path, check: str, what: str) -> None:
-        """A file or folder nothing uses: removable once older than the grace period."""
-        young = not self.old_enough(path)
-        self.find(
-            "leftover" if is_temp_file(path.name) else "orphan",
-            check,
-            path,
-            f"{what}" + (f" (younger than {self.grace_s:.0f} s: left alone)" if young else ""),
-            None if young else (lambda: _remove(path)),
-            "remove",
-        )
-
+class _Doctor(Recorder):
     # ---- registry ---------------------------------------------------------------------------
     def sqlite(self) -> bool:
         """integrity_check + foreign_key_check on a plain connection; False if unreadable."""
@@ -163,7 +94,9 @@ class _Doctor:
             self.checked["models"] = self.checked.get("models", 0) + 1
         d = self.home.models_dir
         for f in sorted(d.iterdir()) if d.is_dir() else []:
-            if f.resolve() not in used:
+            if child_kind("models", f) is None:
+                self.alien(f, "model_file")
+            elif f.resolve() not in used:
                 what = "temp file of an interrupted copy" if is_temp_file(f.name) else None
                 self.stray(f, "model_file", what or "model file no registered model uses")
 
@@ -196,13 +129,17 @@ class _Doctor:
             for chunk, last in sorted(need.items()):
                 self.chunk(rec.name, tdir / chunk, last)
             for f in sorted(tdir.iterdir()) if tdir.is_dir() else []:
-                if f.name not in need:
+                if child_kind("task", f) is None:
+                    self.alien(f, "task_data")
+                elif f.name not in need:
                     what = "temp file of an interrupted write" if is_temp_file(f.name) else None
                     self.stray(f, "task_data", what or f"task {rec.name!r}: chunk no sample uses")
         d = self.home.tasks_dir
         for t in sorted(d.iterdir()) if d.is_dir() else []:
-            if t.name not in known:
-                self.stray(t, "task_data", "task data of no registered task")
+            if child_kind("tasks", t) is None:
+                self.alien(t, "task_data")
+            elif t.name not in known:
+                self.stray(t, "task_data", "task data of no registered task", kind="task")
         return known
 
     def chunk(self, task: str, path: Path, last: int) -> None:
@@ -255,24 +192,29 @@ class _Doctor:
         root = self.home.index_dir
         seen: set[tuple[str, str]] = set()
         for tdir in sorted(root.iterdir()) if root.is_dir() else []:
-            if not tdir.is_dir():
-                if is_temp_file(tdir.name):
-                    self.stray(tdir, "files", "temp file")
-                elif not tdir.name.startswith("."):
-                    self.find("orphan", "files", tdir, "unexpected file among the indexes")
+            kind = child_kind("indexes", tdir)
+            if kind == "file":
+                self.stray(tdir, "files", "temp file")
+                continue
+            if kind is None:
+                if not tdir.name.startswith("."):  # e.g. a checkout's indexes/.gitkeep
+                    self.alien(tdir, "files")
                 continue
             if tdir.name not in tasks:
-                self.unknown_dir(tdir, f"indexes of task {tdir.name!r}, which is not registered")
+                what = f"indexes of task {tdir.name!r}, which is not registered"
+                self.unknown_dir(tdir, what, "index_task")
                 continue
             for mdir in sorted(tdir.iterdir()):
-                if not mdir.is_dir():
-                    if is_temp_file(mdir.name):
+                kind = child_kind("index_task", mdir)
+                if kind != "index":
+                    if kind == "file":
                         self.stray(mdir, "files", "temp file")
                     else:
-                        self.find("orphan", "files", mdir, "unexpected file among the indexes")
+                        self.alien(mdir, "files")
                     continue
                 if mdir.name not in models:
-                    self.unknown_dir(mdir, f"index of model {mdir.name!r}, which is not registered")
+                    what = f"index of model {mdir.name!r}, which is not registered"
+                    self.unknown_dir(mdir, what, "index")
                     continue
                 seen.add((tdir.name, mdir.name))
                 with build_lock(mdir, blocking=False) as mine:
@@ -295,7 +237,8 @@ class _Doctor:
                     "query",
                 )
 
-    def unknown_dir(self, path: Path, what: str) -> None:
+    def unknown_dir(self, path: Path, what: str, kind: str) -> None:
+        """An index folder (``kind``: index_task or index) of an unknown task or model."""
         from shift.store.index.lock import build_lock
 
         for d in [path, *path.glob("*")]:
@@ -305,7 +248,7 @@ class _Doctor:
                 if not mine:
                     self.find("orphan", "index", path, what + " (in use: left alone)")
                     return
-        self.find("orphan", "index", path, what, lambda: _remove(path), "remove")
+        self.dispose("orphan", "index", path, what, kind)
 
     def index(
         self,
@@ -315,22 +258,28 @@ class _Doctor:
         mdir: Path,
         entries: dict[tuple[str, str], dict[str, Any]],
     ) -> None:
-        from shift.store.index.meta import FORMAT_VERSION, IndexCorruptError, IndexKey
+        from shift.store.index.meta import (
+            DEFAULT_BACKEND,
+            FORMAT_VERSION,
+            IndexCorruptError,
+            IndexKey,
+        )
         from shift.store.index.store import IndexStore
 
         rec, rows = task
         self.checked["index_dirs"] = self.checked.get("index_dirs", 0) + 1
         store = IndexStore(mdir)
-        want = IndexKey(
-            task_hash=rec.data_hash, model_sha=model.sha256, preprocess=model.input.key()
-        )
         label = f"index ({rec.name}, {model.name})"
+        for alien in foreign(mdir, "index"):  # first: what follows removes only shift's files
+            self.alien(alien, "index", f"{label}: not a file shift writes in an index")
         drop = (lambda: _clear_dir(mdir)), "delete it (rebuilt on the next query)"
         meta = None
         try:
             meta = store.read_meta()
         except IndexCorruptError as e:
             self.find("corrupt", "index", e.path or mdir, f"{label}: {e.message}", *drop)
+        backend = meta.key.backend if meta is not None else DEFAULT_BACKEND  # whichever built it
+        want = IndexKey.of(rec.data_hash, model, backend)
         idx = None
         if meta is not None and meta.complete:
             try:
@@ -432,7 +381,7 @@ class _Doctor:
                 "index",
                 p,
                 f"{label}: {batches} stored batches {why}",
-                lambda p=p: shutil.rmtree(p, ignore_errors=True),
+                lambda p=p: remove_known(p, "parts"),
                 "remove",
             )
 
