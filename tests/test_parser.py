@@ -883,3 +883,36 @@ def test_nesting_at_the_limit_parses() -> None:
     while isinstance(node, Not):
         depth, node = depth + 1, node.expr
     assert depth == MAX_EXPR_DEPTH
+
+
+# ---- integers SQLite cannot hold (issue 12, item 10) ------------------------------------------
+
+WHERE = "SELECT * FROM models WHERE "
+
+
+@pytest.mark.parametrize(
+    ("condition", "column"),
+    [
+        ("params < 9223372036854775808", 10),  # 2**63
+        ("dim IN (1, -9223372036854775809)", 12),  # -2**63 - 1
+        ("upstream_size >= 1e19", 18),
+        ("NOT (imagenet_top1 > 99999999999999999999)", 22),
+    ],
+)
+def test_integers_beyond_64_bits_are_positioned_errors(
+    registry: Registry, condition: str, column: int
+) -> None:
+    with pytest.raises(QueryError) as e:
+        plan_text(WHERE + condition, registry)
+    assert (e.value.line, e.value.column) == (1, len(WHERE) + column), str(e.value)
+    assert "out of range" in e.value.message and "64-bit" in (e.value.hint or "")
+    # saved in a pool: refused with the position in the condition, nothing saved
+    with pytest.raises(QueryError) as e:
+        registry.add_pool("huge", condition)
+    assert e.value.column == column and registry.get_pool("huge") is None
+
+
+def test_the_64_bit_limits_themselves_run(registry: Registry) -> None:
+    p = plan_text(WHERE + "params <= 9223372036854775807 AND dim >= -9223372036854775808", registry)
+    assert p.where_sql[1] == [2**63 - 1, -(2**63)]
+    assert {m.name for m in registry.models(*p.where_sql)} == {"m1", "m2"}

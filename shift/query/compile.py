@@ -12,6 +12,7 @@ from shift.query import ast
 from shift.query.columns import COLUMNS, TASK_COLUMN, Column
 
 _OPS = {"=", "!=", "<", "<=", ">", ">="}
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # what SQLite can bind
 
 
 def _error(text: str, span: ast.Span, msg: str, hint: str | None) -> QueryError:
@@ -48,6 +49,15 @@ def _value(col: Column, lit: ast.Literal, text: str) -> Any:
                     lit.pos,
                     f"{col.name} is a number, got {v!r}",
                     f"compare {col.name} with a number, e.g. {col.name} < 30M",
+                )
+            )
+        if isinstance(v, int) and not INT64_MIN <= v <= INT64_MAX:  # SQLite would overflow
+            _raise(
+                _error(
+                    text,
+                    lit.pos,
+                    f"number {v} is out of range",
+                    f"numbers in a condition lie within ±{INT64_MAX:,} (64-bit integers)",
                 )
             )
         return v
