@@ -377,12 +377,15 @@ def index_cmd(
     executor: ExecOpt = "ray",
     ray_address: RayOpt = None,
 ) -> None:
-    """Precompute the embedding indexes of TASK for every model in a pool."""
+    """Precompute the embedding indexes of TASK for every model in a pool; exit 1 if any model
+    failed (each is named on stderr)."""
     from shift.render import print_index_report
 
     with _client(home, executor, ray_address) as c:
         rep = c.index(task, pool=pool)
     print_index_report(task, rep, out, err)
+    if rep.failed:
+        raise typer.Exit(1)
 
 
 @command(app, "finetune")
