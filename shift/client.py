@@ -39,8 +39,10 @@ DataKind = Literal["images", "npz"]
 
 
 class Client:
-    """One shift home. ``executor`` ("auto", "ray", "inprocess"), ``ray_address``, ``progress``
-    and ``backend`` configure the engine, made on the first query that needs embeddings."""
+    """One shift home. ``executor`` ("auto", "ray", "inprocess"), ``ray_address``, ``progress``,
+    ``backend``, ``batch_timeout_s`` (per inference batch; ``$SHIFT_BATCH_TIMEOUT_S``, else 600)
+    and ``lock_timeout_s`` (wait for another build of an index; ``$SHIFT_LOCK_TIMEOUT_S``, else
+    1800) configure the engine, made on the first query that needs embeddings."""
 
     def __init__(
         self,
@@ -50,6 +52,8 @@ class Client:
         ray_address: str | None = None,
         progress: bool = False,
         backend: str = "onnxruntime",
+        batch_timeout_s: float | None = None,
+        lock_timeout_s: float | None = None,
     ) -> None:
         self.home = Home.resolve(home)
         self.progress = progress
@@ -58,6 +62,8 @@ class Client:
             "ray_address": ray_address,
             "progress": progress,
             "backend": backend,
+            "batch_timeout_s": batch_timeout_s,
+            "lock_timeout_s": lock_timeout_s,
         }
         self._engine: ScoreSource | None = None
 

@@ -17,7 +17,7 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
-from shift.errors import InvalidNameError
+from shift.errors import InvalidNameError, ShiftError
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-]{0,127}")
 _QUERY_NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_\-]{0,127}")
@@ -57,6 +57,25 @@ def is_shift_registry(db_path: Path) -> bool:
     finally:
         conn.close()
     return {r[0] for r in rows} >= _SHIFT_TABLES
+
+
+def seconds_setting(value: float | None, env: str, default: float) -> float:
+    """A duration in seconds: ``value`` when given, else ``$env`` when set, else ``default``.
+    It must be a positive finite number (``ShiftError`` naming where it came from otherwise)."""
+    raw: float | str | None = value if value is not None else os.environ.get(env, "").strip()
+    if raw in (None, ""):
+        return float(default)
+    where = "the given value" if value is not None else f"${env}"
+    try:
+        seconds = float(raw)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        seconds = float("nan")
+    if not (0 < seconds < float("inf")):
+        raise ShiftError(
+            f"{where} {raw!r} is not a usable number of seconds",
+            hint=f"give a positive number of seconds, e.g. {env}={default:g}",
+        )
+    return seconds
 
 
 def _checkout_root() -> Path | None:

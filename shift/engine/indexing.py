@@ -77,6 +77,8 @@ class Indexer:
         progress: bool = False,
         batch_size: int = DEFAULT_BATCH,
         backend: str = "onnxruntime",
+        batch_timeout_s: float | None = None,
+        lock_timeout_s: float | None = None,
     ) -> None:
         from shift.inference.embedder import backend_factory
 
@@ -88,6 +90,8 @@ class Indexer:
         self.ray_address = ray_address
         self.progress = progress
         self.batch_size = batch_size
+        self.batch_timeout_s = batch_timeout_s  # None: $SHIFT_BATCH_TIMEOUT_S, else 600 s
+        self.lock_timeout_s = lock_timeout_s  # None: $SHIFT_LOCK_TIMEOUT_S, else 1800 s
         self._executor: Any = None
         self.last_report: IndexReport | None = None
         self._sha_cache: dict[tuple[Any, ...], str] = {}  # file identity -> sha256
@@ -97,7 +101,9 @@ class Indexer:
         if self._executor is None:
             from shift.inference.executors import make_executor
 
-            self._executor = make_executor(self.executor_kind, address=self.ray_address)
+            self._executor = make_executor(
+                self.executor_kind, address=self.ray_address, batch_timeout_s=self.batch_timeout_s
+            )
         return self._executor
 
     def close(self) -> None:
@@ -179,7 +185,7 @@ class Indexer:
         plan those again: another process may have built them while we waited."""
         busy = sorted((w.model.name, w) for w in work if w.mode != "ready")
         for _, w in busy:
-            locks.enter_context(build_lock(w.store.root))
+            locks.enter_context(build_lock(w.store.root, timeout_s=self.lock_timeout_s))
         again = {w.model.name: w for w in self._plan(rec, [w.model for _, w in busy], rows)}
         return [again.get(w.model.name, w) for w in work]
 

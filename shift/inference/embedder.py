@@ -31,6 +31,8 @@ class Embedder(Protocol):
 
     ``providers`` and ``device`` say what it actually runs on, read back from the runtime (e.g.
     ``["CUDAExecutionProvider", "CPUExecutionProvider"]`` and ``"cuda"``), never the request.
+    An embedder may also offer ``cancel()``: called from another thread when a batch runs past
+    the inference timeout, it should make the running ``embed`` stop (raising).
     """
 
     name: str

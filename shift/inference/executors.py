@@ -10,11 +10,15 @@ from shift.inference.ray_executor import RayExecutor
 
 
 def make_executor(
-    kind: str = "auto", address: str | None = None, num_actors: int | None = None
+    kind: str = "auto",
+    address: str | None = None,
+    num_actors: int | None = None,
+    batch_timeout_s: float | None = None,
 ) -> InProcessExecutor | RayExecutor:
-    """ "inprocess" -> ``InProcessExecutor``; "ray" or "auto" -> ``RayExecutor``."""
+    """ "inprocess" -> ``InProcessExecutor``; "ray" or "auto" -> ``RayExecutor``. A batch that
+    runs past ``batch_timeout_s`` (default: ``jobs.batch_timeout()``) fails its model."""
     if kind == "inprocess":
-        return InProcessExecutor()
+        return InProcessExecutor(batch_timeout_s=batch_timeout_s)
     if kind in ("ray", "auto"):
-        return RayExecutor(num_actors=num_actors, address=address)
+        return RayExecutor(num_actors=num_actors, address=address, batch_timeout_s=batch_timeout_s)
     raise ShiftError(f"unknown executor {kind!r}", hint="use 'auto', 'ray' or 'inprocess'")

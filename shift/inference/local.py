@@ -6,19 +6,33 @@ from __future__ import annotations
 from shift.errors import ShiftError
 from shift.inference.embedder import make_embedder
 from shift.inference.job_progress import ProgressView
-from shift.inference.jobs import EmbedJob, FailureFn, JobFailure, ResultFn, embed_batch
+from shift.inference.jobs import (
+    EmbedJob,
+    FailureFn,
+    JobFailure,
+    ResultFn,
+    batch_timeout,
+    embed_batch,
+)
 
 
 class InProcessExecutor:
     """Runs the jobs one after the other in this process, each through its job's backend.
 
-    A model that fails to load fails its job before any batch is pulled. ``inference_calls``
-    counts batches handed to a model (including one that failed).
+    A model that fails to load fails its job before any batch is pulled; so does a batch that
+    runs past ``batch_timeout_s`` (see ``jobs.batch_timeout``). ``inference_calls`` counts
+    batches handed to a model (including one that failed).
     """
 
-    def __init__(self, device: str = "auto", intra_op_threads: int | None = None) -> None:
+    def __init__(
+        self,
+        device: str = "auto",
+        intra_op_threads: int | None = None,
+        batch_timeout_s: float | None = None,
+    ) -> None:
         self.device = device
         self.intra_op_threads = intra_op_threads
+        self.batch_timeout_s = batch_timeout(batch_timeout_s)
         self.inference_calls = 0
 
     def run(
@@ -45,7 +59,9 @@ class InProcessExecutor:
                 for batch_id, images in job.batches:
                     self.inference_calls += 1
                     try:
-                        result = embed_batch(embedder, job.model_name, batch_id, images)
+                        result = embed_batch(
+                            embedder, job.model_name, batch_id, images, self.batch_timeout_s
+                        )
                     except ShiftError as e:
                         on_failure(JobFailure(job.model_name, str(e)))
                         view.fail(j)

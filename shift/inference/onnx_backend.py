@@ -65,7 +65,9 @@ class OnnxEmbedder:
     ``session.get_providers()`` -- the providers actually in use -- ``on_gpu`` says whether CUDA
     is among them and the ``device`` property is then "cuda", else "cpu".
     Raises ``ModelFileError`` naming the model when the file cannot be loaded or does not have
-    the inputs/outputs the record names.
+    the inputs/outputs the record names. A graph exported with a fixed batch size (often 1) is
+    run that many images at a time. ``cancel()`` (from another thread) stops a running
+    ``embed``, which then raises ``ModelFileError``.
     """
 
     def __init__(
@@ -130,6 +132,9 @@ class OnnxEmbedder:
                 )
         self._input_dtype = _NP_TYPES.get(inputs[rec.input_name].type, np.float32)
         self._outputs = [rec.output] + ([rec.head_output] if rec.head_output else [])
+        batch = (inputs[rec.input_name].shape or [None])[0]
+        self._fixed_batch = batch if isinstance(batch, int) and batch > 0 else None
+        self._run_options: Any = None
 
     def embed(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """uint8 NHWC batch -> (embeddings float32 (N, record.dim), logits float32
@@ -148,16 +153,46 @@ class OnnxEmbedder:
             return emb, logits
         if x.dtype != self._input_dtype:
             x = x.astype(self._input_dtype)
+        import onnxruntime as ort
+
+        self._run_options = run_options = ort.RunOptions()
+        run_options.log_severity_level = 4  # a failure is raised below; a cancel is not an error
         try:
-            outs = self.session.run(self._outputs, {rec.input_name: x})
+            outs = self._run(x, run_options)
         except Exception as e:
             raise ModelFileError(f"model {rec.name!r}: inference failed: {_reason(e)}") from e
+        finally:
+            self._run_options = None
 
         emb = self._check(_flatten(outs[0], n), n, rec.dim, rec.output)
         logits = None
         if rec.head_output is not None:
             logits = self._check(_flatten(outs[1], n), n, rec.head_classes, rec.head_output)
         return emb, logits
+
+    def _run(self, x: np.ndarray, run_options: Any) -> list[np.ndarray]:
+        """The session's outputs for ``x``; a fixed-batch graph gets ``x`` in slices of its
+        batch size (the last one zero-padded, the padding's rows dropped)."""
+        feed = self.record.input_name
+        k = self._fixed_batch
+        if k is None or len(x) == k:
+            return self.session.run(self._outputs, {feed: x}, run_options)
+        parts = []
+        for i in range(0, len(x), k):
+            chunk = x[i : i + k]
+            m = len(chunk)
+            if m < k:
+                pad = np.zeros((k - m, *chunk.shape[1:]), chunk.dtype)
+                chunk = np.concatenate([chunk, pad])
+            outs = self.session.run(self._outputs, {feed: chunk}, run_options)
+            parts.append([np.asarray(o)[:m] for o in outs])
+        return [np.concatenate([p[j] for p in parts]) for j in range(len(self._outputs))]
+
+    def cancel(self) -> None:
+        """Stop the ``embed`` running in another thread, if any (ONNX Runtime's terminate)."""
+        run_options = self._run_options
+        if run_options is not None:
+            run_options.terminate = True
 
     def _check(self, arr: np.ndarray, n: int, dim: int | None, output: str) -> np.ndarray:
         name = self.record.name

@@ -12,7 +12,15 @@ import numpy as np
 
 from shift.errors import ShiftError
 from shift.inference.job_progress import ProgressView
-from shift.inference.jobs import Batch, BatchResult, EmbedJob, FailureFn, JobFailure, ResultFn
+from shift.inference.jobs import (
+    Batch,
+    BatchResult,
+    EmbedJob,
+    FailureFn,
+    JobFailure,
+    ResultFn,
+    batch_timeout,
+)
 from shift.inference.ray_pool import _POOL, ModelSpec, _PoolPlan, plan_pool
 
 log = logging.getLogger(__name__)
@@ -27,12 +35,19 @@ class RayExecutor:
     At most ``MAX_IN_FLIGHT_PER_ACTOR`` batches per actor and about half the object store are in
     flight at once, so a big dataset is never shipped in one go. Images travel as numpy arrays.
     A job's backend must be registered in this process; workers import its module themselves.
+    A batch that runs past ``batch_timeout_s`` (see ``jobs.batch_timeout``) fails its model.
     ``inference_calls`` counts batches submitted to actors.
     """
 
-    def __init__(self, num_actors: int | None = None, address: str | None = None) -> None:
+    def __init__(
+        self,
+        num_actors: int | None = None,
+        address: str | None = None,
+        batch_timeout_s: float | None = None,
+    ) -> None:
         self.num_actors = num_actors
         self.address = address
+        self.batch_timeout_s = batch_timeout(batch_timeout_s)
         self.inference_calls = 0
         self.last_plan: _PoolPlan | None = None
 
@@ -117,7 +132,9 @@ class RayExecutor:
                             break
                         pending = None
                         name = jobs[j].model_name
-                        ref = actors[a].embed.remote(specs[j], name, batch_id, images)
+                        ref = actors[a].embed.remote(
+                            specs[j], name, batch_id, images, self.batch_timeout_s
+                        )
                         inflight[ref] = (j, a, actors[a], images.nbytes)
                         inflight_bytes += images.nbytes
                         load[a] += 1

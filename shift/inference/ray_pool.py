@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from shift.errors import ShiftError
+from shift.errors import InferenceTimeoutError, ShiftError
 from shift.inference.embedder import Embedder, backend_module, make_embedder
 from shift.inference.jobs import BatchResult, EmbedJob, JobFailure, embed_batch
 from shift.records import ModelRecord
@@ -65,11 +65,20 @@ class EmbedWorker:
         return embedder
 
     def embed(
-        self, spec: ModelSpec, model_name: str, batch_id: str, images: np.ndarray
+        self,
+        spec: ModelSpec,
+        model_name: str,
+        batch_id: str,
+        images: np.ndarray,
+        timeout_s: float | None = None,
     ) -> BatchResult | JobFailure:
-        """The batch's result, or a ``JobFailure`` for a model (or backend) error."""
+        """The batch's result, or a ``JobFailure`` for a model (or backend) error or a batch
+        that ran past ``timeout_s`` (its embedder is then dropped from the cache)."""
         try:
-            return embed_batch(self._embedder(spec), model_name, batch_id, images)
+            return embed_batch(self._embedder(spec), model_name, batch_id, images, timeout_s)
+        except InferenceTimeoutError as e:
+            self._cache.pop(spec, None)
+            return JobFailure(model_name, str(e))
         except ShiftError as e:
             return JobFailure(model_name, str(e))
 

@@ -62,8 +62,10 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     """Make sure Ray is initialised in this process; a no-op when it already is.
 
     With ``address`` (or ``$SHIFT_RAY_ADDRESS``) join that existing cluster. Otherwise start a
-    local one with ``num_cpus`` (default: ``os.cpu_count()``) after setting (``setdefault``)
-    RAY_AUTH_MODE=disabled, RAY_USAGE_STATS_ENABLED=0 and RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0.
+    local one of our own with ``num_cpus`` (default: ``os.cpu_count()``) after setting
+    (``setdefault``) RAY_AUTH_MODE=disabled, RAY_USAGE_STATS_ENABLED=0 and
+    RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 -- ``address="local"``, so neither ``$RAY_ADDRESS`` nor
+    another Ray on the machine (``ray start``, a stale ``ray_current_cluster`` file) is joined.
     """
     address = address or os.environ.get(ADDRESS_ENV) or None
     with _lock:
@@ -81,6 +83,7 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         _sync_loopback_constant()
         _export_source_root()
         ray.init(
+            address="local",
             num_cpus=num_cpus or os.cpu_count(),
             include_dashboard=False,
             log_to_driver=False,
