@@ -331,7 +331,7 @@ def _read(
 ) -> tuple[Samples, str, str]:
     """Samples, record kind and source text for ``data``; ``kind`` defaults to "images" for a
     folder and "npz" for a file; ``classes`` extends an existing class list (image folders)."""
-    from shift.store.readers import read_image_folder, read_npz
+    from shift.store.readers import path_text, read_image_folder, read_npz
 
     if isinstance(data, Samples):
         return data, "generated", "python"
@@ -341,9 +341,9 @@ def _read(
             raise NotFoundError(f"{path}: no such file or folder")
         kind = "images" if path.is_dir() else "npz"
     if kind == "images":
-        return read_image_folder(path, store_size, classes), "images", str(path)
+        return read_image_folder(path, store_size, classes), "images", path_text(path)
     if kind == "npz":
-        return read_npz(path), "npz", str(path)
+        return read_npz(path), "npz", path_text(path)
     raise ShiftError(f"unknown task data kind {kind!r}", hint="images or npz")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from typing import Any, Literal
 
 import numpy as np
@@ -179,3 +180,4 @@ class Samples:
     splits: list[str] | None  # None → assign by hash
     classes: list[str]
     origin: list[str]  # file names or "npz[i]" for error messages
+    skipped: list[str] = dataclass_field(default_factory=list)  # files read past: not images

@@ -1,12 +1,16 @@
 """Read what an ONNX file says about itself: image input, outputs and their sizes, parameters.
 
 ``describe_onnx`` never runs the model; it validates the graph (``onnx.checker``) and reports a
-broken or unsuitable file as a :class:`ModelFileError` naming it."""
+broken or unsuitable file as a :class:`ModelFileError` naming it: among them a graph with no
+outputs, and one that keeps tensors in external data files (only the ``.onnx`` file is copied
+into the home and hashed, so such a model could never load there)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from shift.errors import ModelFileError
 
@@ -49,14 +53,28 @@ def describe_onnx(path: str | Path) -> OnnxInfo:
         raise ModelFileError("the onnx package is needed to read models") from e
     try:
         model = onnx.load(str(p), load_external_data=False)
-        onnx.checker.check_model(model)
+        external = _external_data(model.graph)
+        if not external:
+            onnx.checker.check_model(model)
     except Exception as e:  # onnx raises DecodeError, ValidationError, OSError...
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelFileError(
             f"{p.name}: not a valid ONNX model ({first[:200]})",
             hint="check the file is complete and was exported with onnx",
         ) from None
+    if external:
+        raise ModelFileError(
+            f"{p.name}: {len(external)} tensors are stored in external data files "
+            f"({', '.join(sorted(set(external))[:3])}); shift copies and hashes only the "
+            ".onnx file, so this model could not load from the home",
+            hint="save it as one file: onnx.save(onnx.load(path), out_path) (models < 2 GB)",
+        )
     graph = model.graph
+    if not graph.output:
+        raise ModelFileError(
+            f"{p.name}: the graph has no outputs, so there is no embedding to read",
+            hint="export the model with its embedding (and logits) as graph outputs",
+        )
     init_names = {i.name for i in graph.initializer}
 
     def info(v: object) -> TensorInfo:
@@ -84,6 +102,32 @@ def describe_onnx(path: str | Path) -> OnnxInfo:
         params=params,
         opset=opset,
     )
+
+
+def _external_data(graph: Any) -> list[str]:
+    """The external data file of every tensor of ``graph`` (subgraphs included) stored outside
+    the model file."""
+    import onnx
+
+    def tensors(g: Any) -> Iterator[Any]:
+        yield from g.initializer
+        for sparse in g.sparse_initializer:
+            yield from (sparse.values, sparse.indices)
+        for node in g.node:
+            for attr in node.attribute:
+                if attr.HasField("t"):
+                    yield attr.t
+                yield from attr.tensors
+                if attr.HasField("g"):
+                    yield from tensors(attr.g)
+                for sub in attr.graphs:
+                    yield from tensors(sub)
+
+    return [
+        next((e.value for e in t.external_data if e.key == "location"), "?")
+        for t in tensors(graph)
+        if t.data_location == onnx.TensorProto.EXTERNAL
+    ]
 
 
 def pick_outputs(
