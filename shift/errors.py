@@ -78,3 +78,8 @@ class LockTimeoutError(ShiftError):
 
 class NotAHomeError(ShiftError):
     """A folder that is not marked as a shift home, where an operation would change files."""
+
+
+class BackendError(ShiftError):
+    """An inference backend that cannot run a model here: a missing package, a graph it cannot
+    convert, or outputs that disagree with ONNX Runtime's."""

@@ -66,12 +66,13 @@ def build_tiny_cnn(
     nan: bool = False,
     name: str | None = None,
     spatial_output: bool = False,
+    opset: int | None = None,
 ) -> ModelRecord:
     """Export a seeded ``TinyCNN`` to ``path`` (input "input" NCHW float32 (B, 3, size, size),
     dynamic batch; outputs "embedding" and, with ``classes``, "logits") and return its record.
 
     ``nan=True``: every output is NaN. ``spatial_output=True``: the embedding is (B, dim, 1, 1).
-    ``name`` defaults to the file stem.
+    ``name`` defaults to the file stem; ``opset``, to the exporter's default.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -89,6 +90,7 @@ def build_tiny_cnn(
             output_names=outputs,
             dynamic_axes={n: {0: "batch"} for n in ["input", *outputs]},
             dynamo=False,
+            opset_version=opset,
         )
     return ModelRecord(
         name=name or path.stem,

@@ -59,7 +59,10 @@ _BACKENDS: dict[str, EmbedderFactory] = {}
 
 def _load_builtins() -> None:
     """Import the built-in backend modules; each registers itself when imported."""
-    from shift.inference import onnx_backend  # noqa: F401  (registers "onnxruntime")
+    from shift.inference import (
+        onnx_backend,  # noqa: F401  (registers "onnxruntime")
+        torch_backend,  # noqa: F401  (registers "torch")
+    )
 
 
 def register_backend(name: str) -> Callable[[F], F]:

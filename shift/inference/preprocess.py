@@ -8,14 +8,40 @@ from PIL import Image
 from shift.records import InputSpec
 
 
-def _resize_one(img: np.ndarray, spec: InputSpec) -> np.ndarray:
-    """Crop/resize one uint8 (H, W, C) image to (spec.height, spec.width, C), bilinear via PIL."""
-    h, w = img.shape[:2]
+def crop_box(h: int, w: int, spec: InputSpec) -> tuple[int, int, int, int]:
+    """``(top, left, height, width)`` of the part of an (h, w) image that is resized to the
+    model's size: the centred largest square for ``resize == "center_crop"``, else all of it."""
     if spec.resize == "center_crop" and h != w:
         s = min(h, w)
-        top, left = (h - s) // 2, (w - s) // 2
-        img = img[top : top + s, left : left + s]
-        h = w = s
+        return (h - s) // 2, (w - s) // 2, s, s
+    return 0, 0, h, w
+
+
+def normalisation(spec: InputSpec) -> tuple[np.ndarray, np.ndarray]:
+    """``(mean, std)``, float32 arrays of ``spec.channels`` values on the 0..1 pixel scale (a
+    single value broadcast): ``x = (pixel / 255 - mean[c]) / std[c]``."""
+    shape = (spec.channels,)
+    mean = np.broadcast_to(np.asarray(spec.mean, np.float32), shape)
+    return mean.copy(), np.broadcast_to(np.asarray(spec.std, np.float32), shape).copy()
+
+
+def check_batch(images: np.ndarray) -> np.ndarray:
+    """``images`` as a uint8 (N, H, W, C) array, C in {1, 3} ((N, H, W) is read as grayscale);
+    ``ValueError`` for anything else."""
+    arr = np.asarray(images)
+    if arr.dtype != np.uint8:
+        raise ValueError(f"images must be uint8, got {arr.dtype}")
+    if arr.ndim == 3:
+        arr = arr[..., None]
+    if arr.ndim != 4 or arr.shape[3] not in (1, 3):
+        raise ValueError(f"images must be (N, H, W, C) with C in {{1, 3}}, got shape {arr.shape}")
+    return arr
+
+
+def _resize_one(img: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """Crop/resize one uint8 (H, W, C) image to (spec.height, spec.width, C), bilinear via PIL."""
+    top, left, h, w = crop_box(img.shape[0], img.shape[1], spec)
+    img = img[top : top + h, left : left + w]
     if (h, w) == (spec.height, spec.width):
         return img
     channels = img.shape[2]
@@ -37,13 +63,7 @@ def preprocess(images: np.ndarray, spec: InputSpec) -> np.ndarray:
     channels reversed when ``spec.color == "BGR"``, and transposed to NCHW when
     ``spec.layout == "NCHW"``. The result is a C-contiguous float32 array.
     """
-    arr = np.asarray(images)
-    if arr.dtype != np.uint8:
-        raise ValueError(f"images must be uint8, got {arr.dtype}")
-    if arr.ndim == 3:
-        arr = arr[..., None]
-    if arr.ndim != 4 or arr.shape[3] not in (1, 3):
-        raise ValueError(f"images must be (N, H, W, C) with C in {{1, 3}}, got shape {arr.shape}")
+    arr = check_batch(images)
     n, h, w, _ = arr.shape
     if n and (h, w) != (spec.height, spec.width):
         arr = np.stack([_resize_one(img, spec) for img in arr])
@@ -56,8 +76,7 @@ def preprocess(images: np.ndarray, spec: InputSpec) -> np.ndarray:
             x = np.repeat(x, 3, axis=3)
         else:
             x = x.mean(axis=3, keepdims=True, dtype=np.float32)
-    mean = np.asarray(spec.mean, np.float32)
-    std = np.asarray(spec.std, np.float32)
+    mean, std = normalisation(spec)
     x = (x - mean) / std
     if spec.color == "BGR" and spec.channels == 3:
         x = x[..., ::-1]

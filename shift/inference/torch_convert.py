@@ -1,0 +1,195 @@
+"""ONNX -> torch for the "torch" backend, through onnx2torch (imported here, lazily).
+
+onnx2torch 1.5.15 converts each node by its (type, version) and has no converter for several
+versions newer than opset 17 (``Constant`` 19+, ``ConstantOfShape`` 20+, ``ReduceMean`` 18+...),
+while shift's catalog is exported at opset 20; and it reads weights only from initializers. So
+``Constant`` nodes, and ``Identity`` nodes of an initializer, become initializers first (the
+same tensors), and ``convert_onnx`` then tries, in order:
+
+1. the graph as it is;
+2. the graph taken down to opset 17 by ``onnx.version_converter``;
+3. when (2) has no adapter for ``ConstantOfShape`` (EfficientNet-Lite): every
+   ``ConstantOfShape(shape; value=v)`` rewritten to the equivalent ``Expand(v as a 0-d tensor,
+   shape)``, then (2) again.
+
+Whatever still fails is refused with a ``BackendError`` that names the operator.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from shift.errors import BackendError
+from shift.records import ModelRecord
+
+#: the newest opset onnx2torch 1.5.15 converts throughout
+TORCH_OPSET = 17
+INSTALL_HINT = (
+    "install onnx2torch and a torchvision that matches your torch "
+    "(on these machines: pip install torch==2.14.1 torchvision==0.29.1 onnx2torch), "
+    "or use --backend onnxruntime"
+)
+
+
+@dataclass
+class Converted:
+    """A converted graph: ``module`` maps the model input to ``(embedding, logits?)`` in that
+    order; ``route`` says how it was obtained (e.g. "opset 17", "opset 20 -> 17")."""
+
+    module: Any
+    route: str
+    opset: int
+
+
+def import_onnx2torch() -> Any:
+    """The ``onnx2torch`` module; ``BackendError`` naming the missing package and the install
+    command when it (or torchvision, which it imports) is absent or broken."""
+    try:
+        import onnx2torch
+    except Exception as e:  # ImportError, or torchvision's "operator ... does not exist"
+        raise BackendError(
+            f"inference backend 'torch' needs onnx2torch and torchvision: {first_line(e)}",
+            hint=INSTALL_HINT,
+        ) from e
+    return onnx2torch
+
+
+def model_opset(model: Any) -> int:
+    """The default-domain opset a ModelProto imports (0 when none)."""
+    return max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
+
+
+def _select_outputs(model: Any, record: ModelRecord) -> None:
+    """Keep only the record's outputs, embedding first, logits second (in place)."""
+    wanted = [record.output] + ([record.head_output] if record.head_output else [])
+    by_name = {o.name: o for o in model.graph.output}
+    missing = [w for w in wanted if w not in by_name]
+    if missing:
+        raise BackendError(
+            f"model {record.name!r}: the graph has no output {missing[0]!r} "
+            f"(outputs: {sorted(by_name)})"
+        )
+    keep = [by_name[w] for w in wanted]
+    del model.graph.output[:]
+    model.graph.output.extend(keep)
+
+
+def _fold_constants(model: Any) -> None:
+    """Make ``Constant`` nodes, and ``Identity`` nodes of an initializer, initializers (in
+    place; the same tensors). onnx2torch reads weights only from initializers, and the legacy
+    exporter shares equal ones (e.g. the zero biases of random BatchNorms) through ``Identity``."""
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    outputs = {o.name for o in graph.output}
+    for node in list(graph.node):
+        if node.domain not in ("", "ai.onnx") or node.output[0] in outputs:
+            continue
+        tensor = None
+        if node.op_type == "Constant" and len(node.attribute) == 1:
+            attr = node.attribute[0]
+            if attr.name == "value":
+                tensor = numpy_helper.to_array(attr.t)
+            elif attr.name in ("value_float", "value_int", "value_floats", "value_ints"):
+                value = helper.get_attribute_value(attr)
+                tensor = np.asarray(value, np.float32 if "float" in attr.name else np.int64)
+        elif node.op_type == "Identity" and node.input[0] in inits:
+            tensor = numpy_helper.to_array(inits[node.input[0]])
+        if tensor is not None:
+            inits[node.output[0]] = numpy_helper.from_array(np.asarray(tensor), node.output[0])
+            graph.initializer.append(inits[node.output[0]])
+            graph.node.remove(node)
+
+
+def _constant_of_shape_as_expand(model: Any) -> int:
+    """Rewrite every ``ConstantOfShape(shape; value=v)`` as ``Expand(v_0d, shape)`` (the same
+    tensor: a 0-d ``v`` broadcast to ``shape``); returns how many nodes were rewritten."""
+    from onnx import helper, numpy_helper
+
+    graph, count = model.graph, 0
+    for i, node in enumerate(list(graph.node)):
+        if node.op_type != "ConstantOfShape" or node.domain not in ("", "ai.onnx"):
+            continue
+        value = np.zeros((), np.float32)
+        for attr in node.attribute:
+            if attr.name == "value":
+                value = numpy_helper.to_array(attr.t).reshape(())
+        name = f"{node.output[0]}__shift_fill"
+        graph.initializer.append(numpy_helper.from_array(np.asarray(value), name))
+        expand = helper.make_node("Expand", [name, node.input[0]], list(node.output), node.name)
+        graph.node.remove(node)
+        graph.node.insert(i, expand)
+        count += 1
+    return count
+
+
+def _convert(onnx2torch: Any, model: Any) -> Any:
+    _fold_constants(model)
+    module = onnx2torch.convert(model)
+    module.graph.eliminate_dead_code()  # outputs dropped by _select_outputs
+    module.recompile()
+    return module.eval()
+
+
+def convert_onnx(model_path: str, record: ModelRecord) -> Converted:
+    """``record``'s ONNX file as an eval-mode torch module (see the module doc for the route).
+    Raises ``BackendError`` naming the model and the operator that cannot be converted."""
+    import onnx
+    from onnx import version_converter
+
+    onnx2torch = import_onnx2torch()
+    try:
+        model = onnx.load(model_path)
+    except Exception as e:
+        raise BackendError(
+            f"model {record.name!r}: cannot read {model_path}: {first_line(e)}"
+        ) from e
+    _select_outputs(model, record)
+    opset = model_opset(model)
+    inputs = {i.name for i in model.graph.input} - {t.name for t in model.graph.initializer}
+    if inputs != {record.input_name}:
+        raise BackendError(
+            f"model {record.name!r}: the torch backend feeds one input, {record.input_name!r}; "
+            f"the graph has {sorted(inputs)}",
+            hint="use --backend onnxruntime for this model",
+        )
+    try:
+        return Converted(_convert(onnx2torch, model), f"opset {opset}", opset)
+    except Exception as e:  # NotImplementedError: no converter for an (op, version)
+        direct = first_line(e)
+        if opset <= TORCH_OPSET:
+            raise _refuse(record, opset, direct) from e
+    try:
+        lowered = version_converter.convert_version(model, TORCH_OPSET)
+        route = f"opset {opset} -> {TORCH_OPSET}"
+    except Exception as e:  # onnx raises RuntimeError/ConvertError for a missing adapter
+        if "ConstantOfShape" not in str(e) or not _constant_of_shape_as_expand(model):
+            why = f"{direct}; to opset {TORCH_OPSET}: {first_line(e)}"
+            raise _refuse(record, opset, why) from e
+        try:
+            lowered = version_converter.convert_version(model, TORCH_OPSET)
+        except Exception as e2:
+            raise _refuse(record, opset, f"to opset {TORCH_OPSET}: {first_line(e2)}") from e2
+        route = f"opset {opset} -> {TORCH_OPSET} (ConstantOfShape as Expand)"
+    try:
+        return Converted(_convert(onnx2torch, lowered), route, opset)
+    except Exception as e:
+        raise _refuse(record, opset, f"{route}: {first_line(e)}") from e
+
+
+def _refuse(record: ModelRecord, opset: int, why: str) -> BackendError:
+    return BackendError(
+        f"model {record.name!r}: onnx2torch cannot convert this opset-{opset} graph ({why})",
+        hint=f"export the model at opset <= {TORCH_OPSET} "
+        f"(torch.onnx.export(..., opset_version={TORCH_OPSET})), or use --backend onnxruntime",
+    )
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of ``e``'s message (its type when empty), at most 300 characters."""
+    text = (str(e).strip() or type(e).__name__).splitlines()[0]
+    return text if len(text) <= 300 else text[:297] + "..."
