@@ -12,7 +12,14 @@ import pytest
 from pydantic import ValidationError
 
 from shift.catalog.onnx_import import register_onnx
-from shift.errors import InvalidNameError, ModelFileError, NotFoundError, QueryError, ShiftError
+from shift.errors import (
+    AlreadyExistsError,
+    InvalidNameError,
+    ModelFileError,
+    NotFoundError,
+    QueryError,
+    ShiftError,
+)
 from shift.fsutil import sha256_file
 from shift.query.planner import plan_text
 from shift.records import InputSpec, ModelRecord
@@ -517,3 +524,61 @@ def test_two_connections_see_each_others_changes(tmp_path: Path) -> None:
         assert r1.models() == [] and r1.model_names() == []
         with pytest.raises(NotFoundError):
             r1.get_model("a")
+
+
+# ---- one write transaction per check-and-insert; one read transaction per snapshot ----------
+
+
+def test_already_exists_is_a_named_error(reg: Registry, onnx_a: Path) -> None:
+    reg.add_model(make_model("m", params=5))
+    reg.add_pool("p", "dim > 1")
+    reg.put_task(make_task("t"))
+    before = snapshot(reg)
+    with pytest.raises(AlreadyExistsError, match="model 'm' already exists"):
+        register_onnx(reg, onnx_a, "m")
+    with pytest.raises(AlreadyExistsError, match="pool 'p' already exists"):
+        reg.add_pool("p", "dim > 2")
+    with pytest.raises(AlreadyExistsError, match="task 't' already exists"):
+        reg.put_task(make_task("t"), create=True)
+    assert snapshot(reg) == before  # no file copied for the refused model
+    assert reg.get_pool("p").filter == "dim > 1" and reg.get_model("m").params == 5
+
+
+def test_snapshot_reads_one_moment(tmp_path: Path) -> None:
+    with Registry.open(tmp_path) as r1, Registry.open(tmp_path) as r2:
+        rows = [
+            {"task": "t", "sample_id": f"s{i}", "content_hash": f"s{i}", "label": i % 2}
+            | {"split": "train", "chunk": "c", "offset": i, "seq": i}
+            for i in range(4)
+        ]
+        r1.put_task(make_task("t"), rows[:2])
+        with r1.snapshot():
+            rec, got = r1.task_snapshot("t")
+            r2.put_task(make_task("t").model_copy(update={"content_hash": "c2"}), rows[2:])
+            assert (r1.get_task("t").content_hash, len(r1.samples("t"))) == ("c-t", 2)
+        assert (rec.content_hash, len(got)) == ("c-t", 2)
+        assert r1.task_snapshot("t")[0].content_hash == "c2" and len(r1.samples("t")) == 4
+
+
+def test_sample_seq_unique_and_old_duplicates_renumbered(tmp_path: Path) -> None:
+    from sqlite_utils import Database
+
+    from shift.config import Home
+
+    home = Home.resolve(tmp_path / "old").ensure()
+    db = Database(home.db_path)  # a home from before m004, where racing appends left duplicates
+    migrations.apply(db, stop_before="m004_unique_sample_seq")
+    db["tasks"].insert(make_task("t").model_dump() | {"classes": "[]"})
+    seqs = [0, 1, 1, 2, 2, 3]
+    db["samples"].insert_all(
+        {"task": "t", "sample_id": f"s{i}", "content_hash": f"s{i}", "label": 0, "split": "train"}
+        | {"chunk": "c", "offset": i, "seq": q}
+        for i, q in enumerate(seqs)
+    )
+    db.conn.close()
+    with Registry.open(home.registry_dir) as reg:
+        rows = reg.samples("t")
+        assert [r["seq"] for r in rows] == list(range(6))
+        assert [r["sample_id"] for r in rows] == [f"s{i}" for i in range(6)]  # order kept
+        with pytest.raises(sqlite3.IntegrityError), reg.transaction():
+            reg.db["samples"].insert({**rows[0], "sample_id": "dup"})

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from shift.errors import InvalidNameError, TaskDataError
+from shift.errors import AlreadyExistsError, InvalidNameError, TaskDataError
 from shift.records import Samples
 from shift.store.readers import read_image_folder, read_npz
 from shift.store.registry import Registry
-from shift.store.tasks import TaskStore
+from shift.store.tasks import CHUNK_GRACE_S, TaskStore
 
 
 @pytest.fixture
@@ -234,3 +236,97 @@ def test_bad_task_names(reg: Registry, name: str) -> None:
 def test_task_dir_refuses_traversal(reg: Registry) -> None:
     with pytest.raises(InvalidNameError):
         TaskStore(reg).task_dir("../outside")
+
+
+# ---- idempotent appends, splits by content, named refusals, chunk garbage collection ---------
+
+
+def test_append_rerun_adds_nothing(reg: Registry) -> None:
+    ts = TaskStore(reg)
+    ts.add("t", toy(), kind="npz", source="gen")
+    more = toy(10, seed=5)
+    rec1, added = ts.append("t", more)
+    res = ts.append("t", more)  # the re-run of an append that had committed
+    rec2, again = res
+    assert (added, again) == (10, 0)
+    assert res.skipped == 10
+    assert rec2.content_hash == rec1.content_hash and rec2.num_samples == 50
+    fresh = toy(6, seed=9)
+    mixed = Samples(
+        np.concatenate([more.images[:5], fresh.images]),
+        np.concatenate([more.labels[:5], fresh.labels]),
+        None,
+        more.classes,
+        [],
+    )
+    res = ts.append("t", mixed)
+    assert (res.added, res.skipped, res.record.num_samples) == (6, 5, 56)
+    rows = reg.samples("t")
+    assert [r["seq"] for r in rows] == list(range(56))
+    assert np.array_equal(ts.load("t", rows[50:]), fresh.images)  # offsets into the new chunk
+
+
+def splits_by_content(reg: Registry, task: str) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {}
+    for r in reg.samples(task):
+        out.setdefault(r["content_hash"], set()).add(r["split"])
+    return out
+
+
+def test_exact_duplicates_follow_one_split(reg: Registry) -> None:
+    base = toy(20, seed=1)
+    idx = np.arange(200) % 20  # every image ten times, same label
+    s = Samples(base.images[idx], base.labels[idx], None, base.classes, [])
+    rec = TaskStore(reg).add("t", s, kind="npz", source="gen", val_fraction=0.3)
+    splits = splits_by_content(reg, "t")
+    assert len(splits) == 20 and all(len(v) == 1 for v in splits.values())
+    assert rec.num_samples == 200 and 0 < rec.num_val < 200
+
+
+def test_same_pixels_new_label_is_added_in_the_same_split(reg: Registry) -> None:
+    ts = TaskStore(reg)
+    s = toy()
+    ts.add("t", s, kind="npz", source="gen")
+    _, added = ts.append("t", Samples(s.images, 1 - s.labels, None, s.classes, []))
+    assert added == 40  # not the same samples: their labels differ
+    assert all(len(v) == 1 for v in splits_by_content(reg, "t").values())
+
+
+def test_given_splits_never_put_one_image_on_both_sides(reg: Registry) -> None:
+    s = toy(20, seed=2)
+    images = np.concatenate([s.images, s.images[:3]])
+    labels = np.concatenate([s.labels, s.labels[:3]])
+    splits = ["train"] * 16 + ["val"] * 4 + ["val"] * 3  # copies of train images under val/
+    TaskStore(reg).add("t", Samples(images, labels, splits, s.classes, []), kind="npz", source="x")
+    assert [r["split"] for r in reg.samples("t")][20:] == ["train"] * 3
+
+
+def test_add_existing_task_is_a_named_error_writing_nothing(reg: Registry) -> None:
+    ts = TaskStore(reg)
+    rec = ts.add("t", toy(seed=1), kind="npz", source="gen")
+    files = sorted(ts.task_dir("t").iterdir())
+    with pytest.raises(AlreadyExistsError, match="task 't' already exists") as info:
+        ts.add("t", toy(seed=2), kind="npz", source="gen")
+    assert "append" in (info.value.hint or "")
+    assert sorted(ts.task_dir("t").iterdir()) == files
+    assert reg.get_task("t") == rec
+
+
+def test_chunk_gc_spares_chunks_another_writer_may_commit(reg: Registry) -> None:
+    ts = TaskStore(reg)
+    ts.add("t", toy(seed=1), kind="npz", source="gen")
+    d = ts.task_dir("t")
+    first = d / reg.samples("t")[0]["chunk"]
+    staged = d / "chunk-0123456789abcdef.npy"  # as another writer leaves it just before its commit
+    np.save(staged, np.zeros((1, 8, 8, 3), np.uint8))
+    ts.add("t", toy(seed=2), kind="npz", source="gen", replace=True)
+    second = d / reg.samples("t")[0]["chunk"]
+    assert not first.exists()  # the replaced rows' chunk goes at once
+    assert staged.exists()  # unreferenced but young: spared
+    past = time.time() - CHUNK_GRACE_S - 1
+    os.utime(staged, (past, past))
+    ts.add("t", toy(seed=3), kind="npz", source="gen", replace=True)
+    third = d / reg.samples("t")[0]["chunk"]
+    assert sorted(f.name for f in d.iterdir()) == [third.name]
+    assert not second.exists()
+    assert np.array_equal(ts.load("t", reg.samples("t")), toy(seed=3).images)

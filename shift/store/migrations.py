@@ -125,3 +125,19 @@ def m003_index_backend(db: Database) -> None:
     """The inference backend that embedded each index (:mod:`shift.inference.embedder`); every
     index before this migration was embedded by ONNX Runtime."""
     db["index_entries"].add_column("backend", str, not_null_default="onnxruntime")
+
+
+@migrations()
+def m004_unique_sample_seq(db: Database) -> None:
+    """A task's sample order is unique: ``(task, seq)`` becomes a unique index, the backstop of
+    serialised appends. Homes where racing appends left duplicate ``seq`` values (before writes
+    were serialised) are renumbered first, keeping the order (ties by insertion)."""
+    dup = "SELECT DISTINCT task FROM samples GROUP BY task, seq HAVING count(*) > 1"
+    for (task,) in db.execute(dup).fetchall():
+        order = "SELECT rowid FROM samples WHERE task = ? ORDER BY seq, rowid"
+        ids = [r for (r,) in db.execute(order, [task]).fetchall()]
+        db.conn.executemany(
+            "UPDATE samples SET seq = ? WHERE rowid = ?", [(i, r) for i, r in enumerate(ids)]
+        )
+    db.execute("DROP INDEX IF EXISTS idx_samples_task_seq")
+    db["samples"].create_index(["task", "seq"], unique=True, index_name="samples_task_seq")

@@ -16,7 +16,7 @@ from typing import Any
 from sqlite_utils import Database
 
 from shift.config import Home, validate_name
-from shift.errors import NotFoundError, ShiftError
+from shift.errors import AlreadyExistsError, NotFoundError, ShiftError
 from shift.fsutil import atomic_copy, sha256_file
 from shift.records import InputSpec, ModelRecord, PoolRecord, TaskRecord, utcnow
 from shift.store.pools import BUILTIN_POOLS
@@ -104,6 +104,21 @@ class Registry:
         conn.execute("COMMIT")
         self._writes += 1
 
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """A read transaction: every query inside sees the registry at one moment (WAL), however
+        other processes write meanwhile. Inside a transaction already, it is that transaction."""
+        conn = self.db.conn
+        if conn.in_transaction:
+            yield
+            return
+        conn.execute("BEGIN")
+        try:
+            yield
+        finally:
+            if conn.in_transaction:
+                conn.execute("COMMIT")
+
     def schema_version(self) -> list[str]:
         from shift.store.migrations import migrations
 
@@ -118,22 +133,69 @@ class Registry:
         self, rec: ModelRecord, src_file: str | Path | None = None, replace: bool = False
     ) -> ModelRecord:
         """Register ``rec``. With ``src_file`` the ONNX file is copied (atomically) into the home,
-        content-addressed as ``models/<sha256>.onnx``, and ``rec.path`` points there."""
-        if not replace and self.has_model(rec.name):
-            raise ShiftError(
-                f"model {rec.name!r} already exists", hint="remove it first or pass --replace"
-            )
+        content-addressed as ``models/<sha256>.onnx``, and ``rec.path`` points there. The name
+        check and the insert are one write transaction: of writers racing for one name, exactly
+        one wins and the others get :class:`AlreadyExistsError`."""
+        if not replace:
+            self.ensure_new("models", rec.name)  # early, before copying a file
+        created = False
         if src_file is not None:
             dst = self.home.models_dir / f"{rec.sha256}.onnx"
-            if not dst.exists():
-                atomic_copy(src_file, dst)
-            if sha256_file(dst) != rec.sha256:
-                dst.unlink()
-                raise ShiftError(f"model {rec.name!r}: file changed while it was being copied")
+            created = self._copy_model_file(rec, src_file, dst)
             rec = rec.model_copy(update={"path": str(dst.relative_to(self.home.registry_dir))})
-        with self.transaction():
-            self.db["models"].upsert(model_to_row(rec), pk="name")
+        try:
+            with self.transaction():
+                if not replace:
+                    self.ensure_new("models", rec.name)
+                if src_file is not None and not dst.exists():  # removed meanwhile by a remove
+                    self._copy_model_file(rec, src_file, dst)
+                self._write_row("models", model_to_row(rec), replace)
+        except AlreadyExistsError:
+            if created:
+                self._drop_unused_model_file(dst, rec.sha256)
+            raise
         return rec
+
+    def _copy_model_file(self, rec: ModelRecord, src_file: str | Path, dst: Path) -> bool:
+        """Copy ``src_file`` to ``dst`` unless there; check its sha256. True if it was copied."""
+        created = not dst.exists()
+        if created:
+            atomic_copy(src_file, dst)
+        if sha256_file(dst) != rec.sha256:
+            dst.unlink()
+            raise ShiftError(f"model {rec.name!r}: file changed while it was being copied")
+        return created
+
+    def _drop_unused_model_file(self, path: Path, sha: str) -> None:
+        """Delete a model file no registered model uses, inside a write transaction (a writer
+        that still wants it re-copies it inside its own)."""
+        with self.transaction():
+            used = self.db.execute("SELECT 1 FROM models WHERE sha256 = ?", [sha]).fetchone()
+            if not used and path.parent == self.home.models_dir:
+                path.unlink(missing_ok=True)
+
+    def ensure_new(self, table: str, name: str) -> None:
+        """Raise :class:`AlreadyExistsError` if ``table`` (models, pools, tasks) has ``name``."""
+        if self.db.execute(f"SELECT 1 FROM {table} WHERE name = ?", [name]).fetchone():
+            what = table[:-1]
+            hint = {
+                "models": "remove it first or pass --replace",
+                "pools": "pass --replace to redefine it",
+                "tasks": "use `shift tasks append` to add samples, or --replace",
+            }[table]
+            raise AlreadyExistsError(f"{what} {name!r} already exists", hint=hint)
+
+    def _write_row(self, table: str, row: dict[str, Any], replace: bool) -> None:
+        """Upsert ``row`` (``replace``) or insert it, the primary key refusing a duplicate name
+        that slipped past the check (:class:`AlreadyExistsError`)."""
+        if replace:
+            self.db[table].upsert(row, pk="name")
+            return
+        try:
+            self.db[table].insert(row, pk="name")
+        except sqlite3.IntegrityError:
+            self.ensure_new(table, row["name"])
+            raise
 
     def has_model(self, name: str) -> bool:
         return bool(list(self.db.query("SELECT 1 FROM models WHERE name = ?", [name])))
@@ -149,10 +211,7 @@ class Registry:
         with self.transaction():
             self.db.execute("DELETE FROM models WHERE name = ?", [name])
             self.db.execute("DELETE FROM index_entries WHERE model = ?", [name])
-        still_used = list(self.db.query("SELECT 1 FROM models WHERE sha256 = ?", [rec.sha256]))
-        path = self.model_file(rec)
-        if not still_used and path.parent == self.home.models_dir:
-            path.unlink(missing_ok=True)
+            self._drop_unused_model_file(self.model_file(rec), rec.sha256)
         return rec
 
     def _records(self) -> dict[str, ModelRecord]:
@@ -213,20 +272,21 @@ class Registry:
     def add_pool(
         self, name: str, condition: str, description: str = "", replace: bool = False
     ) -> PoolRecord:
-        """Save a pool as a named condition. The condition is parsed and checked first."""
+        """Save a pool as a named condition. The condition is parsed and checked first; the name
+        check and the insert are one write transaction (:class:`AlreadyExistsError`)."""
         from shift.query.planner import check_condition
 
         validate_name(name, "pool name", queryable=True)
         if name in BUILTIN_POOLS:
             raise ShiftError(f"{name!r} is a built-in pool and cannot be redefined")
-        if not replace and self.get_pool(name) is not None:
-            raise ShiftError(f"pool {name!r} already exists", hint="pass --replace to redefine it")
+        if not replace:
+            self.ensure_new("pools", name)
         text = check_condition(condition)
+        row = {"name": name, "filter": text, "description": description, "date_added": utcnow()}
         with self.transaction():
-            self.db["pools"].upsert(
-                {"name": name, "filter": text, "description": description, "date_added": utcnow()},
-                pk="name",
-            )
+            if not replace:
+                self.ensure_new("pools", name)
+            self._write_row("pools", row, replace)
         return PoolRecord(name=name, filter=text, description=description)
 
     def remove_pool(self, name: str) -> None:
@@ -260,12 +320,16 @@ class Registry:
         rec: TaskRecord,
         samples: list[dict[str, Any]] | None = None,
         replace_samples: bool = False,
+        create: bool = False,
     ) -> None:
-        """Insert or update a task and (some of) its samples in one transaction."""
+        """Insert or update a task and (some of) its samples in one transaction. ``create``: the
+        task must be new (:class:`AlreadyExistsError` otherwise, checked in the transaction)."""
         with self.transaction():
             row = rec.model_dump()
             row["classes"] = json.dumps(rec.classes)
-            self.db["tasks"].upsert(row, pk="name")
+            if create:
+                self.ensure_new("tasks", rec.name)
+            self._write_row("tasks", row, replace=not create)
             if replace_samples:
                 self.db.execute("DELETE FROM samples WHERE task = ?", [rec.name])
             if samples:
@@ -273,6 +337,12 @@ class Registry:
 
     def samples(self, task: str) -> list[dict[str, Any]]:
         return list(self.db.query("SELECT * FROM samples WHERE task = ? ORDER BY seq", [task]))
+
+    def task_snapshot(self, name: str) -> tuple[TaskRecord, list[dict[str, Any]]]:
+        """A task's record and its samples read at one moment (one read transaction), so the
+        hashes always describe the rows, whatever is appended or relabelled meanwhile."""
+        with self.snapshot():
+            return self.get_task(name), self.samples(name)
 
     def remove_task(self, name: str) -> None:
         self.get_task(name)
