@@ -68,8 +68,21 @@ class TaskDataError(ShiftError):
     """Task data that cannot be used: undecodable image, one class, mismatched lengths..."""
 
 
+class InferenceTimeoutError(ModelFileError):
+    """A model whose batch did not finish within the inference timeout (it may never finish)."""
+
+
+class LockTimeoutError(ShiftError):
+    """A lock held by another process for longer than this one agreed to wait; names the holder."""
+
+
 class NotAHomeError(ShiftError):
     """A folder that is not marked as a shift home, where an operation would change files."""
+
+
+class BackendError(ShiftError):
+    """An inference backend that cannot run a model here: a missing package, a graph it cannot
+    convert, or outputs that disagree with ONNX Runtime's."""
 
 
 class AlreadyExistsError(ShiftError):
