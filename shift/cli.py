@@ -344,8 +344,11 @@ def tasks_append(
     """Add samples to a task; the next query embeds only them."""
     data, kind = _data(images, npz)
     with _client(home) as c:
-        rec, n = c.append(name, data, kind=kind, val_fraction=val_fraction, seed=seed)
-    out.print(f"task [bold]{name}[/bold]: +{n} samples, now {rec.num_samples}")
+        res = c.append(name, data, kind=kind, val_fraction=val_fraction, seed=seed)
+    rec, n = res
+    skipped = getattr(res, "skipped", 0)  # samples already in the task (an append re-run)
+    note = f" ({skipped} already there, skipped)" if skipped else ""
+    out.print(f"task [bold]{name}[/bold]: +{n} samples, now {rec.num_samples}{note}")
 
 
 @command(tasks_app, "relabel")

@@ -200,8 +200,7 @@ class Indexer:
         from shift.store.index.reader import index_entry
 
         t0 = time.perf_counter()
-        rec = self.registry.get_task(task)
-        rows = self.registry.samples(task)
+        rec, rows = self.registry.task_snapshot(task)  # one moment: the hash describes the rows
         rows_by_id = {r["sample_id"]: r for r in rows}
         labels = {r["sample_id"]: r["label"] for r in rows}
         order = [r["sample_id"] for r in rows]

@@ -14,6 +14,10 @@ from shift.engine.cost import embed_seconds, score_seconds
 from shift.engine.indexing import Indexer, IndexReport
 from shift.errors import ShiftError
 from shift.records import ModelRecord
+from shift.store.index.meta import IndexStoreError
+
+#: how often a query re-reads a task that changed while its indexes were brought up to date
+SNAPSHOT_TRIES = 5
 
 
 def proxy_params_key(params: dict[str, Any]) -> str:
@@ -28,6 +32,16 @@ def model_cache_key(m: ModelRecord, backend: str) -> str:
     return f"{m.sha256}+{hashlib.sha256(extra.encode()).hexdigest()[:16]}"
 
 
+def covers(index: Any, rows: list[dict[str, Any]]) -> bool:
+    """Whether ``index`` holds every sample of ``rows`` with the label ``rows`` give it (so a
+    score from it is the score of exactly that task state)."""
+    try:
+        pos = index.rows([r["sample_id"] for r in rows])
+    except IndexStoreError:
+        return False
+    return bool(np.array_equal(np.asarray(index.labels)[pos], [r["label"] for r in rows]))
+
+
 class Engine(Indexer):
     """Indexes tasks and scores models (an :class:`Indexer` that also ranks)."""
 
@@ -37,8 +51,7 @@ class Engine(Indexer):
 
     def status(self, task: str, models: list[ModelRecord], proxy: str) -> dict[str, Any]:
         """What a query on ``task`` would compute (EXPLAIN)."""
-        rec = self.registry.get_task(task)
-        rows = self.registry.samples(task)
+        rec, rows = self.registry.task_snapshot(task)
         work = self._plan(rec, models, rows)
         from shift.scoring.proxies import get_proxy
 
@@ -107,39 +120,50 @@ class Engine(Indexer):
         Pool-relative proxies (NCTI: normalised over the models scored together) are scored over
         the whole pool every time and never cached per model. A proxy whose ``from_index`` hook
         applies to the training split (kNN on large splits: the hnsw graph) scores each index
-        directly; ``last_score_path`` says which path ran (``"arrays"`` or the hook's path)."""
+        directly; ``last_score_path`` says which path ran (``"arrays"`` or the hook's path).
+
+        The task's record and samples are read at one moment, and every score is computed from
+        indexes holding exactly those samples and labels and cached under that record's hash:
+        if the task changes while its indexes are updated, the query reads it again."""
         from shift.scoring.proxies import get_proxy
 
         spec = get_proxy(proxy)
-        rec = self.registry.get_task(task)
         pkey = proxy_params_key(spec.params)
         pool_relative = spec.pool_relative
-        cached = (
-            {}
-            if pool_relative
-            else self.registry.get_scores(
-                rec.content_hash, proxy, pkey, [self.score_key(m) for m in models]
-            )
-        )
-        result: dict[str, float | None] = {
-            m.name: cached[self.score_key(m)]["score"]
-            for m in models
-            if self.score_key(m) in cached
-        }
-        missing = [m for m in models if self.score_key(m) not in cached]
-        if not missing:
-            self.last_report = IndexReport()  # nothing indexed or embedded for this query
-            return result
-        if spec.needs_logits:
-            no_head = [m.name for m in missing if not m.head_output]
-            if no_head:
-                raise ShiftError(
-                    f"{proxy} needs a source-classifier head; these models have "
-                    f"none: {', '.join(no_head)}",
-                    hint="filter with has_head = true",
+        for _ in range(SNAPSHOT_TRIES):
+            rec, rows = self.registry.task_snapshot(task)
+            cached = (
+                {}
+                if pool_relative
+                else self.registry.get_scores(
+                    rec.content_hash, proxy, pkey, [self.score_key(m) for m in models]
                 )
-        indexes = self.index(task, missing)
-        rows = self.registry.samples(task)
+            )
+            result: dict[str, float | None] = {
+                m.name: cached[self.score_key(m)]["score"]
+                for m in models
+                if self.score_key(m) in cached
+            }
+            missing = [m for m in models if self.score_key(m) not in cached]
+            if not missing:
+                self.last_report = IndexReport()  # nothing indexed or embedded for this query
+                return result
+            if spec.needs_logits:
+                no_head = [m.name for m in missing if not m.head_output]
+                if no_head:
+                    raise ShiftError(
+                        f"{proxy} needs a source-classifier head; these models have "
+                        f"none: {', '.join(no_head)}",
+                        hint="filter with has_head = true",
+                    )
+            indexes = self.index(task, missing)
+            if all(covers(idx, rows) for idx in indexes.values()):
+                break
+        else:
+            raise ShiftError(
+                f"task {task!r} changed {SNAPSHOT_TRIES} times while this query was indexing it",
+                hint="run the query again once the appends or relabels are done",
+            )
         train = [r["sample_id"] for r in rows if r["split"] == "train"]
         val = [r["sample_id"] for r in rows if r["split"] == "val"]
         scored = [m for m in missing if m.name in indexes]
