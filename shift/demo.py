@@ -63,7 +63,7 @@ def main() -> None:
                 f"({rep.seconds:.1f} s)"
             )
         console.rule("4. queries")
-        console.print(f'$ shift query "{DESIGN_CARD}"')
+        console.print(f'$ shift-cli query "{DESIGN_CARD}"')
         console.print(result_table(c.query(DESIGN_CARD)))
         summary = []
         for t in tasks:

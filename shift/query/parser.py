@@ -388,7 +388,7 @@ def _hint_for(expected: Any, text: str) -> str:
     if "TOP" in exp and "STAR" in exp:
         return "write SELECT top N (the budget) or SELECT *"
     if exp and exp <= {"POOL", "MODELS"}:
-        return "write FROM pool NAME (see `shift pools list`) or FROM models"
+        return "write FROM pool NAME (see `shift-cli pools list`) or FROM models"
     if "COMP_OP" in exp:
         return _expected_hint(exp) + "; e.g. params < 30M, task=flowers, source IN ('a', 'b')"
     return _expected_hint(exp) if exp else SYNTAX

@@ -160,7 +160,7 @@ def _resolve_ranker(text: str, r: ast.Ranker, has_task: bool) -> tuple[str, str 
                 text,
                 r.pos,
                 f"RANK BY {r} needs a task",
-                "add WHERE task=NAME (see `shift tasks list`)",
+                "add WHERE task=NAME (see `shift-cli tasks list`)",
             )
         budget, chunk = (list(extra) + ["auto", "auto"])[:2]
         return (
@@ -190,7 +190,7 @@ def _resolve_ranker(text: str, r: ast.Ranker, has_task: bool) -> tuple[str, str 
             text,
             r.pos,
             f"RANK BY {r} scores models on a task, but the query names none",
-            "add WHERE task=NAME (see `shift tasks list`)",
+            "add WHERE task=NAME (see `shift-cli tasks list`)",
         )
     return kind, proxy, args
 
@@ -260,7 +260,7 @@ def plan(select: ast.Select, text: str, registry: Catalog) -> Plan:
                 + (
                     "tasks: " + ", ".join(tasks)
                     if tasks
-                    else "no tasks yet: add one with `shift tasks add`"
+                    else "no tasks yet: add one with `shift-cli tasks add`"
                 ),
             )
         p.task = name

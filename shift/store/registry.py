@@ -181,7 +181,7 @@ class Registry:
             hint = {
                 "models": "remove it first or pass --replace",
                 "pools": "pass --replace to redefine it",
-                "tasks": "use `shift tasks append` to add samples, or --replace",
+                "tasks": "use `shift-cli tasks append` to add samples, or --replace",
             }[table]
             raise AlreadyExistsError(f"{what} {name!r} already exists", hint=hint)
 

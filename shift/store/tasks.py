@@ -369,7 +369,7 @@ class TaskStore:
                 if not path.is_file():
                     raise TaskDataError(
                         f"task {name!r}: data file {path.name} is missing",
-                        hint="re-add the task (`shift tasks add --replace`)",
+                        hint="re-add the task (`shift-cli tasks add --replace`)",
                     )
                 arr = cache[r["chunk"]] = np.load(path, mmap_mode="r", allow_pickle=False)
             out.append(arr[r["offset"]])

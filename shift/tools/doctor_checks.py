@@ -89,7 +89,7 @@ class _Doctor(Recorder):
                     path,
                     f"model {m.name!r}: file fails its sha256 check (registered "
                     f"{m.sha256[:12]}..., found {sha[:12]}...): modified or damaged; "
-                    "re-register it (`shift models add --replace`)",
+                    "re-register it (`shift-cli models add --replace`)",
                 )
             self.checked["models"] = self.checked.get("models", 0) + 1
         d = self.home.models_dir
