@@ -294,6 +294,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         torch.set_num_threads(1)
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.backends.cudnn.benchmark = True  # as the torch backend sets it: like with like
     t_start = time.perf_counter()
     name = a.out or ("gpu_smoke" if a.smoke else "gpu")
     result: dict[str, Any] = {
