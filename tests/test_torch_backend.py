@@ -72,6 +72,20 @@ def record_of(path: Path, name: str, dim: int, head: int | None, size: int = 32)
     )
 
 
+def image_graph(
+    nodes: list[Any], dim: int, inits: list[Any] | None = None, extra_inputs: tuple[str, ...] = ()
+) -> Any:
+    """An opset-17 model: "input" (batch, 3, 32, 32) (+ ``extra_inputs``) -> ``nodes`` ->
+    "embedding" (batch, dim)."""
+    inputs = [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 32, 32])]
+    inputs += [
+        helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", dim]) for n in extra_inputs
+    ]
+    out = helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", dim])
+    graph = helper.make_graph(nodes, "g", inputs, [out], inits or [])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
 # ---- outputs against ONNX Runtime ------------------------------------------------------------
 
 
@@ -301,14 +315,7 @@ def test_weights_shared_through_identity_and_constant_nodes_convert(tmp_path: Pa
         helper.make_node("GlobalAveragePool", ["m"], ["p"]),
         helper.make_node("Flatten", ["p"], ["embedding"]),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "shared",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 32, 32])],
-        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", 4])],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = image_graph(nodes, 4, inits)
     with pytest.raises(KeyError, match="b_shared"):  # what onnx2torch does with it as it is
         onnx2torch.convert(model)
     path = tmp_path / "shared.onnx"
@@ -326,14 +333,8 @@ def test_an_operator_onnx2torch_lacks_is_refused_by_name(tmp_path: Path) -> None
         helper.make_node("Flatten", ["pooled"], ["flat"]),
         helper.make_node("Hardmax", ["flat"], ["embedding"]),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "hardmax",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 32, 32])],
-        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", 3])],
-    )
     path = tmp_path / "hardmax.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    onnx.save(image_graph(nodes, 3), str(path))
     rec = record_of(path, "hardmax", 3, None)
     OnnxEmbedder(rec.path, rec, device="cpu").embed(images(2, seed=11))  # ORT runs it
     with pytest.raises(BackendError, match="'hardmax'.*Hardmax") as err:
@@ -342,13 +343,13 @@ def test_an_operator_onnx2torch_lacks_is_refused_by_name(tmp_path: Path) -> None
 
 
 def test_a_graph_with_two_inputs_is_refused(tmp_path: Path) -> None:
-    nodes = [helper.make_node("Add", ["input", "other"], ["embedding"])]
-    value = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", 3]) for n in "ab"]
-    value[0].name, value[1].name = "input", "other"
-    out = helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", 3])
-    graph = helper.make_graph(nodes, "two", value, [out])
+    nodes = [
+        helper.make_node("GlobalAveragePool", ["input"], ["pooled"]),
+        helper.make_node("Flatten", ["pooled"], ["flat"]),
+        helper.make_node("Add", ["flat", "other"], ["embedding"]),
+    ]
     path = tmp_path / "two.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    onnx.save(image_graph(nodes, 3, extra_inputs=("other",)), str(path))
     with pytest.raises(BackendError, match="one input, 'input'.*'other'"):
         convert_onnx(str(path), record_of(path, "two", 3, None))
 
