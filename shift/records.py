@@ -26,7 +26,7 @@ class InputSpec(BaseModel):
     ``mean``/``std`` are on the 0..1 pixel scale (ImageNet: 0.485.../0.229...).
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", frozen=True)  # hashable: cache keys memoise it
 
     height: int = Field(gt=0, le=4096)
     width: int = Field(gt=0, le=4096)

@@ -3,6 +3,7 @@ what is missing first (:class:`~shift.engine.indexing.Indexer`)."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import time
@@ -13,7 +14,7 @@ import numpy as np
 from shift.engine.cost import embed_seconds, score_seconds
 from shift.engine.indexing import Indexer, IndexReport
 from shift.errors import ShiftError
-from shift.records import ModelRecord
+from shift.records import InputSpec, ModelRecord
 from shift.store.index.meta import IndexStoreError
 
 #: how often a query re-reads a task that changed while its indexes were brought up to date
@@ -28,8 +29,15 @@ def model_cache_key(m: ModelRecord, backend: str) -> str:
     """The model part of a cached score's key (its ``model_sha`` column): the weights' sha256
     and a digest of everything else that changes the embedding, the preprocessing and the
     inference backend: ``<sha256>+<16 hex>``."""
-    extra = json.dumps([m.input.key(), backend], separators=(",", ":"))
-    return f"{m.sha256}+{hashlib.sha256(extra.encode()).hexdigest()[:16]}"
+    return f"{m.sha256}+{_embedding_digest(m.input, backend)}"
+
+
+@functools.lru_cache(maxsize=4096)
+def _embedding_digest(spec: InputSpec, backend: str) -> str:
+    """16 hex of sha256 over (preprocessing key, backend); memoised, since a cached query asks
+    for every model in the pool and most models share a few specs."""
+    extra = json.dumps([spec.key(), backend], separators=(",", ":"))
+    return hashlib.sha256(extra.encode()).hexdigest()[:16]
 
 
 def covers(index: Any, rows: list[dict[str, Any]]) -> bool:
@@ -130,24 +138,26 @@ class Engine(Indexer):
         spec = get_proxy(proxy)
         pkey = proxy_params_key(spec.params)
         pool_relative = spec.pool_relative
-        for _ in range(SNAPSHOT_TRIES):
-            rec, rows = self.registry.task_snapshot(task)
+        keys = {m.name: self.score_key(m) for m in models}
+        # a query whose scores are all cached needs only the record (its hash keys the scores);
+        # the samples are read, with the record, only when something must be computed
+        rec, rows = self.registry.get_task(task), None
+        for _ in range(SNAPSHOT_TRIES + 1):  # + the first, record-only pass
             cached = (
                 {}
                 if pool_relative
-                else self.registry.get_scores(
-                    rec.content_hash, proxy, pkey, [self.score_key(m) for m in models]
-                )
+                else self.registry.get_scores(rec.content_hash, proxy, pkey, list(keys.values()))
             )
             result: dict[str, float | None] = {
-                m.name: cached[self.score_key(m)]["score"]
-                for m in models
-                if self.score_key(m) in cached
+                m.name: cached[keys[m.name]]["score"] for m in models if keys[m.name] in cached
             }
-            missing = [m for m in models if self.score_key(m) not in cached]
+            missing = [m for m in models if keys[m.name] not in cached]
             if not missing:
                 self.last_report = IndexReport()  # nothing indexed or embedded for this query
                 return result
+            if rows is None:  # first pass: read record and samples at one moment, look again
+                rec, rows = self.registry.task_snapshot(task)
+                continue
             if spec.needs_logits:
                 no_head = [m.name for m in missing if not m.head_output]
                 if no_head:
@@ -159,6 +169,7 @@ class Engine(Indexer):
             indexes = self.index(task, missing)
             if all(covers(idx, rows) for idx in indexes.values()):
                 break
+            rec, rows = self.registry.task_snapshot(task)  # it changed meanwhile: read it again
         else:
             raise ShiftError(
                 f"task {task!r} changed {SNAPSHOT_TRIES} times while this query was indexing it",
@@ -186,7 +197,7 @@ class Engine(Indexer):
                 [
                     {
                         "task_hash": rec.content_hash,
-                        "model_sha": self.score_key(m),
+                        "model_sha": keys[m.name],
                         "proxy": proxy,
                         "params": pkey,
                         "score": float(v),
