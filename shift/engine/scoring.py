@@ -53,9 +53,20 @@ def covers(index: Any, rows: list[dict[str, Any]]) -> bool:
 class Engine(Indexer):
     """Indexes tasks and scores models (an :class:`Indexer` that also ranks)."""
 
+    #: score keys of the records seen, by ``id``: the registry hands out the same cached record
+    #: objects until a model changes, so a cached query over N models computes no key again
+    _KEY_CACHE_MAX = 100_000
+
     def score_key(self, m: ModelRecord) -> str:
         """``m``'s part of the key of the scores this engine caches (:func:`model_cache_key`)."""
-        return model_cache_key(m, self.backend)
+        cache: dict[int, tuple[ModelRecord, str]] = self.__dict__.setdefault("_score_keys", {})
+        hit = cache.get(id(m))
+        if hit is not None and hit[0] is m:  # the entry holds the record: its id is not reused
+            return hit[1]
+        if len(cache) >= self._KEY_CACHE_MAX:
+            cache.clear()
+        key = cache[id(m)] = (m, model_cache_key(m, self.backend))
+        return key[1]
 
     def status(self, task: str, models: list[ModelRecord], proxy: str) -> dict[str, Any]:
         """What a query on ``task`` would compute (EXPLAIN)."""
