@@ -16,13 +16,8 @@ from shift.catalog.onnx_import import register_onnx
 from shift.engine.scoring import Engine
 from shift.errors import ShiftError
 from shift.inference import embedder as registry_module
-from shift.inference.embedder import (
-    Embedder,
-    backend_factory,
-    known_backends,
-    make_embedder,
-    register_backend,
-)
+from shift.inference.backends import backend_factory, known_backends, make_embedder
+from shift.inference.embedder import Embedder, register_backend
 from shift.inference.jobs import BatchResult, EmbedJob, JobFailure
 from shift.inference.local import InProcessExecutor
 from shift.inference.onnx_backend import OnnxEmbedder

@@ -237,7 +237,7 @@ def test_modules_do_not_import_onnxruntime_or_ray() -> None:
     code = (
         "import sys, shift.inference.executors, shift.inference.onnx_backend, "
         "shift.inference.ray_runtime, shift.inference.ray_pool, shift.inference.preprocess\n"
-        "from shift.inference.embedder import known_backends\n"
+        "from shift.inference.backends import known_backends\n"
         "assert 'onnxruntime' in known_backends()\n"
         "bad = [m for m in ('onnxruntime', 'ray', 'torch') if m in sys.modules]\n"
         "assert not bad, bad"

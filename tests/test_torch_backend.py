@@ -25,7 +25,8 @@ from shift.catalog.onnx_import import register_onnx  # noqa: E402
 from shift.engine.scoring import Engine  # noqa: E402
 from shift.errors import BackendError, ShiftError  # noqa: E402
 from shift.inference import torch_backend, torch_check  # noqa: E402
-from shift.inference.embedder import Embedder, known_backends, make_embedder  # noqa: E402
+from shift.inference.backends import known_backends, make_embedder  # noqa: E402
+from shift.inference.embedder import Embedder  # noqa: E402
 from shift.inference.jobs import EmbedJob  # noqa: E402
 from shift.inference.local import InProcessExecutor  # noqa: E402
 from shift.inference.onnx_backend import OnnxEmbedder  # noqa: E402

@@ -80,7 +80,7 @@ class Indexer:
         batch_timeout_s: float | None = None,
         lock_timeout_s: float | None = None,
     ) -> None:
-        from shift.inference.embedder import backend_factory
+        from shift.inference.backends import backend_factory
 
         backend_factory(backend)  # an unknown name fails here, naming the known backends
         self.registry = registry

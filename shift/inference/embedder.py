@@ -6,20 +6,18 @@ A backend is one module that defines an embedder class and registers it where it
     class MyEmbedder:
         def __init__(self, model_path, record, *, device="auto", intra_op_threads=None): ...
 
-``make_embedder(name, model_path, record, **opts)`` builds (and loads) one. The built-in backends
-are imported lazily, on the first look-up, so importing this module imports no runtime.
+Looking a backend up and building an embedder is :mod:`shift.inference.backends`' job, which
+imports the built-in backends lazily; this module imports no backend and no runtime.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 
 from shift.errors import ShiftError
-from shift.records import ModelRecord
 
 DEFAULT_BACKEND = "onnxruntime"
 
@@ -57,14 +55,6 @@ F = TypeVar("F", bound=EmbedderFactory)
 _BACKENDS: dict[str, EmbedderFactory] = {}
 
 
-def _load_builtins() -> None:
-    """Import the built-in backend modules; each registers itself when imported."""
-    from shift.inference import (
-        onnx_backend,  # noqa: F401  (registers "onnxruntime")
-        torch_backend,  # noqa: F401  (registers "torch")
-    )
-
-
 def register_backend(name: str) -> Callable[[F], F]:
     """Class (or function) decorator: make ``factory`` the backend called ``name``. Registering
     a second, different factory under a taken name raises ``ShiftError``."""
@@ -84,50 +74,3 @@ def register_backend(name: str) -> Callable[[F], F]:
 
 def _origin(factory: EmbedderFactory) -> str:
     return f"{factory.__module__}.{getattr(factory, '__qualname__', repr(factory))}"
-
-
-def known_backends() -> list[str]:
-    """The registered backend names, sorted (built-ins included)."""
-    _load_builtins()
-    return sorted(_BACKENDS)
-
-
-def backend_factory(name: str, module: str | None = None) -> EmbedderFactory:
-    """The factory registered as ``name``. When this process has not imported the registering
-    ``module`` yet (a Ray worker), it is imported first. Unknown name -> ``ShiftError`` naming
-    the known backends."""
-    if name not in _BACKENDS:
-        _load_builtins()
-    if name not in _BACKENDS and module:
-        try:
-            importlib.import_module(module)
-        except ImportError as e:
-            raise ShiftError(
-                f"inference backend {name!r}: cannot import its module {module!r}: {e}",
-                hint="the module that registers a backend must be importable here "
-                "(on every Ray worker: put it on PYTHONPATH)",
-            ) from e
-    if name not in _BACKENDS:
-        raise ShiftError(
-            f"unknown inference backend {name!r}",
-            hint=f"known backends: {', '.join(sorted(_BACKENDS))}",
-        )
-    return _BACKENDS[name]
-
-
-def backend_module(name: str) -> str:
-    """The module that registered backend ``name`` (what another process must import)."""
-    return backend_factory(name).__module__
-
-
-def make_embedder(
-    backend: str,
-    model_path: str,
-    record: ModelRecord,
-    *,
-    module: str | None = None,
-    **opts: Any,
-) -> Embedder:
-    """Build and load ``record``'s model at ``model_path`` with ``backend``; ``opts`` (``device``,
-    ``intra_op_threads``) go to the backend. See ``backend_factory`` for ``module``."""
-    return backend_factory(backend, module)(model_path, record, **opts)

@@ -4,7 +4,7 @@ tiny workloads). Neither ray nor any runtime is imported when this module is imp
 from __future__ import annotations
 
 from shift.errors import ShiftError
-from shift.inference.embedder import make_embedder
+from shift.inference.backends import make_embedder
 from shift.inference.job_progress import ProgressView
 from shift.inference.jobs import (
     EmbedJob,

@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 
 from shift.errors import InferenceTimeoutError, ShiftError
-from shift.inference.embedder import Embedder, backend_module, make_embedder
+from shift.inference.backends import backend_module, make_embedder
+from shift.inference.embedder import Embedder
 from shift.inference.jobs import BatchResult, EmbedJob, JobFailure, embed_batch
 from shift.records import ModelRecord
 

@@ -21,7 +21,7 @@ from typing import Any, Literal
 import numpy as np
 
 from shift.scoring.estimators._common import check_xy, class_means, one_hot, pca
-from shift.scoring.proxies import estimator
+from shift.scoring.registry import estimator
 
 __all__ = ["DEFAULT_PCA_DIM", "bhattacharyya_distances", "gbc"]
 

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from shift.scoring.estimators._common import check_xy, class_means, spectrum
-from shift.scoring.proxies import estimator
+from shift.scoring.registry import estimator
 
 __all__ = ["hscore", "ledoit_wolf_shrinkage", "shrinkage_hscore"]
 

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from shift.scoring.estimators._common import as_labels, as_matrix, log_softmax, one_hot
-from shift.scoring.proxies import estimator
+from shift.scoring.registry import estimator
 
 __all__ = ["leep", "nce"]
 

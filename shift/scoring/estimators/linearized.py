@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from shift.scoring.estimators._common import as_matrix, check_xy, per_class_cap, softmax
-from shift.scoring.proxies import estimator
+from shift.scoring.registry import estimator
 
 __all__ = [
     "MAX_PER_CLASS",

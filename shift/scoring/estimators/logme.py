@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from shift.scoring.estimators._common import as_matrix, check_xy, one_hot, spectrum
-from shift.scoring.proxies import estimator
+from shift.scoring.registry import estimator
 
 __all__ = ["log_evidence", "logme"]
 

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from shift.scoring.estimators._common import EPS, check_xy, class_means, pca, softmax
-from shift.scoring.proxies import estimator
+from shift.scoring.registry import estimator
 
 __all__ = ["NCTIComponents", "lda_fit", "ncti", "ncti_components", "ncti_scores"]
 

@@ -28,7 +28,7 @@ from shift.scoring.estimators._common import (
     pca,
     pearson,
 )
-from shift.scoring.proxies import estimator
+from shift.scoring.registry import estimator
 
 __all__ = ["DEFAULT_MAX_SAMPLES", "DEFAULT_PCA_DIM", "parc"]
 

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from shift.scoring.estimators._common import check_xy, class_means, softmax, spd_solve
-from shift.scoring.proxies import estimator
+from shift.scoring.registry import estimator
 
 __all__ = ["lda_posterior", "power_lambda_max", "sfda"]
 

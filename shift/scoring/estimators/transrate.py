@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from shift.scoring.estimators._common import check_xy
-from shift.scoring.proxies import estimator
+from shift.scoring.registry import estimator
 
 __all__ = ["coding_rate", "transrate"]
 

@@ -329,7 +329,7 @@ class IndexStore:
                 hint="open it again and retry",
             )
 
-    def _write_full(
+    def write_full(
         self,
         *,
         key: IndexKey,

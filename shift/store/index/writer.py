@@ -13,7 +13,7 @@ import json
 import shutil
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -22,8 +22,24 @@ from shift.store.index.arrays import as_matrix, atomic_npy, check_array, check_i
 from shift.store.index.meta import IndexCorruptError, IndexKey, IndexStoreError
 from shift.store.index.reader import EmbeddingIndex
 
-if TYPE_CHECKING:  # pragma: no cover
-    from shift.store.index.store import IndexStore
+
+class IndexTarget(Protocol):
+    """What a writer needs of the store it builds for (``IndexStore``): the index folder, and
+    committing a complete index there."""
+
+    root: Path
+
+    def write_full(
+        self,
+        *,
+        key: IndexKey,
+        sample_ids: list[str],
+        vectors: np.ndarray,
+        logits: np.ndarray | None,
+        labels: np.ndarray,
+        providers: list[str],
+        created: str | None,
+    ) -> EmbeddingIndex: ...
 
 
 class IndexWriter:
@@ -35,7 +51,7 @@ class IndexWriter:
 
     def __init__(
         self,
-        store: IndexStore,
+        store: IndexTarget,
         key: IndexKey,
         dim: int,
         logits_dim: int | None,
@@ -220,7 +236,7 @@ class IndexWriter:
                 hint="add their batches (IndexWriter.add_batch) before finalize",
             )
         y = np.fromiter((int(labels[s]) for s in order), np.int64, len(order))
-        index = self.store._write_full(
+        index = self.store.write_full(
             key=self.key,
             sample_ids=order,
             vectors=vectors,
