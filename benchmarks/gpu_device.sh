@@ -14,6 +14,12 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 WHEELS=${WHEELS:-gpu_wheels}
+# the GPU machine's torch lives in its own venv (/opt/torch/.venv, seen on the H100 image): a venv
+# made from the system python would not see it, so install into that one
+if [[ -z "${PY:-}" && -x /opt/torch/.venv/bin/python ]]; then
+    PY=/opt/torch/.venv/bin/python
+    SHIFT_GPU_VENV=${SHIFT_GPU_VENV:-0}
+fi
 PY=${PY:-python3}
 PKGS=(onnx2torch pydantic sqlite-utils pyyaml)
 
