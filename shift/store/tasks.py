@@ -47,6 +47,16 @@ def _hash16(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:16]
 
 
+def chunk_name(images: np.ndarray) -> str:
+    """A chunk's content-addressed file name: ``chunk-<sha256(str(shape) + bytes)[:16]>.npy``,
+    hashed ~64 MB at a time, so a memory-mapped chunk is checked without loading it whole."""
+    h = hashlib.sha256(str(images.shape).encode())
+    step = max(1, (64 << 20) // max(1, images[:1].nbytes))
+    for i in range(0, len(images), step):
+        h.update(np.ascontiguousarray(images[i : i + step]).data)
+    return f"chunk-{h.hexdigest()[:16]}.npy"
+
+
 def sample_hash(img: np.ndarray) -> str:
     """A sample's base id: ``sha256(str(shape) + pixel bytes)[:16]``."""
     return _hash16(str(img.shape).encode() + img.tobytes())
@@ -166,7 +176,7 @@ class TaskStore:
     # -- chunks
     @staticmethod
     def _chunk_name(images: np.ndarray) -> str:
-        return f"chunk-{_hash16(str(images.shape).encode() + images.tobytes())}.npy"
+        return chunk_name(images)
 
     def _stage_chunk(self, name: str, images: np.ndarray) -> tuple[str, bool]:
         """Write ``images`` as a content-addressed chunk unless it exists (then its mtime is

@@ -4,7 +4,6 @@ findings, and repairs what is safe when asked."""
 
 from __future__ import annotations
 
-import hashlib
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from shift.fsutil import sha256_file
+from shift.store.tasks import chunk_name
 from shift.tools.doctor_files import (
     DEFAULT_GRACE_S,
     LOCK_FILES,
@@ -149,10 +149,7 @@ class _Doctor(Recorder):
             return
         try:
             arr = np.load(path, mmap_mode="r", allow_pickle=False)
-            h = hashlib.sha256(str(arr.shape).encode())
-            step = max(1, (64 << 20) // max(1, arr[:1].nbytes))  # ~64 MB at a time
-            for i in range(0, len(arr), step):
-                h.update(np.ascontiguousarray(arr[i : i + step]).data)
+            name = chunk_name(arr)
         except (OSError, ValueError, EOFError) as e:
             self.find("corrupt", "task_data", path, f"task {task!r}: data file unreadable: {e}")
             return
@@ -164,7 +161,7 @@ class _Doctor(Recorder):
                 f"task {task!r}: data file holds {arr.dtype}{list(arr.shape)}, expected uint8 "
                 f"images with at least {last + 1} rows",
             )
-        elif path.name != f"chunk-{h.hexdigest()[:16]}.npy":
+        elif path.name != name:
             self.find(
                 "corrupt",
                 "task_data",
