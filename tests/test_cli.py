@@ -33,8 +33,8 @@ runner = CliRunner()
 @pytest.fixture(autouse=True)
 def wide_consoles(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tables 250 columns wide so cells are not wrapped; output still goes to the runner."""
-    monkeypatch.setattr(shift.cli, "out", Console(width=250))
-    monkeypatch.setattr(shift.cli, "err", Console(width=250, stderr=True))
+    monkeypatch.setattr(shift.cli.base, "out", Console(width=250))
+    monkeypatch.setattr(shift.cli.base, "err", Console(width=250, stderr=True))
     monkeypatch.delenv("SHIFT_HOME", raising=False)
 
 

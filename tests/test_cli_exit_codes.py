@@ -26,8 +26,8 @@ runner = CliRunner()
 
 @pytest.fixture(autouse=True)
 def wide_consoles(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(shift.cli, "out", Console(width=250))
-    monkeypatch.setattr(shift.cli, "err", Console(width=250, stderr=True))
+    monkeypatch.setattr(shift.cli.base, "out", Console(width=250))
+    monkeypatch.setattr(shift.cli.base, "err", Console(width=250, stderr=True))
     monkeypatch.delenv("SHIFT_HOME", raising=False)
 
 

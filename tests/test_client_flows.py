@@ -151,8 +151,8 @@ class ViaCli:
 
 @pytest.fixture(params=["client", "cli"])
 def front(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
-    monkeypatch.setattr(shift.cli, "out", Console(width=250))
-    monkeypatch.setattr(shift.cli, "err", Console(width=250, stderr=True))
+    monkeypatch.setattr(shift.cli.base, "out", Console(width=250))
+    monkeypatch.setattr(shift.cli.base, "err", Console(width=250, stderr=True))
     monkeypatch.delenv("SHIFT_HOME", raising=False)
     home = tmp_path / "home"
     return ViaClient(home) if request.param == "client" else ViaCli(home)

@@ -246,7 +246,7 @@ def test_doctor_unreadable_registry(tmp_path: Path, onnx_files: list[Path]) -> N
 def test_doctor_cli(
     tmp_path: Path, onnx_files: list[Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(shift.cli, "out", Console(width=250))
+    monkeypatch.setattr(shift.cli.base, "out", Console(width=250))
     home = indexed_home(tmp_path / "home", onnx_files, n_models=1)
     runner = CliRunner()
     r = runner.invoke(shift.cli.app, ["doctor", "--home", str(home)])

@@ -1,0 +1,16 @@
+"""The ``shift`` command line (also ``shift-cli``, which no shell builtin shadows, and
+``python -m shift``). Each command parses its options, makes one :class:`~shift.client.Client`
+call and renders the answer; one module per command group. Importing this package stays light:
+ray, torch and onnxruntime load only inside the commands that need them."""
+
+from __future__ import annotations
+
+from shift.cli import models, pools, queries, tasks, work  # noqa: F401  (they register commands)
+from shift.cli.base import app
+
+__all__ = ["app", "main"]
+
+
+def main() -> None:
+    """Entry point (``shift``, ``shift-cli``, ``python -m shift``)."""
+    app()

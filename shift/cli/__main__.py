@@ -1,0 +1,5 @@
+"""``python -m shift.cli``."""
+
+from shift.cli import main
+
+main()

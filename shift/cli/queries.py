@@ -1,0 +1,54 @@
+"""``query`` and ``explain``."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from shift.cli import base as ui
+from shift.cli.base import (
+    ExecOpt,
+    HomeOpt,
+    JsonOpt,
+    RayOpt,
+    _client,
+    _print_json,
+    app,
+    command,
+)
+
+
+@command(app)
+def query(
+    text: Annotated[
+        str, typer.Argument(help='a query, e.g. "SELECT top 2 FROM pool all WHERE task=digits"')
+    ],
+    home: HomeOpt = None,
+    as_json: JsonOpt = False,
+    executor: ExecOpt = "ray",
+    ray_address: RayOpt = None,
+) -> None:
+    """Run a query and print the ranked models."""
+    from shift.render import print_result
+
+    with _client(home, executor, ray_address, progress=not as_json) as c:
+        res = c.query(text)
+    if as_json:
+        sys.stdout.write(res.model_dump_json(indent=2) + "\n")
+    else:
+        print_result(res, ui.out)
+
+
+@command(app)
+def explain(text: str, home: HomeOpt = None, as_json: JsonOpt = False) -> None:
+    """Show the plan of a query: pool size after each filter, cached vs to-compute work."""
+    from shift.render import print_plan
+
+    with _client(home) as c:
+        res = c.explain(text)
+    if as_json:
+        _print_json(res.plan)
+    else:
+        print_plan(res, text, ui.out)
