@@ -459,3 +459,36 @@ def test_engine_indexes_and_scores_with_the_torch_backend(tmp_path: Path) -> Non
     ort_scores = Engine(ort_reg, executor="inprocess", batch_size=32).scores("toy", ort_recs, "knn")
     assert scores == pytest.approx(ort_scores, abs=1e-9)  # same neighbours, same accuracy
     ort_reg.close()
+
+
+# ---- one thread per embedder -----------------------------------------------------------------
+
+
+def test_every_batch_runs_on_the_embedders_own_thread(
+    tiny_models: dict[str, ModelRecord],
+) -> None:
+    """cuDNN's autotuning cache is per thread, and the executors call ``embed`` from a fresh
+    thread per batch (to time it out): the module must still always run on one thread."""
+    import threading
+
+    rec = tiny_models["tiny-a"]
+    emb = torch_cpu(rec)
+    ran_on: list[int] = []
+    hook = emb.module.register_forward_pre_hook(lambda *_: ran_on.append(threading.get_ident()))
+    callers: list[int] = []
+
+    def call() -> None:
+        callers.append(threading.get_ident())
+        emb.embed(images(2, seed=14))
+
+    threads = [threading.Thread(target=call) for _ in range(3)]
+    for t in threads:
+        t.start()
+        t.join()
+    call()  # and from the test's thread
+    hook.remove()
+    assert len(ran_on) == 4 and len(set(ran_on)) == 1
+    assert ran_on[0] not in callers
+    with pytest.raises(ShiftError, match="uint8"):  # errors cross back to the caller
+        emb.embed(images(2, seed=15).astype(np.float32))
+    emb.close()
