@@ -40,7 +40,8 @@ DataKind = Literal["images", "npz"]
 
 class Client:
     """One shift home. ``executor`` ("auto", "ray", "inprocess"), ``ray_address``, ``progress``,
-    ``backend``, ``batch_timeout_s`` (per inference batch; ``$SHIFT_BATCH_TIMEOUT_S``, else 600)
+    ``backend`` ("onnxruntime", "torch" or "auto": see ``shift.inference.backend_auto``),
+    ``batch_timeout_s`` (per inference batch; ``$SHIFT_BATCH_TIMEOUT_S``, else 600)
     and ``lock_timeout_s`` (wait for another build of an index; ``$SHIFT_LOCK_TIMEOUT_S``, else
     1800) configure the engine, made on the first query that needs embeddings."""
 

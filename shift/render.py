@@ -87,6 +87,8 @@ def print_plan(res: Result, text: str, console: Console) -> None:
     work = res.plan.get("work")
     if work:
         console.print(f"estimated work: {work['estimate']}")
+        if work.get("backend"):
+            console.print(f"inference backend: {work['backend']}", highlight=False)
 
 
 def print_index_report(task: str, rep: Any, console: Console, errors: Console) -> None:
@@ -96,6 +98,7 @@ def print_index_report(task: str, rep: Any, console: Console, errors: Console) -
         f"indexed {task}: {len(rep.embedded)} models embedded "
         f"({sum(rep.embedded.values()):,} samples), {len(rep.reused)} reused, "
         f"{len(rep.relabelled)} relabelled, {len(rep.failed)} failed in {rep.seconds:.1f} s"
+        + (f" (backend {rep.backend})" if getattr(rep, "backend", "") else "")
     )
     for name, e in rep.failed.items():
         errors.print(f"[red]failed:[/red] {name}: {e}", highlight=False)

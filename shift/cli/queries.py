@@ -9,6 +9,7 @@ import typer
 
 from shift.cli import base as ui
 from shift.cli.base import (
+    BackendOpt,
     ExecOpt,
     HomeOpt,
     JsonOpt,
@@ -29,11 +30,12 @@ def query(
     as_json: JsonOpt = False,
     executor: ExecOpt = "ray",
     ray_address: RayOpt = None,
+    backend: BackendOpt = "onnxruntime",
 ) -> None:
     """Run a query and print the ranked models."""
     from shift.render import print_result
 
-    with _client(home, executor, ray_address, progress=not as_json) as c:
+    with _client(home, executor, ray_address, progress=not as_json, backend=backend) as c:
         res = c.query(text)
     if as_json:
         sys.stdout.write(res.model_dump_json(indent=2) + "\n")
@@ -42,11 +44,14 @@ def query(
 
 
 @command(app)
-def explain(text: str, home: HomeOpt = None, as_json: JsonOpt = False) -> None:
-    """Show the plan of a query: pool size after each filter, cached vs to-compute work."""
+def explain(
+    text: str, home: HomeOpt = None, as_json: JsonOpt = False, backend: BackendOpt = "onnxruntime"
+) -> None:
+    """Show the plan of a query: pool size after each filter, cached vs to-compute work, and
+    the inference backend that would embed."""
     from shift.render import print_plan
 
-    with _client(home) as c:
+    with _client(home, backend=backend) as c:
         res = c.explain(text)
     if as_json:
         _print_json(res.plan)

@@ -9,6 +9,7 @@ import typer
 
 from shift.cli import base as ui
 from shift.cli.base import (
+    BackendOpt,
     ExecOpt,
     HomeOpt,
     JsonOpt,
@@ -27,12 +28,13 @@ def index_cmd(
     home: HomeOpt = None,
     executor: ExecOpt = "ray",
     ray_address: RayOpt = None,
+    backend: BackendOpt = "onnxruntime",
 ) -> None:
     """Precompute the embedding indexes of TASK for every model in a pool; exit 1 if any model
     failed (each is named on stderr)."""
     from shift.render import print_index_report
 
-    with _client(home, executor, ray_address) as c:
+    with _client(home, executor, ray_address, backend=backend) as c:
         rep = c.index(task, pool=pool)
     print_index_report(task, rep, ui.out, ui.err)
     if rep.failed:

@@ -50,6 +50,7 @@ class IndexReport:
     failed: dict[str, str] = field(default_factory=dict)
     providers: dict[str, list[str]] = field(default_factory=dict)
     seconds: float = 0.0
+    backend: str = ""  # the concrete backend, with why when "auto" chose it
 
 
 def _batch_id(i: int, ids: list[str]) -> str:
@@ -67,7 +68,9 @@ def embed_order(rows: list[dict[str, Any]]) -> list[str]:
 class Indexer:
     """Builds and reuses a task's embedding indexes. ``executor``: "ray", "inprocess" or "auto";
     ``backend``: the inference backend that embeds (a name registered with
-    ``shift.inference.embedder.register_backend``), recorded with every index it builds."""
+    ``shift.inference.embedder.register_backend``, or "auto"), recorded with every index it
+    builds; "auto" is resolved to a concrete name here, before any key is computed
+    (``shift.inference.backend_auto``), and ``backend_choice`` says what was chosen and why."""
 
     def __init__(
         self,
@@ -80,11 +83,12 @@ class Indexer:
         batch_timeout_s: float | None = None,
         lock_timeout_s: float | None = None,
     ) -> None:
-        from shift.inference.backends import backend_factory
+        from shift.inference.backend_auto import resolve_backend
 
-        backend_factory(backend)  # an unknown name fails here, naming the known backends
+        # an unknown name fails here, naming the known backends; "auto" becomes a concrete one
+        self.backend_choice = resolve_backend(backend, registry.home.registry_dir)
         self.registry = registry
-        self.backend = backend
+        self.backend = self.backend_choice.name
         self.tasks = TaskStore(registry)
         self.executor_kind = executor
         self.ray_address = ray_address
@@ -204,7 +208,7 @@ class Indexer:
         rows_by_id = {r["sample_id"]: r for r in rows}
         labels = {r["sample_id"]: r["label"] for r in rows}
         order = [r["sample_id"] for r in rows]
-        report = IndexReport()
+        report = IndexReport(backend=self.backend_choice.describe())
         out: dict[str, Any] = {}
         jobs, writers, pending = [], {}, {}
         entries = self.registry.index_entries(task)

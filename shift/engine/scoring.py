@@ -115,6 +115,7 @@ class Engine(Indexer):
             "score_path": path or "arrays",
             "images_to_embed": images,
             "score_seconds": score_secs,
+            "backend": self.backend_choice.describe(),
             "estimate": f"{images:,} images through {len(to_embed)} models, "
             f"~{secs:.0f} s on one CPU core; scoring {len(models) - n_cached} models "
             f"~{score_secs:.1f} s",
