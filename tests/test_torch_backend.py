@@ -390,6 +390,10 @@ def test_a_conversion_that_disagrees_with_onnxruntime_is_refused(
         monkeypatch.setattr(torch_backend, "convert_onnx", real_convert)
         with pytest.raises(BackendError, match="disagrees"):  # the verdict is kept
             torch_cpu(rec)
+        # the same weights read through other outputs: a verdict of its own (checked, agrees)
+        no_head = rec.model_copy(update={"head_output": None, "head_classes": None})
+        assert torch_check.verdict_key(no_head, "torch") != torch_check.verdict_key(rec, "torch")
+        torch_cpu(no_head)
         torch_cpu(rec, verify=False)  # unchecked, it loads
         torch_check.forget_verdicts()
         torch_cpu(rec)  # checked again: the real conversion agrees

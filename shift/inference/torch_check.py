@@ -3,7 +3,8 @@
 A fixed batch (``check_images``: two seeded noise images and two ramps at the model's input size)
 goes through the backend in fp32 and through ONNX Runtime on CPU; every row of the embeddings,
 and of the logits when the model has a head, must have cosine >= ``MIN_COSINE`` to ONNX
-Runtime's. The verdict is kept per process by (model sha256, backend), refusals included.
+Runtime's. The verdict is kept per process by (model sha256, backend) and what else the
+check depends on (the outputs read and the input spec), refusals included.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from shift.errors import BackendError, ShiftError
 from shift.records import InputSpec
 
 MIN_COSINE = 0.999
-_VERDICTS: dict[tuple[str, str], str | None] = {}  # (sha256, backend) -> None (agrees) or why not
+_VERDICTS: dict[tuple[str, ...], str | None] = {}  # verdict_key -> None (agrees) or why not
 
 
 def check_images(spec: InputSpec) -> np.ndarray:
@@ -66,12 +67,19 @@ def _disagreement(embedder: Any) -> str | None:
     return None
 
 
+def verdict_key(rec: Any, backend: str) -> tuple[str, ...]:
+    """What a verdict holds for: the weights (sha256), the backend, the outputs compared and
+    the preprocessing (a record registered again with another output is checked again)."""
+    spec = rec.input.model_dump_json()
+    return (rec.sha256, backend, rec.input_name, rec.output, rec.head_output or "", spec)
+
+
 def check_against_onnxruntime(embedder: Any, backend: str) -> None:
     """Raise ``BackendError`` when ``embedder`` (``record``, ``model_path``, ``route`` and
     ``run(images, precision)``) disagrees with ONNX Runtime; checked once per process per
     (model sha256, ``backend``)."""
     rec = embedder.record
-    key = (rec.sha256, backend)
+    key = verdict_key(rec, backend)
     if key not in _VERDICTS:
         _VERDICTS[key] = _disagreement(embedder)
     why = _VERDICTS[key]
