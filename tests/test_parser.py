@@ -392,7 +392,7 @@ PLAN_ERRORS = [
     (
         "SELECT top 2 FROM pool all WHERE task=flowers RANK BY hybrid(nope)",
         1,
-        55,
+        62,  # the proxy itself, inside hybrid(...)
         "unknown proxy 'nope'",
         ["valid rankers:", "linear"],
     ),
@@ -429,8 +429,8 @@ PLAN_ERRORS = [
         "SELECT top 2 FROM pool all WHERE task=flowers AND task=digits",
         1,
         51,
-        "one task",
-        ["second task"],
+        "tasks once",
+        ["task IN (A, B, ...)", "second task"],
     ),
     (
         "SELECT * FROM models RANK BY agnostic ORDER BY params",
@@ -480,9 +480,9 @@ PLAN_ERRORS = [
     (
         "SELECT top 2 FROM pool all WHERE task=flowers RANK BY knn(3)",
         1,
-        55,
-        "no arguments",
-        ["RANK BY knn"],
+        59,  # the positional argument
+        "only named parameters",
+        ["RANK BY knn(k=1)"],
     ),
 ]
 

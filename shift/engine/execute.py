@@ -12,6 +12,9 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Protocol
 
+from shift.engine.multitask import engine_scores, engine_status, explain_multi, run_multi
+from shift.engine.similarity import explain_similar, run_similar
+from shift.engine.tables import explain_table, run_table
 from shift.query import ast
 from shift.query.columns import COLUMNS, DISPLAY_COLUMNS
 from shift.query.format import to_text
@@ -152,6 +155,8 @@ def check_heads(plan: Plan, models: list[ModelRecord]) -> None:
 
 def explain(plan: Plan, registry: Registry, engine: EngineFactory) -> Result:
     """Pool size after each filter, what is cached and what must be computed."""
+    if plan.strategy == "table":
+        return explain_table(plan, registry)
     steps: list[dict[str, Any]] = [
         {"step": "all models", "detail": "", "models": registry.count_models()}
     ]
@@ -173,17 +178,24 @@ def explain(plan: Plan, registry: Registry, engine: EngineFactory) -> Result:
         "task": plan.task,
         "steps": steps,
     }
-    if plan.task and plan.proxy:
+    if plan.strategy == "multi":
+        info["tasks"] = plan.tasks
+        where, params = plan.where_sql
+        info["work"] = explain_multi(plan, registry.models(where, params), engine, steps)
+    elif plan.strategy == "similar":
+        where, params = plan.where_sql
+        explain_similar(plan, registry, registry.models(where, params), engine, steps, info)
+    elif plan.task and plan.proxy:
         where, params = plan.where_sql
         models = registry.models(where, params)
-        status = engine().status(plan.task, models, plan.proxy)
+        status = engine_status(engine(), plan.task, models, plan)
         info["work"] = status
         steps.append(
             {"step": "embed", "detail": status["embed_summary"], "models": status["to_embed"]}
         )
         steps.append(
             {
-                "step": f"score {plan.proxy}",
+                "step": f"score {plan.proxy_label}",
                 "detail": status["score_summary"],
                 "models": status["to_score"],
             }
@@ -212,6 +224,8 @@ def execute(
         res = explain(plan, registry, engine)
         res.timings = timings
         return res
+    if plan.strategy == "table":
+        return run_table(plan, registry, timings)
     where, params = plan.where_sql
     plan_info = {
         "pool": plan.pool,
@@ -238,7 +252,16 @@ def execute(
     scores: dict[str, float | None] = {}
     strategy, label = plan.strategy, plan.proxy
     check_heads(plan, models)  # before any work: sh and plain proxies alike
-    if plan.strategy in ("random", "meta"):
+    if plan.strategy == "multi":
+        res = run_multi(plan, models, engine, timings, plan_info)
+        res.timings.total_ms += (time.perf_counter() - t0) * 1000
+        return res
+    if plan.strategy == "similar":
+        ts = time.perf_counter()
+        scores = run_similar(plan, registry, models, engine, plan_info)
+        timings.score_ms += (time.perf_counter() - ts) * 1000
+        strategy, label = "proxy", plan.ranker
+    elif plan.strategy in ("random", "meta"):
         scores = (
             random_scores(models, plan.proxy_args[0])
             if plan.strategy == "random"
@@ -270,7 +293,7 @@ def execute(
     elif plan.task and plan.proxy:
         eng = engine()
         ts = time.perf_counter()
-        scores = eng.scores(plan.task, models, plan.proxy)
+        scores = engine_scores(eng, plan.task, models, plan)
         timings.score_ms += (time.perf_counter() - ts) * 1000
     picks = rank(models, plan.budget, strategy, label, scores)
     rows = []

@@ -7,6 +7,7 @@ import functools
 import hashlib
 import json
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -68,13 +69,19 @@ class Engine(Indexer):
         key = cache[id(m)] = (m, model_cache_key(m, self.backend))
         return key[1]
 
-    def status(self, task: str, models: list[ModelRecord], proxy: str) -> dict[str, Any]:
-        """What a query on ``task`` would compute (EXPLAIN)."""
+    def status(
+        self,
+        task: str,
+        models: list[ModelRecord],
+        proxy: str,
+        args: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """What a query on ``task`` would compute (EXPLAIN); ``args``: the proxy's settings."""
         rec, rows = self.registry.task_snapshot(task)
         work = self._plan(rec, models, rows)
         from shift.scoring.proxies import get_proxy
 
-        spec = get_proxy(proxy)
+        spec = get_proxy(proxy).bind(args or {})
         cached = self.registry.get_scores(
             rec.content_hash,
             proxy,
@@ -135,8 +142,16 @@ class Engine(Indexer):
             xtr, xva = idx.select_logits(train), idx.select_logits(val)
         return np.asarray(xtr), ytr, np.asarray(xva), yva
 
-    def scores(self, task: str, models: list[ModelRecord], proxy: str) -> dict[str, float | None]:
+    def scores(
+        self,
+        task: str,
+        models: list[ModelRecord],
+        proxy: str,
+        args: Mapping[str, Any] | None = None,
+    ) -> dict[str, float | None]:
         """Proxy score per model (None for a model that failed), from cache where possible.
+        ``args``: the proxy's settings (``{"k": 5}``), checked and part of the cache key
+        (:meth:`~shift.scoring.registry.ProxySpec.bind`).
         Pool-relative proxies (NCTI: normalised over the models scored together) are scored over
         the whole pool every time and never cached per model. A proxy whose ``from_index`` hook
         applies to the training split (kNN on large splits: the hnsw graph) scores each index
@@ -147,7 +162,7 @@ class Engine(Indexer):
         if the task changes while its indexes are updated, the query reads it again."""
         from shift.scoring.proxies import get_proxy
 
-        spec = get_proxy(proxy)
+        spec = get_proxy(proxy).bind(args or {})
         pkey = proxy_params_key(spec.params)
         pool_relative = spec.pool_relative
         keys = {m.name: self.score_key(m) for m in models}

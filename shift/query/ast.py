@@ -91,14 +91,34 @@ Expr = Predicate | Not | And | Or
 
 @dataclass(frozen=True)
 class Ranker:
-    """``RANK BY name`` or ``RANK BY name(arg, ...)``: ``agnostic``, ``knn``, ``hybrid(linear)``."""
+    """``RANK BY name`` or ``RANK BY name(arg, ..., key=value, ...)``: ``agnostic``, ``knn``,
+    ``hybrid(linear)``, ``knn(k=5, metric=cosine)``, ``avg(linear(lr=0.01))``.
+
+    ``args`` are positional: scalars (a bare name is its lower-case string) or nested rankers
+    written with parentheses; ``kwargs`` are ``(name, value)`` pairs in the order written.
+    ``arg_pos``/``kwarg_pos`` locate each one in the text (ignored by equality)."""
 
     name: str
-    args: tuple[Scalar, ...] = ()
+    args: tuple[Scalar | Ranker, ...] = ()
+    kwargs: tuple[tuple[str, Scalar], ...] = ()
     pos: Span = _pos()
+    arg_pos: tuple[Span, ...] = field(default=(), compare=False, repr=False)
+    kwarg_pos: tuple[Span, ...] = field(default=(), compare=False, repr=False)
 
     def __str__(self) -> str:
-        return self.name if not self.args else f"{self.name}({', '.join(map(str, self.args))})"
+        parts = [str(a) for a in self.args] + [f"{k}={v}" for k, v in self.kwargs]
+        return self.name if not parts else f"{self.name}({', '.join(parts)})"
+
+    def arg_span(self, i: int) -> Span:
+        """Where positional argument ``i`` is (the whole ranker if unknown)."""
+        return self.arg_pos[i] if i < len(self.arg_pos) else self.pos
+
+    def kwarg_span(self, name: str) -> Span:
+        """Where ``name=value`` is (the whole ranker if unknown)."""
+        for (k, _), sp in zip(self.kwargs, self.kwarg_pos, strict=False):
+            if k == name:
+                return sp
+        return self.pos
 
 
 @dataclass(frozen=True)
@@ -114,6 +134,8 @@ class Select:
     [ORDER BY c] [LIMIT n]``.
 
     ``top`` is the budget B (None for ``*``); ``pool`` is ``"all"`` for ``FROM models``.
+    ``table`` names a table of measurements instead of models (``FROM finetunes``, ``FROM
+    scores``; ``pool`` is then ``"all"`` and unused).
     """
 
     top: int | None
@@ -123,6 +145,7 @@ class Select:
     order: OrderBy | None = None
     limit: int | None = None
     explain: bool = False
+    table: str | None = None
     pool_pos: Span = _pos()
     top_pos: Span = _pos()
     limit_pos: Span = _pos()

@@ -59,9 +59,12 @@ class QueryBuilder:
                 terms.append(ast.Compare(col, "=", _lit(v)))
         return self._with(where=ast.and_all(terms))
 
-    def rank(self, name: str, *args: Any) -> QueryBuilder:
-        norm = tuple(a.lower() if isinstance(a, str) else a for a in args)
-        return self._with(rank=ast.Ranker(name.lower(), norm))
+    def rank(self, name: str | ast.Ranker, *args: Any, **kwargs: Any) -> QueryBuilder:
+        """``rank("knn", k=5)`` → ``RANK BY knn(k=5)``; a nested ranker is a :func:`ranker`:
+        ``rank("avg", ranker("linear", lr=0.01))``."""
+        return self._with(
+            rank=name if isinstance(name, ast.Ranker) else ranker(name, *args, **kwargs)
+        )
 
     def order_by(self, column: str, descending: bool = False) -> QueryBuilder:
         return self._with(order=ast.OrderBy(column, descending))
@@ -88,6 +91,24 @@ class QueryBuilder:
         if self._client is None:
             raise RuntimeError("this builder is not bound to a client")
         return self._client.run_select(self._select)
+
+
+def ranker(name: str, *args: Any, **kwargs: Any) -> ast.Ranker:
+    """A ranker node as the parser makes it: names and string values lower-case."""
+
+    def norm(a: Any) -> Any:
+        return a.lower() if isinstance(a, str) else a
+
+    return ast.Ranker(
+        name.lower(),
+        tuple(norm(a) for a in args),
+        tuple((k.lower(), norm(v)) for k, v in kwargs.items()),
+    )
+
+
+def table(name: str, client: Runner | None = None) -> QueryBuilder:
+    """``table("finetunes")`` → ``SELECT * FROM finetunes`` (add ``where``/``order_by``)."""
+    return QueryBuilder(client, ast.Select(top=None, pool="all", table=name.lower()))
 
 
 def select(top: int | str | None = None, client: Runner | None = None) -> QueryBuilder:

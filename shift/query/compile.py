@@ -21,18 +21,27 @@ def _error(text: str, span: ast.Span, msg: str, hint: str | None) -> QueryError:
     )
 
 
-def column(name: str, span: ast.Span, text: str) -> Column:
-    """Look up a column or raise a QueryError listing the valid ones (with a close match)."""
-    col = COLUMNS.get(name)
+def column(
+    name: str,
+    span: ast.Span,
+    text: str,
+    columns: dict[str, Column] = COLUMNS,
+    table: str | None = None,
+) -> Column:
+    """Look up a column (of the models, or of ``table`` with ``columns``) or raise a QueryError
+    listing the valid ones (with a close match)."""
+    col = columns.get(name)
     if col is not None:
         return col
-    close = difflib.get_close_matches(name, [*COLUMNS, TASK_COLUMN], n=1)
+    valid = [*columns] if table else [*columns, TASK_COLUMN]
+    close = difflib.get_close_matches(name, valid, n=1)
     hint = (
         (f"did you mean {close[0]!r}? " if close else "")
-        + "valid columns: "
-        + ", ".join([*COLUMNS, TASK_COLUMN])
+        + (f"columns of {table}: " if table else "valid columns: ")
+        + ", ".join(valid)
     )
-    return _raise(_error(text, span, f"unknown column {name!r}", hint))
+    where = f" in {table}" if table else ""
+    return _raise(_error(text, span, f"unknown column {name!r}{where}", hint))
 
 
 def _raise(err: QueryError) -> Any:
@@ -77,8 +86,14 @@ def _value(col: Column, lit: ast.Literal, text: str) -> Any:
     return str(v) if not isinstance(v, str) else v
 
 
-def compile_condition(expr: ast.Expr, text: str) -> tuple[str, list[Any]]:
-    """Return ``(sql, params)`` for a condition on models. ``task`` must have been removed."""
+def compile_condition(
+    expr: ast.Expr,
+    text: str,
+    columns: dict[str, Column] = COLUMNS,
+    table: str | None = None,
+) -> tuple[str, list[Any]]:
+    """Return ``(sql, params)`` for a condition on models (``task`` must have been removed), or
+    on the rows of ``table`` whose ``columns`` are given (there ``task`` is a column)."""
     params: list[Any] = []
 
     def walk(node: ast.Expr) -> str:
@@ -88,7 +103,7 @@ def compile_condition(expr: ast.Expr, text: str) -> tuple[str, list[Any]]:
             return "(" + " OR ".join(walk(i) for i in node.items) + ")"
         if isinstance(node, ast.Not):
             return f"(NOT {walk(node.expr)})"
-        if node.column == TASK_COLUMN:
+        if node.column == TASK_COLUMN and table is None:
             _raise(
                 _error(
                     text,
@@ -98,7 +113,7 @@ def compile_condition(expr: ast.Expr, text: str) -> tuple[str, list[Any]]:
                     "e.g. WHERE task=flowers AND params < 30M",
                 )
             )
-        col = column(node.column, node.column_pos, text)
+        col = column(node.column, node.column_pos, text, columns, table)
         if isinstance(node, ast.Compare):
             if node.op not in _OPS:  # pragma: no cover - grammar guarantees it
                 _raise(_error(text, node.pos, f"unknown operator {node.op}", None))

@@ -74,22 +74,30 @@ def expr_text(e: ast.Expr, parent: str = "") -> str:
     raise TypeError(f"not an expression: {e!r}")
 
 
+def _arg(a: ast.Scalar | ast.Ranker) -> str:
+    if isinstance(a, ast.Ranker):
+        return ranker_text(a)
+    if isinstance(a, str) and _IDENT.match(a) and a == a.lower() and a not in KEYWORDS:
+        return a
+    return literal(a)
+
+
+def ranker_text(r: ast.Ranker) -> str:
+    """``name``, ``name(a, b)`` or ``name(a, key=value)``; nested rankers keep their arguments."""
+    parts = [_arg(a) for a in r.args] + [f"{ident(k)}={_arg(v)}" for k, v in r.kwargs]
+    return ident(r.name) + (f"({', '.join(parts)})" if parts else "")
+
+
 def to_text(q: ast.Select) -> str:
     parts = ["EXPLAIN"] if q.explain else []
     parts.append("SELECT " + ("*" if q.top is None else f"top {q.top}"))
     if not _IDENT.match(q.pool):  # after `pool` any name, even a keyword, is read as a name
         raise ValueError(f"{q.pool!r} is not a valid pool name in a query")
-    parts.append(f"FROM pool {q.pool}")
+    parts.append(f"FROM {ident(q.table)}" if q.table else f"FROM pool {q.pool}")
     if q.where is not None:
         parts.append("WHERE " + expr_text(q.where))
     if q.rank is not None:
-        args = ", ".join(
-            a
-            if isinstance(a, str) and _IDENT.match(a) and a == a.lower() and a not in KEYWORDS
-            else literal(a)
-            for a in q.rank.args
-        )
-        parts.append(f"RANK BY {ident(q.rank.name)}" + (f"({args})" if q.rank.args else ""))
+        parts.append(f"RANK BY {ranker_text(q.rank)}")
     if q.order is not None:
         parts.append(f"ORDER BY {ident(q.order.column)} {'DESC' if q.order.descending else 'ASC'}")
     if q.limit is not None:

@@ -10,53 +10,15 @@ from typing import Any
 
 from shift.errors import QueryError
 from shift.query import ast
+from shift.query.columns import TABLES
+from shift.query.syntax import SYNTAX, Named, PositionedError, build_ranker, hint_for
+from shift.query.syntax import span_of as _span
 
 MAX_QUERY_CHARS = 20_000
 MAX_NESTING = 64
 #: AND/OR/NOT nodes nested deeper than this are refused (SQLite's parser stack is ~100 deep)
 MAX_EXPR_DEPTH = 32
 _SUFFIX = {"k": 1e3, "m": 1e6, "g": 1e9}
-
-# how terminals are named in "expected ..." hints
-_READABLE = {
-    "EXPLAIN": "EXPLAIN",
-    "SELECT": "SELECT",
-    "FROM": "FROM",
-    "TOP": "top",
-    "POOL": "pool",
-    "MODELS": "models",
-    "WHERE": "WHERE",
-    "_AND": "AND",
-    "_OR": "OR",
-    "NOT": "NOT",
-    "IN": "IN",
-    "LIKE": "LIKE",
-    "IS": "IS",
-    "NULL": "NULL",
-    "TRUE": "true",
-    "FALSE": "false",
-    "RANK": "RANK BY",
-    "BY": "BY",
-    "ORDER": "ORDER BY",
-    "DIRECTION": "ASC/DESC",
-    "LIMIT": "LIMIT",
-    "STAR": "*",
-    "COMP_OP": "a comparison (= != < <= > >=)",
-    "INT": "an integer",
-    "NUMBER": "a number",
-    "STRING": "a quoted string",
-    "IDENT": "a name",
-    "LPAR": "(",
-    "RPAR": ")",
-    "COMMA": ",",
-    "$END": "end of query",
-    "<END-OF-FILE>": "end of query",
-}
-
-SYNTAX = (
-    "SELECT (top N | *) FROM (pool NAME | models) [WHERE cond] "
-    "[RANK BY agnostic | PROXY | hybrid(PROXY)] [ORDER BY col [ASC|DESC]] [LIMIT n]"
-)
 
 
 @functools.cache
@@ -65,15 +27,6 @@ def _lark() -> Any:
 
     grammar = (Path(__file__).parent / "grammar.lark").read_text()
     return Lark(grammar, parser="lalr", propagate_positions=True, maybe_placeholders=False)
-
-
-def _span(meta_or_tok: Any) -> ast.Span:
-    line = getattr(meta_or_tok, "line", 1) or 1
-    col = getattr(meta_or_tok, "column", 1) or 1
-    end = getattr(meta_or_tok, "end_pos", None)
-    start = getattr(meta_or_tok, "start_pos", None)
-    length = (end - start) if (end is not None and start is not None) else 1
-    return ast.Span(line, col, max(1, length))
 
 
 def parse_number(text: str) -> int | float:
@@ -107,14 +60,6 @@ def _unquote(tok: str) -> str:
     return "".join(out)
 
 
-class _PositionedError(Exception):
-    """Raised inside the transformer; ``parse`` turns it into a QueryError with the text."""
-
-    def __init__(self, message: str, span: ast.Span, hint: str | None = None) -> None:
-        super().__init__(message)
-        self.message, self.span, self.hint = message, span, hint
-
-
 def _build_transformer() -> Any:
     from lark import Token, Transformer, v_args
 
@@ -126,7 +71,7 @@ def _build_transformer() -> Any:
             try:
                 return ast.Literal(parse_number(str(tok)), _span(tok))
             except (ValueError, ArithmeticError):
-                raise _PositionedError(
+                raise PositionedError(
                     f"number {tok} is out of range",
                     _span(tok),
                     "numbers must be finite and at most 1.8e308",
@@ -180,15 +125,22 @@ def _build_transformer() -> Any:
         def where_clause(self, meta: Any, c: list[Any]) -> tuple[str, Any]:
             return ("where", c[-1])
 
-        def ranker(self, meta: Any, c: list[Any]) -> tuple[str, Any]:
-            name = c[0].value.lower()
-            args = tuple(
-                x.value.lower() if isinstance(x, ast.Literal) else lit(x).value for x in c[1:]
-            )
-            return ("rank", ast.Ranker(name, args, _span(meta)))
+        def named_arg(self, meta: Any, c: list[Any]) -> Named:
+            name, op, value = c
+            if str(op) != "=":
+                raise PositionedError(
+                    f"unexpected {str(op)!r} in an argument",
+                    _span(op),
+                    f"write arguments as name=value, e.g. {name.value.lower()}=5",
+                )
+            v = value.value.lower() if isinstance(value, ast.Literal) else lit(value).value
+            return Named(name.value.lower(), v, _span(meta))
+
+        def ranker(self, meta: Any, c: list[Any]) -> ast.Ranker:
+            return build_ranker(c, _span(meta), lit)
 
         def rank_clause(self, meta: Any, c: list[Any]) -> tuple[str, Any]:
-            return c[-1]
+            return ("rank", c[-1])
 
         def order_clause(self, meta: Any, c: list[Any]) -> tuple[str, Any]:
             col = c[2]
@@ -210,8 +162,19 @@ def _build_transformer() -> Any:
         def models_source(self, meta: Any, c: list[Any]) -> tuple[str, ast.Span]:
             return ("all", _span(c[0]))
 
+        def table_source(self, meta: Any, c: list[Any]) -> tuple[str, ast.Span, str]:
+            name = str(c[0].value).lower()
+            if name not in TABLES:
+                raise PositionedError(
+                    f"unknown source {c[0].value!r}",
+                    c[0].pos,
+                    "write FROM pool NAME, FROM models, or a table of measurements: "
+                    + ", ".join(TABLES),
+                )
+            return ("all", c[0].pos, name)
+
         def select(self, meta: Any, c: list[Any]) -> ast.Select:
-            (top, top_pos), (pool, pool_pos) = c[1], c[3]
+            (top, top_pos), (pool, pool_pos, *table) = c[1], c[3]
             clauses = dict(x for x in c[4:])
             limit, limit_pos = clauses.get("limit", (None, ast.NOWHERE))
             return ast.Select(
@@ -221,6 +184,7 @@ def _build_transformer() -> Any:
                 rank=clauses.get("rank"),
                 order=clauses.get("order"),
                 limit=limit,
+                table=table[0] if table else None,
                 pool_pos=pool_pos,
                 top_pos=top_pos,
                 limit_pos=limit_pos,
@@ -240,13 +204,6 @@ def _build_transformer() -> Any:
 @functools.cache
 def _transformer() -> Any:
     return _build_transformer()
-
-
-def _expected_hint(expected: set[str] | frozenset[str]) -> str:
-    words = sorted({_READABLE.get(e, e) for e in expected})
-    return "expected " + (
-        ", ".join(words[:-1]) + " or " + words[-1] if len(words) > 1 else words[0]
-    )
 
 
 def _check_limits(text: str) -> None:
@@ -309,11 +266,11 @@ def parse(text: str) -> ast.Select:
             line=line,
             column=col,
             length=len(str(tok)) or 1,
-            hint=_hint_for(e.expected, text),
+            hint=hint_for(e.expected, text),
         ) from None
     except UnexpectedCharacters as e:
         ch = text[e.pos_in_stream] if e.pos_in_stream < len(text) else ""
-        hint = _hint_for(e.allowed or set(), text)
+        hint = hint_for(e.allowed or set(), text)
         if ch in "'\"":
             hint = "strings must be closed on the same line with a matching quote"
         raise QueryError(
@@ -326,7 +283,7 @@ def parse(text: str) -> ast.Select:
             text=text,
             line=len(lines),
             column=len(lines[-1]) + 1,
-            hint=_hint_for(set(e.expected), text),
+            hint=hint_for(set(e.expected), text),
         ) from None
     except UnexpectedInput as e:  # pragma: no cover - other lark input errors
         raise QueryError(
@@ -340,7 +297,7 @@ def parse(text: str) -> ast.Select:
         select = _transformer().transform(tree)
     except VisitError as e:
         orig = e.orig_exc
-        if isinstance(orig, _PositionedError):
+        if isinstance(orig, PositionedError):
             sp = orig.span
             raise QueryError(
                 orig.message,
@@ -379,19 +336,6 @@ def _check_depth(expr: ast.Expr | None, text: str) -> None:
             )
         children = [node.expr] if isinstance(node, ast.Not) else list(node.items)
         stack.extend((c, depth + 1) for c in children)
-
-
-def _hint_for(expected: Any, text: str) -> str:
-    exp = {str(x) for x in expected}
-    if exp == {"FROM"}:
-        return "after SELECT top N or SELECT *, write FROM pool NAME or FROM models"
-    if "TOP" in exp and "STAR" in exp:
-        return "write SELECT top N (the budget) or SELECT *"
-    if exp and exp <= {"POOL", "MODELS"}:
-        return "write FROM pool NAME (see `shift-cli pools list`) or FROM models"
-    if "COMP_OP" in exp:
-        return _expected_hint(exp) + "; e.g. params < 30M, task=flowers, source IN ('a', 'b')"
-    return _expected_hint(exp) if exp else SYNTAX
 
 
 def parse_condition(text: str) -> ast.Expr:

@@ -9,10 +9,11 @@ from typing import Any, Protocol
 
 from shift.errors import QueryError
 from shift.query import ast
-from shift.query.columns import COLUMNS, TASK_COLUMN
+from shift.query.columns import COLUMNS, TABLES, TASK_COLUMN
 from shift.query.compile import column, compile_condition
 from shift.query.format import expr_text
 from shift.query.parser import parse, parse_condition
+from shift.query.rankers import resolve
 from shift.records import PoolRecord
 
 
@@ -30,6 +31,8 @@ class Catalog(Protocol):
 
 DEFAULT_TASK_RANKER = ast.Ranker("hybrid", ("linear",))
 DEFAULT_RANKER = ast.Ranker("agnostic")
+#: several tasks, no RANK BY: the mean of each model's per-task linear-probe ranks
+DEFAULT_MULTI_RANKER = ast.Ranker("avg_rank", ("linear",))
 
 
 @dataclass
@@ -48,11 +51,26 @@ class Plan:
     pool: str
     filters: list[Filter] = field(default_factory=list)
     task: str | None = None
-    strategy: str = "agnostic"  # agnostic | proxy | hybrid | sh | meta | random | order
+    strategy: str = "agnostic"  # agnostic|proxy|hybrid|sh|meta|random|order|multi|similar|table
     proxy: str | None = None
     proxy_args: tuple = ()
     budget: int | None = None
     order: ast.OrderBy | None = None
+    #: every task the query names (``task = a`` or ``task IN (a, b)``); ``task`` when one
+    tasks: list[str] = field(default_factory=list)
+    #: the proxy's settings as written (checked; {} for its defaults) and its full parameters
+    settings: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
+    aggregate: str | None = None  # multi: avg | min | max | avg_rank
+    similar: dict[str, Any] = field(default_factory=dict)  # similar: k, probe
+    table: str | None = None  # table: finetunes | scores
+
+    @property
+    def proxy_label(self) -> str:
+        """``knn`` or ``knn(k=5, metric=cosine)``: the proxy with its settings, sorted."""
+        if not self.settings:
+            return str(self.proxy)
+        return f"{self.proxy}({', '.join(f'{k}={v}' for k, v in sorted(self.settings.items()))})"
 
     @property
     def where_sql(self) -> tuple[str, list[Any]]:
@@ -65,9 +83,16 @@ class Plan:
     @property
     def ranker(self) -> str:
         if self.strategy == "hybrid":
-            return f"hybrid({self.proxy})"
+            return f"hybrid({self.proxy_label})"
         if self.strategy == "proxy":
-            return str(self.proxy)
+            return self.proxy_label
+        if self.strategy == "multi":
+            return f"{self.aggregate}({self.proxy_label})"
+        if self.strategy == "similar":
+            probe = f", probe={self.similar['probe']}" if self.similar.get("probe") else ""
+            return f"similar(k={self.similar['k']}{probe})"
+        if self.strategy == "table":
+            return "table"
         if self.strategy in ("random", "meta"):
             return f"{self.strategy}({self.proxy_args[0]})"
         if self.strategy == "sh":
@@ -110,91 +135,6 @@ def check_condition(condition: str) -> str:
     return text
 
 
-def _resolve_ranker(text: str, r: ast.Ranker, has_task: bool) -> tuple[str, str | None, tuple]:
-    from shift.scoring.proxies import PROXIES
-
-    proxies = sorted(PROXIES)
-    valid = (
-        "agnostic, " + ", ".join(proxies) + ", hybrid(PROXY), sh(PROXY[, budget, chunk]), "
-        "meta(TABLE), random(SEED)"
-    )
-    if r.name == "agnostic":
-        if r.args:
-            raise _err(text, r.pos, "agnostic takes no arguments", "write RANK BY agnostic")
-        return "agnostic", None, ()
-    if r.name == "random":
-        if len(r.args) > 1 or (
-            r.args and (not isinstance(r.args[0], int) or isinstance(r.args[0], bool))
-        ):
-            raise _err(text, r.pos, "random takes one integer seed", "e.g. RANK BY random(7)")
-        return "random", None, (r.args[0] if r.args else 0,)
-    if r.name == "meta":
-        from shift.scoring.meta import available_tables
-
-        tables = available_tables()
-        table = r.args[0] if r.args else "vtab1k"
-        if len(r.args) > 1 or table not in tables:
-            raise _err(
-                text,
-                r.pos,
-                f"unknown fine-tuning table {table!r}",
-                "tables: " + ", ".join(tables) + "; e.g. RANK BY meta(vtab1k)",
-            )
-        return "meta", None, (table,)
-    if r.name == "sh":
-        proxy = r.args[0] if r.args else "linear"
-        extra = r.args[1:]
-        if (
-            len(extra) > 2
-            or proxy not in PROXIES
-            or any(not (isinstance(a, int) and a > 0) and a != "auto" for a in extra)
-        ):
-            raise _err(
-                text,
-                r.pos,
-                "sh takes a proxy and optional budget and chunk",
-                "e.g. RANK BY sh(linear) or sh(knn, auto, 50); proxies: " + ", ".join(proxies),
-            )
-        if not has_task:
-            raise _err(
-                text,
-                r.pos,
-                f"RANK BY {r} needs a task",
-                "add WHERE task=NAME (see `shift-cli tasks list`)",
-            )
-        budget, chunk = (list(extra) + ["auto", "auto"])[:2]
-        return (
-            "sh",
-            proxy,
-            (None if budget == "auto" else budget, None if chunk == "auto" else chunk),
-        )
-    if r.name == "hybrid":
-        if len(r.args) != 1 or not isinstance(r.args[0], str):
-            raise _err(text, r.pos, "hybrid takes one proxy", "e.g. RANK BY hybrid(linear)")
-        proxy = r.args[0]
-        kind = "hybrid"
-        args: tuple = ()
-    else:
-        proxy, kind, args = r.name, "proxy", r.args
-    if proxy not in PROXIES:
-        raise _err(
-            text,
-            r.pos,
-            f"unknown proxy {proxy!r}",
-            _near(proxy, proxies) + f"valid rankers: {valid}",
-        )
-    if args:
-        raise _err(text, r.pos, f"{proxy} takes no arguments", f"write RANK BY {proxy}")
-    if not has_task:
-        raise _err(
-            text,
-            r.pos,
-            f"RANK BY {r} scores models on a task, but the query names none",
-            "add WHERE task=NAME (see `shift-cli tasks list`)",
-        )
-    return kind, proxy, args
-
-
 def pool_filter(pool: PoolRecord) -> Filter | None:
     """A pool's condition as a model filter (``None`` for a pool of every model)."""
     if not pool.filter:
@@ -205,6 +145,8 @@ def pool_filter(pool: PoolRecord) -> Filter | None:
 
 def plan(select: ast.Select, text: str, registry: Catalog) -> Plan:
     """Check ``select`` against the catalog (the registry) and build the plan."""
+    if select.table is not None:
+        return plan_table(select, text)
     pool = registry.get_pool(select.pool)
     if pool is None:
         names = [p.name for p in registry.pools()]
@@ -229,41 +171,54 @@ def plan(select: ast.Select, text: str, registry: Catalog) -> Plan:
     if pool_term is not None:
         p.filters.append(pool_term)
 
-    task_term: ast.Compare | None = None
+    task_terms: list[ast.Compare | ast.InList] = []
     for term in ast.conjuncts(select.where):
         if (
             isinstance(term, ast.Compare | ast.InList | ast.Like | ast.IsNull)
             and term.column == TASK_COLUMN
         ):
-            if not isinstance(term, ast.Compare) or term.op != "=":
+            if not (
+                (isinstance(term, ast.Compare) and term.op == "=")
+                or (isinstance(term, ast.InList) and not term.negated)
+            ):
                 raise _err(
-                    text, term.pos, "task is chosen with task = NAME", "e.g. WHERE task=flowers"
+                    text,
+                    term.pos,
+                    "tasks are chosen with task = NAME or task IN (A, B, ...)",
+                    "e.g. WHERE task=flowers, or WHERE task IN (flowers, pets) to rank for both",
                 )
-            if task_term is not None:
+            if task_terms:
                 raise _err(
-                    text, term.pos, "a query ranks for one task", "remove the second task = ..."
+                    text,
+                    term.pos,
+                    "a query names its tasks once",
+                    "name every task in one task IN (A, B, ...), not in a second task = ...",
                 )
-            task_term = term
+            task_terms.append(term)
             continue
         sql, params = compile_condition(term, text)
         p.filters.append(Filter(_describe(term, text), sql, params))
 
-    if task_term is not None:
-        name = str(task_term.value.value)
-        if not registry.has_task(name):
-            tasks = registry.task_names()
-            raise _err(
-                text,
-                task_term.value.pos,
-                f"unknown task {name!r}",
-                _near(name, tasks)
-                + (
-                    "tasks: " + ", ".join(tasks)
-                    if tasks
-                    else "no tasks yet: add one with `shift-cli tasks add`"
-                ),
-            )
-        p.task = name
+    for term in task_terms:
+        values = [term.value] if isinstance(term, ast.Compare) else list(term.values)
+        for lit in values:
+            name = str(lit.value)
+            if not registry.has_task(name):
+                tasks = registry.task_names()
+                raise _err(
+                    text,
+                    lit.pos,
+                    f"unknown task {name!r}",
+                    _near(name, tasks)
+                    + (
+                        "tasks: " + ", ".join(tasks)
+                        if tasks
+                        else "no tasks yet: add one with `shift-cli tasks add`"
+                    ),
+                )
+            if name not in p.tasks:
+                p.tasks.append(name)
+    p.task = p.tasks[0] if len(p.tasks) == 1 else None
 
     if select.order is not None:
         column(select.order.column, select.order.pos, text)
@@ -276,7 +231,7 @@ def plan(select: ast.Select, text: str, registry: Catalog) -> Plan:
                 "use either RANK BY or ORDER BY",
                 "RANK BY ranks models for a task; ORDER BY sorts by a column",
             )
-        if p.task is not None:
+        if p.tasks:
             raise _err(
                 text,
                 select.order.pos,
@@ -285,8 +240,48 @@ def plan(select: ast.Select, text: str, registry: Catalog) -> Plan:
             )
         p.strategy, p.order = "order", select.order
     else:
-        ranker = select.rank or (DEFAULT_TASK_RANKER if p.task else DEFAULT_RANKER)
-        p.strategy, p.proxy, p.proxy_args = _resolve_ranker(text, ranker, p.task is not None)
+        if select.rank is not None:
+            ranker = select.rank
+        elif len(p.tasks) > 1:
+            ranker = DEFAULT_MULTI_RANKER
+        else:
+            ranker = DEFAULT_TASK_RANKER if p.tasks else DEFAULT_RANKER
+        r = resolve(text, ranker, len(p.tasks))
+        p.strategy, p.proxy, p.proxy_args = r.strategy, r.proxy, r.proxy_args
+        p.settings, p.params, p.aggregate, p.similar = r.settings, r.params, r.aggregate, r.similar
+    p.budget = select.top if select.top is not None else select.limit
+    return p
+
+
+def plan_table(select: ast.Select, text: str) -> Plan:
+    """``SELECT * FROM finetunes|scores [WHERE ...] [ORDER BY col] [LIMIT n]``: the filters
+    compiled against the table's columns (``task`` is an ordinary column there)."""
+    assert select.table is not None
+    table = TABLES[select.table]
+    if select.rank is not None:
+        raise _err(
+            text,
+            select.rank.pos,
+            f"{select.table} is a table of measurements: sort it with ORDER BY",
+            f"e.g. SELECT * FROM {select.table} ORDER BY "
+            + ("accuracy DESC" if select.table == "finetunes" else "score DESC"),
+        )
+    if select.top is not None and select.top < 1:
+        raise _err(text, select.top_pos, "top needs at least 1 row", "e.g. SELECT top 5")
+    if select.top is not None and select.limit is not None:
+        raise _err(
+            text,
+            select.limit_pos,
+            "LIMIT and top both cap the result",
+            "use SELECT top N, or SELECT * ... LIMIT N",
+        )
+    p = Plan(text=text, select=select, pool="all", strategy="table", table=select.table)
+    for term in ast.conjuncts(select.where):
+        sql, params = compile_condition(term, text, table.columns, select.table)
+        p.filters.append(Filter(_describe(term, text), sql, params))
+    if select.order is not None:
+        column(select.order.column, select.order.pos, text, table.columns, select.table)
+        p.order = select.order
     p.budget = select.top if select.top is not None else select.limit
     return p
 

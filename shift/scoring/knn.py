@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 
-from shift.scoring.registry import proxy
+from shift.scoring.registry import Arg, proxy
 
 if TYPE_CHECKING:  # pragma: no cover
     import hnswlib
@@ -36,6 +36,7 @@ __all__ = [
     "HNSW_MIN_TRAIN",
     "GraphKnn",
     "graph_nearest",
+    "k_nearest",
     "knn_accuracy",
     "knn_accuracy_hnsw",
     "merge_nearest",
@@ -54,6 +55,8 @@ HNSW_MIN_TRAIN = 100_000
 #: hnsw search breadth for the graph path (``ef``), and the first number of hits asked for
 GRAPH_EF = 128
 GRAPH_K = 8
+#: the largest k a query may ask of the kNN proxies
+MAX_K = 1000
 
 
 def _matrix(name: str, x: Any) -> np.ndarray:
@@ -212,6 +215,18 @@ def _accuracy(pred: np.ndarray, val_y: np.ndarray) -> float:
     return float(np.mean(pred == val_y))
 
 
+#: what a query may set: ``RANK BY knn(k=5, metric=cosine)``
+KNN_ARGS = (
+    Arg("k", int, "neighbours that vote", low=1, high=MAX_K),
+    Arg("metric", str, "distance", choices=("euclidean", "cosine")),
+)
+
+
+def graph_hook(kwargs: dict[str, Any]) -> GraphKnn | None:
+    """The hnsw ``from_index`` hook for a setting: 1-NN only (k > 1 always scores exactly)."""
+    return GraphKnn(kwargs["metric"]) if kwargs.get("k", 1) == 1 else None
+
+
 # stacked: the lower decorator registers first (``knn`` before ``knn_cosine``)
 @proxy(
     "knn_cosine",
@@ -219,16 +234,20 @@ def _accuracy(pred: np.ndarray, val_y: np.ndarray) -> float:
     f"index's hnsw graph from {HNSW_MIN_TRAIN:,} training samples)",
     cost_per_1k=0.02,
     from_index=GraphKnn("cosine"),
-    record={"k": 1},
+    args=KNN_ARGS,
+    index_hook=graph_hook,
+    k=1,
     metric="cosine",
 )
 @proxy(
     "knn",
-    description="1-nearest-neighbour validation accuracy, euclidean distance (exact; through the "
-    f"index's hnsw graph from {HNSW_MIN_TRAIN:,} training samples)",
+    description="k-nearest-neighbour validation accuracy (default 1-NN, euclidean; exact; 1-NN "
+    f"through the index's hnsw graph from {HNSW_MIN_TRAIN:,} training samples)",
     cost_per_1k=0.02,
     from_index=GraphKnn("euclidean"),
-    record={"k": 1},
+    args=KNN_ARGS,
+    index_hook=graph_hook,
+    k=1,
     metric="euclidean",
 )
 def knn_accuracy(
@@ -238,16 +257,77 @@ def knn_accuracy(
     val_y: Any,
     metric: Metric = "euclidean",
     *,
+    k: int = 1,
     block_bytes: int = _DEFAULT_BLOCK_BYTES,
 ) -> float:
-    """Exact 1-NN validation accuracy ``mean(train_y[nn(val_x)] == val_y)`` (see module doc)."""
+    """Exact k-NN validation accuracy ``mean(vote_k(val_x) == val_y)`` (see module doc); k = 1
+    is ``mean(train_y[nn(val_x)] == val_y)``. The vote is the most frequent label among the k
+    nearest training rows (k capped at the training rows); a tie goes to the tied label with
+    the nearest member."""
     ty, vy = np.asarray(train_y), np.asarray(val_y)
     if ty.shape != (np.shape(train_x)[0],) or vy.shape != (np.shape(val_x)[0],):
         raise ValueError("labels must be 1-d and match the number of feature rows")
     if vy.size == 0:
         raise ValueError("val_x has no rows")
-    idx, _ = nearest_neighbors(train_x, val_x, metric, block_bytes=block_bytes)
-    return _accuracy(ty[idx], vy)
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    if k == 1:
+        idx, _ = nearest_neighbors(train_x, val_x, metric, block_bytes=block_bytes)
+        return _accuracy(ty[idx], vy)
+    near = k_nearest(train_x, val_x, k, metric, block_bytes=block_bytes)
+    return _accuracy(_vote(ty[near]), vy)
+
+
+def k_nearest(
+    train_x: Any,
+    query_x: Any,
+    k: int,
+    metric: Metric = "euclidean",
+    *,
+    block_bytes: int = _DEFAULT_BLOCK_BYTES,
+) -> np.ndarray:
+    """The ``min(k, n)`` nearest train rows of every query row, nearest first (int64 (m, k));
+    equal distances → smaller train index first. Queries go in blocks whose float64 distances
+    to all train rows stay under ``block_bytes``."""
+    if metric not in ("euclidean", "cosine"):
+        raise ValueError(f"unknown metric {metric!r} (use 'euclidean' or 'cosine')")
+    tx, qx = _matrix("train_x", train_x), _matrix("query_x", query_x)
+    if tx.shape[0] == 0:
+        raise ValueError("train_x has no rows")
+    if tx.shape[1] != qx.shape[1]:
+        raise ValueError(f"dimension mismatch: train {tx.shape[1]} vs query {qx.shape[1]}")
+    tx = _normalize(tx) if metric == "cosine" else np.asarray(tx, np.float64)
+    qx = _normalize(qx) if metric == "cosine" else np.asarray(qx, np.float64)
+    n, m = len(tx), len(qx)
+    k = min(k, n)
+    t_norms = np.einsum("ij,ij->i", tx, tx)
+    bq = max(1, min(m, (block_bytes // 8) // n))
+    out = np.zeros((m, k), np.int64)
+    for q0 in range(0, m, bq):
+        q = qx[q0 : q0 + bq]
+        d = np.einsum("ij,ij->i", q, q)[:, None] - 2.0 * (q @ tx.T) + t_norms[None, :]
+        np.maximum(d, 0.0, out=d)
+        part = (
+            np.argpartition(d, k - 1, axis=1)[:, :k]
+            if k < n
+            else np.tile(np.arange(n), (len(q), 1))
+        )
+        dk = np.take_along_axis(d, part, axis=1)
+        order = np.lexsort((part, dk), axis=1)  # by distance, then train index
+        out[q0 : q0 + bq] = np.take_along_axis(part, order, axis=1)
+    return out
+
+
+def _vote(labels: np.ndarray) -> np.ndarray:
+    """Most frequent label per row of ``labels`` (m, k), nearest first; a tie goes to the tied
+    label that appears first (its nearest member)."""
+    classes, inv = np.unique(labels, return_inverse=True)
+    inv = inv.reshape(labels.shape)
+    counts = np.zeros((len(labels), len(classes)), np.int64)
+    np.add.at(counts, (np.arange(len(labels))[:, None], inv), 1)
+    top = counts == counts.max(axis=1, keepdims=True)
+    first = np.take_along_axis(top, inv, axis=1).argmax(axis=1)
+    return classes[inv[np.arange(len(labels)), first]]
 
 
 def knn_accuracy_hnsw(

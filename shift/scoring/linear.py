@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from shift.scoring.registry import proxy
+from shift.scoring.registry import Arg, proxy
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -212,8 +212,12 @@ def linear_probe_scores(
     momentum: float = DEFAULT_MOMENTUM,
     threads: int | None = None,
     max_bytes: int = _DEFAULT_MAX_BYTES,
+    epochs: int | None = None,
 ) -> np.ndarray:
     """Validation accuracy of every (problem, lr) pair: float64 array (P, len(lrs)).
+
+    ``epochs`` (optional) replaces ``steps`` by ``epochs · ⌈n / b⌉`` with ``n`` the largest
+    training split and ``b = min(batch_size, n)``: that many passes over the training data.
 
     Problems are trained in batched groups whose padded tensors stay under ``max_bytes``;
     ``threads`` sets torch's CPU threads for the call; by default 1 for small problems (where
@@ -228,6 +232,11 @@ def linear_probe_scores(
     out = np.zeros((len(probs), len(lrs)))
     if not probs:
         return out
+    if epochs is not None:
+        if epochs < 1:
+            raise ValueError("epochs must be >= 1")
+        n = max(len(p.xtr) for p in probs)
+        steps = int(epochs) * -(-n // min(batch_size, n))
     dev = torch.device(device)
     if threads is None:
         work = sum(min(batch_size, len(p.xtr)) * p.dim * p.classes for p in probs) * len(lrs)
@@ -265,6 +274,31 @@ def linear_probe_many(
     return [float(s) for s in scores.max(axis=1)] if len(scores) else []
 
 
+def _one_lr(lr: float) -> tuple[float, ...]:
+    return (lr,)
+
+
+#: what a query may set: ``RANK BY linear(lr=0.01, epochs=400)`` (SHiFT's
+#: ``Linear(learning_rate=0.01, num_epochs=400)``); ``epochs`` replaces ``steps``
+LINEAR_ARGS = (
+    Arg(
+        "lr",
+        float,
+        "one learning rate",
+        low=0.0,
+        high=10.0,
+        low_open=True,
+        kwarg="lrs",
+        convert=_one_lr,
+    ),
+    Arg("epochs", int, "passes over the training split", low=1, high=10_000),
+    Arg("steps", int, "SGD steps", low=1, high=1_000_000),
+    Arg("batch_size", int, "mini-batch size", low=1, high=65_536),
+    Arg("momentum", float, "SGD momentum", low=0.0, high=0.999),
+    Arg("seed", int, "batch order seed", low=0, high=2**32 - 1),
+)
+
+
 @proxy(
     "linear",
     description=(
@@ -274,6 +308,7 @@ def linear_probe_many(
     ),
     cost_per_1k=0.5,
     many=linear_probe_many,
+    args=LINEAR_ARGS,
     lrs=DEFAULT_LRS,
     steps=DEFAULT_STEPS,
     batch_size=DEFAULT_BATCH,

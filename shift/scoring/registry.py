@@ -11,14 +11,17 @@ twice is an error. The lookup side (``PROXIES``, ``get_proxy``) is ``shift.scori
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
+from shift.scoring.args import Arg, check_args, inferred
+
 __all__ = [
+    "Arg",
     "IndexScorer",
     "ProxyFn",
     "ProxySpec",
@@ -67,6 +70,23 @@ class ProxySpec:
     many: ManyFn | None = field(default=None, compare=False)
     cost_per_1k: float = DEFAULT_COST_PER_1K
     from_index: IndexScorer | None = field(default=None, compare=False)
+    #: the parameters a query may set (``RANK BY knn(k=5)``), and how a setting rebinds the
+    #: functions: ``binder(overrides) -> {"fn": ..., "many": ..., "from_index": ...}``
+    args: tuple[Arg, ...] = field(default=(), compare=False)
+    binder: Callable[[dict[str, Any]], dict[str, Any]] | None = field(default=None, compare=False)
+
+    def bind(self, values: Mapping[str, Any]) -> ProxySpec:
+        """This proxy with a query's parameter values set, checked against ``args``
+        (:class:`~shift.scoring.args.ArgError` names a bad one): ``params``, the score-cache
+        key, gets the converted keywords, so equal settings written differently share a key and
+        a setting equal to the default is the default proxy. No values: ``self``."""
+        if not values:
+            return self
+        overrides = check_args(self.name, self.args, values)
+        params = {**self.params, **overrides}
+        if params == self.params or self.binder is None:
+            return self
+        return replace(self, params=params, **self.binder(overrides))
 
     @property
     def pool_relative(self) -> bool:
@@ -115,10 +135,14 @@ def proxy(
     many: Callable[..., list[float]] | None = None,
     from_index: IndexScorer | None = None,
     record: dict[str, Any] | None = None,
+    args: Sequence[Arg] = (),
+    index_hook: Callable[[dict[str, Any]], IndexScorer | None] | None = None,
     **kwargs: Any,
 ) -> Callable[[F], F]:
     """Register ``fn(train_x, train_y, val_x, val_y, **kwargs)`` (and its batched ``many``,
-    called with the same ``kwargs``) as ``name``; ``params = {**record, **kwargs}``."""
+    called with the same ``kwargs``) as ``name``; ``params = {**record, **kwargs}``. ``args``
+    declares what a query may set (the other ``kwargs`` are :func:`~shift.scoring.args.inferred`);
+    ``index_hook(kwargs)`` gives the ``from_index`` hook for other settings (default: none)."""
 
     def decorate(fn: F) -> F:
         register(
@@ -131,11 +155,50 @@ def proxy(
                 many=None if many is None else partial(many, **kwargs),
                 cost_per_1k=cost_per_1k,
                 from_index=from_index,
+                args=_declared(args, kwargs),
+                binder=_ProxyBinder(fn, many, tuple(kwargs.items()), index_hook),
             )
         )
         return fn
 
     return decorate
+
+
+def _declared(args: Sequence[Arg], kwargs: dict[str, Any]) -> tuple[Arg, ...]:
+    """Declared args first, then those inferred from the other keyword defaults."""
+    named = {a.kwarg or a.name for a in args} | {a.name for a in args}
+    return (*args, *inferred({k: v for k, v in kwargs.items() if k not in named}))
+
+
+@dataclass(frozen=True)
+class _ProxyBinder:
+    """Rebinds a ``@proxy``'s functions to its keywords with ``overrides``; picklable."""
+
+    fn: Callable[..., Any]
+    many: Callable[..., Any] | None
+    kwargs: tuple[tuple[str, Any], ...]
+    index_hook: Callable[[dict[str, Any]], Any] | None
+
+    def __call__(self, overrides: dict[str, Any]) -> dict[str, Any]:
+        kw = {**dict(self.kwargs), **overrides}
+        return {
+            "fn": partial(self.fn, **kw),
+            "many": None if self.many is None else partial(self.many, **kw),
+            "from_index": self.index_hook(kw) if self.index_hook else None,
+        }
+
+
+@dataclass(frozen=True)
+class _EstimatorBinder:
+    """Rebinds an ``@estimator``'s train-split adapter to its keywords with ``overrides``."""
+
+    func: Callable[..., Any]
+    kwargs: tuple[tuple[str, Any], ...]
+    transform: Callable[[Any], Any] | None
+
+    def __call__(self, overrides: dict[str, Any]) -> dict[str, Any]:
+        kw = {**dict(self.kwargs), **overrides}
+        return {"fn": _TrainSplit(self.func, tuple(sorted(kw.items())), self.transform)}
 
 
 @dataclass(frozen=True)
@@ -174,9 +237,11 @@ def estimator(
     pool_relative: bool = False,
     transform: Callable[[Any], Any] | None = None,
     record: dict[str, Any] | None = None,
+    args: Sequence[Arg] = (),
     **kwargs: Any,
 ) -> Callable[[F], F]:
-    """Register an estimator scored on the train split as ``name``:
+    """Register an estimator scored on the train split as ``name`` (``args``: as for
+    :func:`proxy`):
     ``params = {"split": "train", **record, **kwargs}`` plus ``transform`` (by function name) and
     ``pool_relative: True`` when set."""
 
@@ -201,6 +266,10 @@ def estimator(
                 fn=single,
                 many=many,
                 cost_per_1k=cost_per_1k,
+                args=() if pool_relative else _declared(args, kwargs),
+                binder=None
+                if pool_relative
+                else _EstimatorBinder(fn, tuple(sorted(kwargs.items())), transform),
             )
         )
         return fn

@@ -1,0 +1,276 @@
+"""``RANK BY similar(k=3)``: rank models by their fine-tuning results on the registered tasks
+most similar to the query's task (the user's own history in ``finetune_results``).
+
+**Task embedding.** Every task is embedded with one fixed *probe* model (``probe=NAME``; by
+default the registry's smallest model with weights, ties by name), from the probe's stored
+embedding index of the task (indexed like any query's, so computed once). With the features
+L2-normalised, the vector is
+
+    v(task) = [ q / ‖q‖ ,  μ / ‖μ‖ ] / √2
+
+where ``q`` holds the 16 quantiles (0, 1/15, ..., 1) of the pairwise euclidean distances between
+the class means (how far apart the classes lie, in the probe's view: the sorted spectrum, so the
+same for any numbering of the labels and of fixed length for any number of classes) and ``μ``
+is the mean feature (what the images look like: the domain). The distance of two tasks is the
+cosine distance ``1 − v_a · v_b`` ∈ [0, 2]: half class structure, half domain.
+
+Why not Task2Vec (SHiFT's choice): it needs the probe's Fisher information, i.e. gradients
+through the network, and shift runs ONNX forward passes only; class-mean statistics need one
+forward pass per sample, which the probe's index already stores, so a task costs one index
+read and an O(C²·D) computation.
+
+**Score.** The ``k`` nearest registered tasks other than the query's (among those with at least
+one fine-tuning result for the current task and model content) are the neighbours, with weights
+``w = max(1 − d, 10⁻⁶)``. A model's score is ``Σ w_t acc(m, t) / Σ w_t`` over the neighbours
+where it has a result (its best accuracy over fine-tuning protocols); ``None`` (ranked last)
+where it has none. Ties go to the task-agnostic order.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from shift.errors import QueryError, ShiftError
+from shift.query.planner import Plan
+from shift.records import ModelRecord
+
+if TYPE_CHECKING:
+    from shift.store.registry import Registry
+
+QUANTILES = 16
+MIN_WEIGHT = 1e-6
+
+
+def task_vector(features: Any, labels: Any) -> np.ndarray:
+    """``v(task)`` of the module doc from a probe's features (N × D) and the labels (N,)."""
+    x = np.asarray(features, dtype=np.float64)
+    y = np.asarray(labels)
+    if x.ndim != 2 or len(x) == 0 or y.shape != (len(x),):
+        raise ValueError("features must be N x D with one label per row")
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    x = x / np.where(norms > 0, norms, 1.0)
+    classes, inv = np.unique(y, return_inverse=True)
+    means = np.zeros((len(classes), x.shape[1]))
+    np.add.at(means, inv, x)
+    means /= np.bincount(inv)[:, None]
+    if len(classes) > 1:
+        diff = means[:, None, :] - means[None, :, :]
+        dist = np.sqrt((diff**2).sum(-1))[np.triu_indices(len(classes), 1)]
+        q = np.quantile(dist, np.linspace(0.0, 1.0, QUANTILES))
+    else:
+        q = np.zeros(QUANTILES)
+    mu = x.mean(axis=0)
+    parts = [p / n if (n := np.linalg.norm(p)) > 0 else p for p in (q, mu)]
+    return np.concatenate(parts) / math.sqrt(2.0)
+
+
+def task_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Cosine distance ``1 − a·b / (‖a‖‖b‖)`` (1 when either vector is zero)."""
+    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
+    if na == 0 or nb == 0:
+        return 1.0
+    return float(1.0 - np.dot(a, b) / (na * nb))
+
+
+def finetune_accuracies(registry: Registry) -> dict[str, dict[str, float]]:
+    """``{task: {model sha256: best accuracy}}`` of the results for the current task content."""
+    rows = registry.db.query(
+        "SELECT t.name AS task, r.model_sha AS sha, max(r.accuracy) AS acc "
+        "FROM finetune_results r JOIN tasks t ON t.content_hash = r.task_hash "
+        "GROUP BY t.name, r.model_sha"
+    )
+    out: dict[str, dict[str, float]] = {}
+    for r in rows:
+        out.setdefault(r["task"], {})[r["sha"]] = float(r["acc"])
+    return out
+
+
+@dataclass(frozen=True)
+class Neighbour:
+    task: str
+    distance: float
+    results: int  # models of the pool with a fine-tuning result on it
+
+    @property
+    def weight(self) -> float:
+        return max(1.0 - self.distance, MIN_WEIGHT)
+
+
+def _error(plan: Plan, msg: str, hint: str, key: str | None = None) -> QueryError:
+    r = plan.select.rank
+    sp = (r.kwarg_span(key) if key else r.pos) if r is not None else None
+    return QueryError(
+        msg,
+        text=plan.text,
+        line=sp.line if sp else 1,
+        column=sp.column if sp else 1,
+        length=sp.length if sp else 1,
+        hint=hint,
+    )
+
+
+def probe_model(plan: Plan, registry: Registry) -> ModelRecord:
+    """The probe: ``probe=NAME`` or the smallest registered model with weights (ties by name)."""
+    name = plan.similar.get("probe")
+    usable = [m for m in registry.models() if getattr(m, "weights", "present") == "present"]
+    if name:
+        found = [m for m in usable if m.name == name]
+        if not found:
+            raise _error(
+                plan,
+                f"probe {name!r} is not a registered model with weights",
+                "models: " + ", ".join(m.name for m in usable[:20]),
+                "probe",
+            )
+        return found[0]
+    if not usable:
+        raise _error(plan, "similar needs a probe model, but no model has weights", "")
+    return min(usable, key=lambda m: (m.params, m.name))
+
+
+def _vector(eng: Any, task: str, probe: ModelRecord) -> np.ndarray:
+    """The task's vector from the probe's index (memoised per task content and probe key)."""
+    rec, rows = eng.registry.task_snapshot(task)
+    cache: dict[tuple[str, str], np.ndarray] = eng.__dict__.setdefault("_task_vectors", {})
+    key = (rec.content_hash, eng.score_key(probe))
+    if key not in cache:
+        idx = eng.index(task, [probe]).get(probe.name)
+        if idx is None:
+            raise ShiftError(f"the probe {probe.name} could not embed task {task!r}")
+        x, y = idx.select([r["sample_id"] for r in rows])
+        cache[key] = task_vector(x, y)
+    return cache[key]
+
+
+def probe_ready(eng: Any, tasks: list[str], probe: ModelRecord) -> list[str]:
+    """The tasks on which the probe still has to embed samples (EXPLAIN)."""
+    out = []
+    for t in tasks:
+        mode = eng.status(t, [probe], "knn")["per_model"].get(probe.name, {}).get("index")
+        if mode not in ("ready", "relabel"):
+            out.append(t)
+    return out
+
+
+def candidates(
+    plan: Plan, registry: Registry, models: list[ModelRecord]
+) -> tuple[dict[str, dict[str, float]], list[str]]:
+    """Fine-tuning accuracies by task (of the pool's models) and the candidate tasks: every
+    task other than the query's with a result for some model of the pool."""
+    shas = {m.sha256 for m in models}
+    acc = {
+        t: {s: a for s, a in row.items() if s in shas}
+        for t, row in finetune_accuracies(registry).items()
+        if t != plan.task
+    }
+    return acc, sorted(t for t, row in acc.items() if row)
+
+
+def neighbours(
+    plan: Plan, eng: Any, probe: ModelRecord, tasks: list[str], acc: dict[str, dict[str, float]]
+) -> list[Neighbour]:
+    """The ``k`` candidate tasks nearest to the query's task (ties by name)."""
+    assert plan.task is not None
+    target = _vector(eng, plan.task, probe)
+    found = [
+        Neighbour(t, task_distance(target, _vector(eng, t, probe)), len(acc[t])) for t in tasks
+    ]
+    found.sort(key=lambda n: (n.distance, n.task))
+    return found[: int(plan.similar["k"])]
+
+
+def similar_scores(
+    near: list[Neighbour], acc: dict[str, dict[str, float]], models: list[ModelRecord]
+) -> dict[str, float | None]:
+    """Similarity-weighted mean fine-tuning accuracy per model (module doc)."""
+    out: dict[str, float | None] = {}
+    for m in models:
+        pairs = [(n.weight, acc[n.task][m.sha256]) for n in near if m.sha256 in acc[n.task]]
+        w = sum(p[0] for p in pairs)
+        out[m.name] = sum(p[0] * p[1] for p in pairs) / w if pairs else None
+    return out
+
+
+def no_history(plan: Plan) -> QueryError:
+    return _error(
+        plan,
+        "similar ranks by fine-tuning results on other tasks, but there are none for this pool",
+        "fine-tune some models on other registered tasks first: `shift-cli finetune TASK --model M`"
+        " (see SELECT * FROM finetunes)",
+    )
+
+
+def run_similar(
+    plan: Plan, registry: Registry, models: list[ModelRecord], engine: Any, info: dict[str, Any]
+) -> dict[str, float | None]:
+    """Scores of ``models`` by ``similar``; ``info`` gets the probe and the neighbours."""
+    acc, tasks = candidates(plan, registry, models)
+    if not tasks:
+        raise no_history(plan)
+    probe = probe_model(plan, registry)
+    near = neighbours(plan, engine(), probe, tasks, acc)
+    info["probe"] = probe.name
+    info["neighbours"] = [
+        {"task": n.task, "distance": round(n.distance, 6), "results": n.results} for n in near
+    ]
+    return similar_scores(near, acc, models)
+
+
+def explain_similar(
+    plan: Plan,
+    registry: Registry,
+    models: list[ModelRecord],
+    engine: Any,
+    steps: list[dict[str, Any]],
+    info: dict[str, Any],
+) -> None:
+    """EXPLAIN of ``similar``: the probe, the candidate tasks, and the neighbours with their
+    distances when the probe has indexed every task (else what it must embed first)."""
+    acc, tasks = candidates(plan, registry, models)
+    if not tasks:
+        raise no_history(plan)
+    probe = probe_model(plan, registry)
+    assert plan.task is not None
+    eng = engine()
+    todo = probe_ready(eng, [plan.task, *tasks], probe)
+    info["probe"] = probe.name
+    steps.append(
+        {
+            "step": "probe",
+            "detail": f"{probe.name} embeds every task"
+            + (f"; to embed: {', '.join(todo)}" if todo else " (all indexed)"),
+            "models": 1,
+        }
+    )
+    steps.append(
+        {
+            "step": "candidate tasks",
+            "detail": ", ".join(f"{t} ({len(acc[t])} results)" for t in tasks),
+            "models": len(tasks),
+        }
+    )
+    if todo:
+        info["neighbours"] = None
+        steps.append(
+            {
+                "step": "neighbours",
+                "detail": f"known once the probe has embedded {', '.join(todo)} (the query does)",
+                "models": None,
+            }
+        )
+        return
+    near = neighbours(plan, eng, probe, tasks, acc)
+    info["neighbours"] = [
+        {"task": n.task, "distance": round(n.distance, 6), "results": n.results} for n in near
+    ]
+    steps.append(
+        {
+            "step": f"neighbours (k={plan.similar['k']})",
+            "detail": ", ".join(f"{n.task} d={n.distance:.4f}" for n in near),
+            "models": sum(1 for m in models if any(m.sha256 in acc[n.task] for n in near)),
+        }
+    )
