@@ -344,19 +344,15 @@ def _read(
     if kind == "images":
         return read_image_folder(path, store_size, classes), "images", path_text(path)
     if kind == "npz":
-        return read_npz(path), "npz", path_text(path)
+        return read_npz(path, classes), "npz", path_text(path)
     raise ShiftError(f"unknown task data kind {kind!r}", hint="images or npz")
 
 
 def _read_labels(path: Path) -> np.ndarray:
-    """Array ``y`` of an ``.npz`` file, never unpickled."""
-    import numpy as np
+    """Array ``y`` of an ``.npz`` file, never unpickled, its header checked before loading."""
+    from shift.store.readers import read_labels
 
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            return z["y"]
-    except (OSError, ValueError, KeyError) as e:
-        raise ShiftError(f"{path}: cannot read array 'y' ({e})") from None
+    return read_labels(path)
 
 
 def connect(home: str | Path | None = None, **options: Any) -> Client:

@@ -5,55 +5,116 @@ optional splits, class names, source names). They validate and decode; storing i
 * ``read_image_folder``: ``root/<class>/*`` or ``root/train/<class>/*`` + ``root/val/<class>/*``
   (only when those two are root's only folders and hold class folders, not images), skipping
   and counting files that are not images;
-* ``read_npz``: arrays ``x`` and ``y`` (+ ``split``), never unpickled.
+* ``read_npz`` (in ``shift.store.npz_reader``): arrays ``x`` and ``y`` (+ ``split``), never
+  unpickled, headers checked before anything is loaded.
 
-Decoding refuses images over ``MAX_IMAGE_PIXELS`` pixels (decompression bombs).
+Memory is bounded (see ``shift.store.images``): the images of a folder are only *probed* here
+(their headers give the sizes) and decoded later, a batch at a time, by the task store; an
+image declaring more than ``MAX_IMAGE_PIXELS`` pixels is refused by name before decoding (a
+decompression bomb); stored images keep their size when all share one and their short side is
+at most ``STORE_CAP`` (512) pixels, are scaled down to that short side (aspect kept) when all
+share a larger size, and are centre-cropped and resized to ``store_size`` (default 224)
+squares when sizes differ or ``store_size`` is given.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import zipfile
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 from shift.errors import TaskDataError
 from shift.records import Samples
+from shift.store.images import (
+    DEFAULT_STORE_SIZE,
+    MAX_IMAGE_PIXELS,
+    STORE_CAP,
+    LazyImages,
+    capped_size,
+    path_text,
+)
+from shift.store.npz_reader import read_labels, read_npz
+
+__all__ = [
+    "DEFAULT_STORE_SIZE",
+    "IMAGE_EXTS",
+    "MAX_IMAGE_PIXELS",
+    "STORE_CAP",
+    "decode_image",
+    "path_text",
+    "read_image_folder",
+    "read_labels",
+    "read_npz",
+]
 
 log = logging.getLogger(__name__)
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
-DEFAULT_STORE_SIZE = 224
-MAX_IMAGE_PIXELS = 64_000_000
+MAX_STORE_SIZE = 4096
+_DECODE_ERRORS: tuple[type[BaseException], ...] = (OSError, SyntaxError, ValueError)
 
 
-def decode_image(path: Path, size: int | None) -> np.ndarray:
-    """Decode one file to uint8 RGB (H, W, 3); centre-crop + resize to ``size`` if given."""
+def _refuse(path: Path, e: object) -> TaskDataError:
+    return TaskDataError(
+        f"cannot decode image {path_text(path)}: {e}",
+        hint="remove or replace the file; jpg/png expected",
+    )
+
+
+def probe_image(path: Path) -> tuple[int, int]:
+    """``(width, height)`` from the file's header, without decoding the pixels; an image over
+    ``MAX_IMAGE_PIXELS`` pixels (a decompression bomb) or one that is not an image is refused
+    naming the file."""
     from PIL import Image, UnidentifiedImageError
 
     Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
     try:
+        with warnings.catch_warnings():  # over the limit: refused below, by name
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                w, h = im.size
+    except Image.DecompressionBombError as e:  # over twice the limit: PIL refuses to open it
+        raise _bomb(path, str(e)) from None
+    except (UnidentifiedImageError, *_DECODE_ERRORS) as e:
+        raise _refuse(path, e) from None
+    if w * h > MAX_IMAGE_PIXELS:
+        raise _bomb(path, f"it declares {w}x{h} = {w * h:,} pixels")
+    return w, h
+
+
+def _bomb(path: Path, what: str) -> TaskDataError:
+    return TaskDataError(
+        f"image {path_text(path)} is too large to decode: {what}, over the limit of "
+        f"{MAX_IMAGE_PIXELS:,} pixels (a decompression bomb, or a scan far larger than needed)",
+        hint="remove the file or scale it down first",
+    )
+
+
+def decode_image(path: Path, size: int | None, fit: tuple[int, int] | None = None) -> np.ndarray:
+    """Decode one file to uint8 RGB (H, W, 3): centre-crop + resize to a ``size`` square if
+    given, else resize to ``fit`` = (width, height) if given. The header is checked against
+    ``MAX_IMAGE_PIXELS`` before the pixels are decoded."""
+    from PIL import Image, UnidentifiedImageError
+
+    probe_image(path)
+    try:
         with Image.open(path) as im:
+            if size is not None or fit is not None:  # JPEG: decode at a reduced scale when it can
+                want = (size, size) if size is not None else fit
+                im.draft("RGB", want)
             im.load()
             rgb = im.convert("RGB")
-    except (
-        UnidentifiedImageError,
-        OSError,
-        SyntaxError,
-        ValueError,
-        Image.DecompressionBombError,
-    ) as e:
-        raise TaskDataError(
-            f"cannot decode image {path_text(path)}: {e}",
-            hint="remove or replace the file; jpg/png expected",
-        ) from None
+    except (UnidentifiedImageError, Image.DecompressionBombError, *_DECODE_ERRORS) as e:
+        raise _refuse(path, e) from None
     if size is not None and rgb.size != (size, size):
         w, h = rgb.size
         s = min(w, h)
         left, top = (w - s) // 2, (h - s) // 2
         rgb = rgb.crop((left, top, left + s, top + s)).resize((size, size), Image.BILINEAR)
+    elif size is None and fit is not None and rgb.size != fit:
+        rgb = rgb.resize(fit, Image.BILINEAR)
     return np.asarray(rgb, dtype=np.uint8)
 
 
@@ -78,12 +139,6 @@ def _is_image(path: Path) -> bool:
             return True
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
         return False
-
-
-def path_text(path: Path) -> str:
-    """``path`` as text that can be stored and printed: bytes that are not UTF-8 are shown
-    as ``\\xNN`` escapes."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def _class_name(d: Path) -> str:
@@ -167,90 +222,33 @@ def read_image_folder(
     for name in sorted({c for _, c, _ in files}):
         if name not in class_list:
             class_list.append(name)
-    imgs = [decode_image(f, None) for f, _, _ in files]
-    shapes = {im.shape for im in imgs}
-    if len(shapes) > 1 or store_size is not None:
-        size = store_size or DEFAULT_STORE_SIZE
-        imgs = [decode_image(f, size) for f, _, _ in files]
+    paths = [f for f, _, _ in files]
+    sizes = {probe_image(f) for f in paths}  # headers only: nothing is decoded yet
+    if store_size is not None and not 1 <= store_size <= MAX_STORE_SIZE:
+        raise TaskDataError(f"--store-size must be between 1 and {MAX_STORE_SIZE}")
+    square, fit = None, None
+    if len(sizes) > 1 or store_size is not None:
+        square = store_size or DEFAULT_STORE_SIZE
+        w, h = square, square
+    else:
+        native = next(iter(sizes))
+        w, h = capped_size(*native)
+        fit = (w, h) if (w, h) != native else None
+
+    def load(idx: np.ndarray) -> np.ndarray:
+        out = np.empty((len(idx), h, w, 3), np.uint8)
+        for k, i in enumerate(idx.tolist()):
+            img = decode_image(paths[i], square, fit)
+            if img.shape != (h, w, 3):  # the file changed since it was probed
+                raise TaskDataError(
+                    f"image {path_text(paths[i])} changed while it was being read",
+                    hint="re-run once the folder is no longer being written",
+                )
+            out[k] = img
+        return out
+
     labels = np.array([class_list.index(c) for _, c, _ in files], dtype=np.int64)
     splits = [s for _, _, s in files] if split_dirs else None
-    origin = [path_text(f) for f, _, _ in files]
-    return Samples(np.stack(imgs), labels, splits, class_list, origin, skipped=skipped)
-
-
-def read_npz(path: Path) -> Samples:
-    """Arrays ``x`` (N, H, W[, C]) and integer ``y`` (N,), optional ``split`` ('train'/'val' or
-    0/1). Float images in [0, 1] are scaled by 255; values are clipped to 0..255."""
-    path = Path(path)
-    where = path_text(path)
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except ValueError as e:
-        raise TaskDataError(
-            f"{where}: refused ({e})",
-            hint="object arrays are never unpickled; save plain numeric arrays",
-        ) from None
-    except (OSError, EOFError, KeyError, zipfile.BadZipFile) as e:
-        raise TaskDataError(f"{where}: not a readable .npz file ({e})") from None
-    for k in ("x", "y"):
-        if k not in arrays:
-            raise TaskDataError(
-                f"{where}: missing array {k!r}", hint=f"arrays found: {', '.join(arrays) or 'none'}"
-            )
-    x, y = arrays["x"], arrays["y"]
-    if x.ndim == 3:
-        x = x[..., None]
-    if x.ndim != 4 or x.shape[-1] not in (1, 3):
-        raise TaskDataError(
-            f"{where}: field 'x' has shape {x.shape}",
-            hint="expected (N, H, W), (N, H, W, 1) or (N, H, W, 3)",
-        )
-    if y.ndim != 1 or len(y) != len(x):
-        raise TaskDataError(
-            f"{where}: field 'y' has shape {y.shape} but 'x' has {len(x)} samples",
-            hint="one integer label per image",
-        )
-    if not np.issubdtype(y.dtype, np.integer):
-        if (
-            np.issubdtype(y.dtype, np.floating)
-            and np.all(np.isfinite(y))
-            and np.all(y == np.round(y))
-        ):
-            y = y.astype(np.int64)
-        else:
-            raise TaskDataError(f"{where}: field 'y' holds {y.dtype} values, not integer labels")
-    if not np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_:
-        raise TaskDataError(f"{where}: field 'x' holds {x.dtype}, not numbers")
-    if x.dtype != np.uint8:
-        xf = x.astype(np.float64)
-        if not np.all(np.isfinite(xf)):
-            raise TaskDataError(f"{where}: field 'x' contains NaN or Inf")
-        if xf.max(initial=0) <= 1.0:
-            xf = xf * 255.0
-        x = np.clip(np.round(xf), 0, 255).astype(np.uint8)
-    splits = None
-    if "split" in arrays:
-        s = arrays["split"]
-        if len(s) != len(x):
-            raise TaskDataError(f"{where}: field 'split' has {len(s)} entries for {len(x)} samples")
-        if np.issubdtype(s.dtype, np.integer):
-            splits = ["val" if int(v) else "train" for v in s]
-        else:
-            splits = [str(v).lower() for v in s]
-            bad = sorted(set(splits) - {"train", "val"})
-            if bad:
-                raise TaskDataError(
-                    f"{where}: field 'split' has values {bad}",
-                    hint="use 'train'/'val' or 0 (train)/1 (val)",
-                )
-    if len(y) and y.min() < 0:
-        raise TaskDataError(f"{where}: field 'y' has negative labels")
-    n_cls = int(y.max()) + 1 if len(y) else 0
-    return Samples(
-        np.ascontiguousarray(x),
-        y.astype(np.int64),
-        splits,
-        [str(i) for i in range(n_cls)],
-        [f"{path_text(Path(path.name))}[{i}]" for i in range(len(x))],
-    )
+    origin = [path_text(f) for f in paths]
+    images = LazyImages((len(paths), h, w, 3), load)
+    return Samples(images, labels, splits, class_list, origin, skipped=skipped)  # type: ignore[arg-type]

@@ -21,15 +21,21 @@ inside it if something removed them meanwhile. Garbage collection runs inside th
 a replace: it deletes the replaced rows' chunks and unreferenced ones older than ``CHUNK_GRACE_S``,
 never a younger one (another writer's, staged for its commit).
 Appends are idempotent: a sample whose pixels and label are already in the task is skipped.
+
+Memory: images are read, hashed and staged ``BATCH_BYTES`` (32 MiB) of pixels at a time, one
+chunk per batch (``shift.store.images``), so ingest holds one batch of decoded images, never the
+whole task; rows, hashes and labels (a few hundred bytes per sample) are all that grow with N.
+Labels are normalised first (``normalised``): 0..C−1, original values kept as class names.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
+import sqlite3
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,38 +46,29 @@ from shift.config import validate_name
 from shift.errors import NotFoundError, ShiftError, TaskDataError
 from shift.fsutil import atomic_write
 from shift.records import Samples, TaskRecord
+from shift.store.images import batch_size, batches, remap_labels
 from shift.store.registry import Registry
+from shift.store.task_rows import (
+    check,
+    chunk_name,
+    hash_split,
+    hashes,
+    normalised,
+    plan_rows,
+    sample_hash,
+)
+
+__all__ = ["CHUNK_GRACE_S", "Appended", "TaskStore", "chunk_name", "hash_split", "sample_hash"]
 
 
-def _hash16(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()[:16]
+@dataclass
+class _Staged:
+    """Chunks one writer staged: ``chunks`` (name → positions of the source images it holds,
+    in order), ``at`` (position → (chunk, offset)), ``created`` (the chunks it wrote)."""
 
-
-def chunk_name(images: np.ndarray) -> str:
-    """A chunk's content-addressed file name: ``chunk-<sha256(str(shape) + bytes)[:16]>.npy``,
-    hashed ~64 MB at a time, so a memory-mapped chunk is checked without loading it whole."""
-    h = hashlib.sha256(str(images.shape).encode())
-    step = max(1, (64 << 20) // max(1, images[:1].nbytes))
-    for i in range(0, len(images), step):
-        h.update(np.ascontiguousarray(images[i : i + step]).data)
-    return f"chunk-{h.hexdigest()[:16]}.npy"
-
-
-def sample_hash(img: np.ndarray) -> str:
-    """A sample's base id: ``sha256(str(shape) + pixel bytes)[:16]``."""
-    return _hash16(str(img.shape).encode() + img.tobytes())
-
-
-def hash_split(content_hash: str, val_fraction: float, seed: int) -> str:
-    """``"val"`` iff ``int(sha256(f"{seed}:{content_hash}")[:12], 16) mod 10⁶ < val_fraction·10⁶``
-    (``content_hash``: :func:`sample_hash`, so exact duplicates get one split)."""
-    h = int(hashlib.sha256(f"{seed}:{content_hash}".encode()).hexdigest()[:12], 16) % 1_000_000
-    return "val" if h < val_fraction * 1_000_000 else "train"
-
-
-def _take(images: np.ndarray, keep: list[int]) -> np.ndarray:
-    """``images[keep]``, without a copy when every image is kept."""
-    return images if keep == list(range(len(images))) else images[keep]
+    chunks: dict[str, list[int]] = field(default_factory=dict)
+    at: dict[int, tuple[str, int]] = field(default_factory=dict)
+    created: set[str] = field(default_factory=set)
 
 
 #: an unreferenced chunk younger than this may be another writer's, about to be committed
@@ -103,75 +100,10 @@ class TaskStore:
     def task_dir(self, name: str) -> Path:
         return self.root / validate_name(name, "task name")
 
-    # -- hashing / validation
-    @staticmethod
-    def hashes(rows: Sequence[dict[str, Any]]) -> tuple[str, str]:
-        data = hashlib.sha256()
-        content = hashlib.sha256()
-        for r in rows:
-            data.update(r["sample_id"].encode() + b"\n")
-            content.update(f"{r['sample_id']}:{r['label']}:{r['split']}\n".encode())
-        return content.hexdigest(), data.hexdigest()
-
-    @staticmethod
-    def check(name: str, rows: Sequence[dict[str, Any]]) -> None:
-        train = {r["label"] for r in rows if r["split"] == "train"}
-        val = [r for r in rows if r["split"] == "val"]
-        if not any(r["split"] == "train" for r in rows):
-            raise TaskDataError(f"task {name!r}: the train split is empty")
-        if not val:
-            raise TaskDataError(
-                f"task {name!r}: the validation split is empty",
-                hint="add val/ images or raise --val-fraction",
-            )
-        if len(train) < 2:
-            raise TaskDataError(
-                f"task {name!r}: only one class ({next(iter(train))}) in train",
-                hint="ranking models needs at least two classes",
-            )
-        unseen = sorted({r["label"] for r in val} - train)
-        if unseen:
-            raise TaskDataError(
-                f"task {name!r}: validation labels {unseen[:10]} never occur in train",
-                hint="every validation class needs training examples",
-            )
-
-    @staticmethod
-    def _rows(
-        name: str,
-        s: Samples,
-        existing: Sequence[dict[str, Any]],
-        val_fraction: float,
-        seed: int,
-        skip_present: bool = False,
-    ) -> tuple[list[dict[str, Any]], list[int], int]:
-        """Rows for ``s`` after ``existing``: ``(rows, kept positions in s, skipped)``. With
-        ``skip_present`` a sample whose pixels and label are already in ``existing`` is skipped.
-        Row ``offset``s index the chunk of the kept images; ``chunk`` is filled in later."""
-        taken = {r["sample_id"] for r in existing}
-        split_of: dict[str, str] = {}
-        for r in existing:
-            split_of.setdefault(r["content_hash"], r["split"])
-        present = {(r["content_hash"], r["label"]) for r in existing} if skip_present else set()
-        start = max((r["seq"] for r in existing), default=-1) + 1
-        rows: list[dict[str, Any]] = []
-        keep: list[int] = []
-        for i in range(len(s.images)):
-            base, label = sample_hash(s.images[i]), int(s.labels[i])
-            if (base, label) in present:
-                continue
-            sid, k = base, 0
-            while sid in taken:
-                k += 1
-                sid = f"{base}-{k}"
-            taken.add(sid)
-            given = s.splits[i] if s.splits is not None else hash_split(base, val_fraction, seed)
-            split = split_of.setdefault(base, given)
-            row = {"task": name, "sample_id": sid, "content_hash": base, "label": label}
-            rows.append({**row, "split": split, "chunk": "", "offset": len(keep)})
-            rows[-1]["seq"] = start + len(keep)
-            keep.append(i)
-        return rows, keep, len(s.images) - len(keep)
+    # -- hashing / validation (shift.store.task_rows)
+    hashes = staticmethod(hashes)
+    check = staticmethod(check)
+    _rows = staticmethod(plan_rows)
 
     # -- chunks
     @staticmethod
@@ -190,17 +122,74 @@ class TaskStore:
             atomic_write(path, lambda f: np.save(f, images, allow_pickle=False))
             return chunk, True
 
-    def _ensure_chunk(self, name: str, chunk: str, images: np.ndarray) -> None:
-        """Inside the write transaction: re-write ``chunk`` if a remove or a garbage collection
-        deleted it after it was staged (nothing can delete it from now until the commit)."""
-        path = self.task_dir(name) / chunk
-        if not path.is_file():
-            atomic_write(path, lambda f: np.save(f, images, allow_pickle=False))
+    def _stream(self, name: str, s: Samples, wanted: Any, staged: _Staged) -> list[str]:
+        """One pass over ``s``'s images, ``BATCH_BYTES`` of pixels at a time: hash each image
+        and stage, per batch, a chunk of those for which ``wanted(position, hash)`` holds.
+        Returns every image's hash; ``staged`` records where each staged image lies."""
+        hashes: list[str] = []
+        labels = s.labels.tolist()
+        for start, part in batches(s.images):
+            pos, take = [], []
+            for j in range(len(part)):
+                h = sample_hash(part[j])
+                hashes.append(h)
+                if wanted(start + j, h, int(labels[start + j])):
+                    pos.append(start + j)
+                    take.append(j)
+            if take:
+                self._stage_positions(
+                    name, s, pos, part[take] if len(take) < len(part) else part, staged
+                )
+            del part
+        return hashes
 
-    def _drop_if_unused(self, name: str, chunk: str) -> None:
-        """Delete a chunk this writer created but did not commit, unless a sample uses it."""
+    def _stage_positions(
+        self, name: str, s: Samples, pos: list[int], images: np.ndarray, staged: _Staged
+    ) -> None:
+        chunk, created = self._stage_chunk(name, images)
+        staged.chunks[chunk] = pos
+        if created:
+            staged.created.add(chunk)
+        for k, p in enumerate(pos):
+            staged.at[p] = (chunk, k)
+
+    def _place(
+        self, name: str, s: Samples, rows: list[dict[str, Any]], keep: list[int], staged: _Staged
+    ) -> None:
+        """Fill in each row's chunk and offset; images not staged yet (an append whose plan
+        changed under the lock) are staged now, a batch at a time."""
+        missing = [p for p in keep if p not in staged.at]
+        step = batch_size(s.images.shape[1:])
+        for i in range(0, len(missing), step):
+            pos = missing[i : i + step]
+            self._stage_positions(name, s, pos, np.ascontiguousarray(s.images[pos]), staged)
+        for r, p in zip(rows, keep, strict=True):
+            r["chunk"], r["offset"] = staged.at[p]
+
+    def _ensure_chunks(self, name: str, s: Samples, chunks: set[str], staged: _Staged) -> None:
+        """Inside the write transaction: re-write a staged chunk that a remove or a garbage
+        collection deleted after it was staged (nothing can delete it from now until the
+        commit), from the source images (read again, lazily)."""
+        for chunk in chunks:
+            path = self.task_dir(name) / chunk
+            if not path.is_file():
+                images = np.ascontiguousarray(s.images[staged.chunks[chunk]])
+                atomic_write(path, lambda f, im=images: np.save(f, im, allow_pickle=False))
+
+    def _refresh(self, name: str, chunks: set[str]) -> None:
+        """Touch staged chunks just before the write transaction, so a long ingest's early
+        chunks are as young as its last one for other writers' garbage collection."""
+        for chunk in chunks:
+            with contextlib.suppress(FileNotFoundError):
+                os.utime(self.task_dir(name) / chunk)
+
+    def _drop_unused(self, name: str, chunks: set[str]) -> None:
+        """Delete chunks this writer created but did not commit, unless a sample uses them."""
+        if not chunks:
+            return
         with self.registry.transaction():
-            if chunk not in self._chunks_used(name):
+            used = self._chunks_used(name)
+            for chunk in chunks - used:
                 (self.task_dir(name) / chunk).unlink(missing_ok=True)
 
     def _chunks_used(self, name: str) -> set[str]:
@@ -232,19 +221,53 @@ class TaskStore:
         seed: int = 0,
         replace: bool = False,
     ) -> TaskRecord:
-        """Register a new task (or replace one). Nothing is written if validation fails; of
-        writers racing for one new name exactly one wins, the others get
-        :class:`AlreadyExistsError`."""
+        """Register a new task (or replace one). The images are read, hashed and staged as
+        chunks a batch at a time; if validation fails the staged chunks are removed and
+        nothing is registered. Of writers racing for one new name exactly one wins, the others
+        get :class:`AlreadyExistsError`."""
         validate_name(name, "task name", queryable=True)
         if not 0 < val_fraction < 1:
             raise TaskDataError(f"--val-fraction must be between 0 and 1, got {val_fraction}")
+        samples = normalised(samples, f"task {name!r}")
         if not replace:
             self.registry.ensure_new("tasks", name)  # early: no chunk written in vain
-        rows, _, _ = self._rows(name, samples, [], val_fraction, seed)
-        self.check(name, rows)
-        content, data = self.hashes(rows)
+        self._precheck(name, samples)
+        staged = _Staged()
         try:
-            rec = TaskRecord(
+            hashes = self._stream(name, samples, lambda *_: True, staged)
+            rows, keep, _ = self._rows(name, hashes, samples, [], val_fraction, seed)
+            self.check(name, rows)
+            rec = self._record(name, rows, kind, source, samples.classes)
+            self._place(name, samples, rows, keep, staged)
+            self._refresh(name, set(staged.chunks))
+            with self.registry.transaction():
+                replaced = self._chunks_used(name)
+                self._ensure_chunks(name, samples, set(staged.chunks), staged)
+                self.registry.put_task(rec, rows, replace_samples=True, create=not replace)
+                self._gc_chunks(name, replaced)
+        except BaseException:  # refused or failed: leave no chunk behind
+            with contextlib.suppress(ShiftError, OSError, sqlite3.Error):
+                self._drop_unused(name, staged.created)
+            raise
+        return rec
+
+    def _precheck(self, name: str, s: Samples) -> None:
+        """What can be refused from the labels alone, before any image is decoded."""
+        if len(s.labels) != len(s.images):
+            raise TaskDataError(f"task {name!r}: {len(s.labels)} labels for {len(s.images)} images")
+        if len(s.labels) and len(np.unique(s.labels)) < 2:
+            raise TaskDataError(
+                f"task {name!r}: only one class ({int(s.labels[0])}) in train",
+                hint="ranking models needs at least two classes",
+            )
+
+    @staticmethod
+    def _record(
+        name: str, rows: list[dict[str, Any]], kind: str, source: str, classes: list[str]
+    ) -> TaskRecord:
+        content, data = TaskStore.hashes(rows)
+        try:
+            return TaskRecord(
                 name=name,
                 content_hash=content,
                 data_hash=data,
@@ -254,24 +277,10 @@ class TaskStore:
                 num_train=sum(r["split"] == "train" for r in rows),
                 num_val=sum(r["split"] == "val" for r in rows),
                 num_classes=len({r["label"] for r in rows}),
-                classes=samples.classes,
+                classes=classes,
             )
         except ValidationError as e:
             raise TaskDataError(f"task {name!r}: {e.errors()[0]['msg']}") from None
-        chunk, created = self._stage_chunk(name, samples.images)  # only once known valid
-        for r in rows:
-            r["chunk"] = chunk
-        try:
-            with self.registry.transaction():
-                replaced = self._chunks_used(name)
-                self._ensure_chunk(name, chunk, samples.images)
-                self.registry.put_task(rec, rows, replace_samples=True, create=not replace)
-                self._gc_chunks(name, replaced)
-        except ShiftError:  # refused (e.g. another writer won the name): leave no chunk behind
-            if created:
-                self._drop_if_unused(name, chunk)
-            raise
-        return rec
 
     def is_current(
         self, name: str, samples: Samples, val_fraction: float = 0.2, seed: int = 0
@@ -279,43 +288,54 @@ class TaskStore:
         """Whether task ``name`` already holds exactly these samples, labels and splits."""
         if not self.registry.has_task(name):
             return False
-        rows, _, _ = self._rows(name, samples, [], val_fraction, seed)
+        samples = normalised(samples, f"task {name!r}")
+        hashes = [
+            sample_hash(part[j]) for _, part in batches(samples.images) for j in range(len(part))
+        ]
+        rows, _, _ = self._rows(name, hashes, samples, [], val_fraction, seed)
         return self.registry.get_task(name).content_hash == self.hashes(rows)[0]
 
     def append(
         self, name: str, samples: Samples, *, val_fraction: float = 0.2, seed: int = 0
     ) -> Appended:
         """Add samples to a task: ``(record, added)``, and ``.skipped`` for samples whose pixels
-        and label were already there (so re-running an append adds nothing). The rows are read
-        and written in one write transaction: racing appends and relabels are serialised."""
+        and label were already there (so re-running an append adds nothing). The images are
+        hashed and the new ones staged a batch at a time, outside the lock; the rows are then
+        read and written in one write transaction, so racing appends and relabels are
+        serialised (an image that became new meanwhile is read again and staged there)."""
         old, existing = self.registry.task_snapshot(name)  # plan and stage outside the lock
-        rows, keep, skipped = self._rows(name, samples, existing, val_fraction, seed, True)
-        if not rows:
-            return Appended(old, 0, skipped)
-        self.check(name, [*existing, *rows])
-        staged, created = self._stage_chunk(name, _take(samples.images, keep))
-        chunk: str | None = None
+        samples = normalised(samples, f"task {name!r}", old.classes)
+        present = {(r["content_hash"], r["label"]) for r in existing}
+        staged = _Staged()
+        committed: set[str] = set()
         try:
+            hashes = self._stream(name, samples, lambda p, h, y: (h, y) not in present, staged)
+            rows, keep, skipped = self._rows(
+                name, hashes, samples, existing, val_fraction, seed, True
+            )
+            if not rows:
+                return Appended(old, 0, skipped)
+            self.check(name, [*existing, *rows])
+            self._refresh(name, set(staged.chunks))
             with self.registry.transaction():  # again, under the write lock: this one counts
                 old, existing = self.registry.task_snapshot(name)
-                rows, again, skipped = self._rows(name, samples, existing, val_fraction, seed, True)
+                rows, keep, skipped = self._rows(
+                    name, hashes, samples, existing, val_fraction, seed, True
+                )
                 rec = old
                 if rows:
                     all_rows = [*existing, *rows]
                     self.check(name, all_rows)
-                    images = _take(samples.images, again)
-                    chunk = staged if again == keep else self._chunk_name(images)
-                    self._ensure_chunk(name, chunk, images)
-                    for r in rows:
-                        r["chunk"] = chunk
+                    self._place(name, samples, rows, keep, staged)
+                    committed = {r["chunk"] for r in rows}
+                    self._ensure_chunks(name, samples, committed, staged)
                     rec = self._updated(old, all_rows, samples.classes)
                     self.registry.put_task(rec, rows)
-        except ShiftError:  # refused: leave no chunk behind
-            if created:
-                self._drop_if_unused(name, staged)
+        except BaseException:  # refused or failed: leave no chunk behind
+            with contextlib.suppress(ShiftError, OSError, sqlite3.Error):
+                self._drop_unused(name, staged.created)
             raise
-        if created and chunk != staged:  # another writer's commit changed what is new
-            self._drop_if_unused(name, staged)
+        self._drop_unused(name, staged.created - committed)  # another writer added them first
         return Appended(rec, len(rows), skipped)
 
     @staticmethod
@@ -346,11 +366,12 @@ class TaskStore:
                 raise TaskDataError(
                     f"task {name!r} has {len(rows)} samples but {labels.shape} labels were given"
                 )
-            new_rows = [{**r, "label": int(v)} for r, v in zip(rows, labels, strict=True)]
+            names = old.classes
+            if labels.size and int(labels.max()) >= len(old.classes):
+                labels, names = remap_labels(labels, None, f"task {name!r}")
+            new_rows = [{**r, "label": int(v)} for r, v in zip(rows, labels.tolist(), strict=True)]
             self.check(name, new_rows)
-            n_cls = int(labels.max()) + 1
-            names = old.classes if len(old.classes) >= n_cls else [str(i) for i in range(n_cls)]
-            rec = self._updated(old, new_rows, names)
+            rec = self._updated(old, new_rows, names).model_copy(update={"classes": names})
             self.registry.put_task(rec, new_rows)
         return rec
 
