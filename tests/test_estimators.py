@@ -101,6 +101,27 @@ def test_leep_by_hand() -> None:
         leep(theta * 2, y, probabilities=True)
 
 
+def test_leep_detects_probabilities() -> None:
+    """Softmax outputs passed without ``probabilities=True`` are not softmaxed a second time
+    (issue #15): the same hand value as above; ``probabilities=False`` forces the softmax."""
+    theta = np.array([[0.8, 0.2], [0.5, 0.5], [0.1, 0.9]])
+    y = np.array([0, 0, 1])
+    assert leep(theta, y) == pytest.approx(-0.411274, abs=1e-6)
+    assert leep(theta.astype(np.float32), y) == pytest.approx(-0.411274, abs=1e-6)
+    # forced softmax of the probabilities: theta' = softmax(theta), by hand
+    e = np.exp(theta)
+    t2 = e / e.sum(axis=1, keepdims=True)
+    j0, j1 = t2[0] + t2[1], t2[2]  # joint * N per target class
+    m = j0 + j1
+    eep = [t2[0] @ (j0 / m), t2[1] @ (j0 / m), t2[2] @ (j1 / m)]
+    forced = sum(math.log(v) for v in eep) / 3
+    assert leep(theta, y, probabilities=False) == pytest.approx(forced, rel=1e-12)
+    assert forced < -0.55  # the double softmax flattens theta: a much lower score
+    # logits that are non-negative but do not sum to 1 stay logits
+    z = np.array([[2.0, 0.5], [1.0, 1.0], [0.0, 3.0]])
+    assert leep(z, y) == pytest.approx(leep(z - 5.0, y), rel=1e-12)
+
+
 def test_nce_by_hand() -> None:
     # (y, z) pairs: (0,a) (0,a) (1,a) (1,b) -> 1/2 log(2/3) + 1/4 log(1/3) + 1/4 log 1
     z = np.array([0, 0, 0, 1])
@@ -111,6 +132,19 @@ def test_nce_by_hand() -> None:
     assert nce(logits, y) == pytest.approx(-0.477386, abs=1e-6)
     # a perfect source->target mapping has NCE 0
     assert nce(np.eye(3)[[0, 1, 2, 2]], [5, 6, 7, 7]) == 0.0
+
+
+def test_nce_accepts_integer_source_labels() -> None:
+    # the same (y, z) pairs as above, with z given as 1-d source labels (any integer ids)
+    y = np.array([10, 10, 20, 20])
+    expected = 0.5 * math.log(2 / 3) + 0.25 * math.log(1 / 3)
+    assert nce(np.array([0, 0, 0, 1]), y) == pytest.approx(expected, rel=1e-12)
+    assert nce(np.array([7, 7, 7, 913]), y) == pytest.approx(expected, rel=1e-12)
+    assert nce(np.array([3.0, 3.0, 3.0, 1.0]), y) == pytest.approx(expected, rel=1e-12)
+    with pytest.raises(ValueError, match="integers"):
+        nce(np.array([0.2, 0.7, 0.1, 0.9]), y)  # 1-d scores are not labels
+    with pytest.raises(ValueError, match="labels"):
+        nce(np.array([0, 1, 1]), y)
 
 
 def test_parc_three_points_by_hand() -> None:
@@ -151,6 +185,26 @@ def test_gbc_1d_by_hand() -> None:
     assert gbc(np.array([[0.0], [2.0], [4.0], [6.0]]), y) == pytest.approx(-2 * math.exp(-2))
 
 
+def test_gbc_spherical_default_and_diagonal_by_hand() -> None:
+    """Two centred orthogonal columns (A·A = 28 > B·B = 26): the PCA is the identity, so the
+    per-class statistics can be written down. Class 0 / 1 means (1/3, −5/3) / (−1/3, 5/3),
+    population variances (26/9, 14/9) / (56/9, 14/9)."""
+    x = np.array([[1, -3], [-2, 0], [2, -2], [-1, 2], [3, 3], [-3, 0]], dtype=float)
+    y = np.array([0, 0, 0, 1, 1, 1])
+    # diagonal: Σ̄ = (41/9, 14/9)
+    d_diag = (4 / 41 + 100 / 14) / 8 + 0.5 * (
+        math.log(41 / 9) - 0.5 * math.log(26 / 9) - 0.5 * math.log(56 / 9)
+    )
+    # spherical (reference): σ = 20/9 and 35/9, σ̄ = 55/18; log term on the scalars
+    d_sph = (104 / 9) / (55 / 18) / 8 + 0.5 * (
+        math.log(55 / 18) - 0.5 * math.log(20 / 9) - 0.5 * math.log(35 / 9)
+    )
+    assert gbc(x, y) == pytest.approx(-2 * math.exp(-d_sph), rel=1e-12)  # the default
+    assert gbc(x, y, covariance="spherical") == pytest.approx(-2 * math.exp(-d_sph), rel=1e-12)
+    assert gbc(x, y, covariance="diagonal") == pytest.approx(-2 * math.exp(-d_diag), rel=1e-12)
+    assert get_proxy("gbc").params["covariance"] == "spherical"
+
+
 def test_gbc_spherical_uses_scalar_log_term() -> None:
     # reference (google-research) spherical form: Mahalanobis summed over d dims with the
     # scalar variance, log-determinant term on the scalars (not multiplied by d)
@@ -186,9 +240,10 @@ def test_ncti_pool_normalisation_by_hand() -> None:
 # ------------------------------------------------------------------------------ LogME
 
 
-def naive_logme(F: np.ndarray, y: np.ndarray, max_iter: int = 11, tol: float = 1e-3) -> float:
+def naive_logme(F: np.ndarray, y: np.ndarray, max_iter: int = 100, tol: float = 1e-6) -> float:
     """Per-class evidence maximisation with D × D matrices (MacKay updates, slogdet of A with
-    all D eigenvalues, so the (D - k) log(alpha) term is included automatically)."""
+    all D eigenvalues, so the (D - k) log(alpha) term is included automatically); stops when
+    alpha and beta both change by at most ``tol`` relative."""
     n, d = F.shape
     ftf = F.T @ F
     eig = np.maximum(np.linalg.eigvalsh(ftf), 0.0)
@@ -202,8 +257,10 @@ def naive_logme(F: np.ndarray, y: np.ndarray, max_iter: int = 11, tol: float = 1
             m = beta * np.linalg.solve(A, F.T @ t)
             gamma = float(np.sum(eig / (eig + lam)))
             m2, r2 = float(m @ m), float(np.sum((t - F @ m) ** 2))
-            alpha, beta = gamma / (m2 + 1e-5), (n - gamma) / (r2 + 1e-5)
-            if abs(alpha / beta - lam) / lam <= tol:
+            a_new, b_new = gamma / (m2 + 1e-5), (n - gamma) / (r2 + 1e-5)
+            done = abs(a_new - alpha) <= tol * alpha and abs(b_new - beta) <= tol * beta
+            alpha, beta = a_new, b_new
+            if done:
                 break
         _, logdet = np.linalg.slogdet(alpha * np.eye(d) + beta * ftf)
         ev = (
@@ -224,6 +281,25 @@ def test_logme_matches_naive(n: int, d: int, c: int) -> None:
     assert logme(x, y) == pytest.approx(naive_logme(x, y), rel=1e-7, abs=1e-9)
     x2 = x * 0.05 + 3.0  # small scale, offset (LogME does not centre)
     assert logme(x2, y) == pytest.approx(naive_logme(x2, y), rel=1e-7, abs=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("n", "d", "c", "sep", "scale"), [(60, 300, 3, 0.2, 0.01), (80, 400, 4, 0.3, 0.003)]
+)
+def test_logme_d_above_n_converges(n: int, d: int, c: int, sep: float, scale: float) -> None:
+    """D > N: 11 reference steps stop > 0.01 short of the fixed point; the default iterates to
+    it (reference: the naive D × D fixed point run for 20,000 steps, tol 1e-13)."""
+    x, y = blobs(n, d, c, sep=sep, seed=n + d)
+    x = x * scale
+    reference = naive_logme(x, y, max_iter=20000, tol=1e-13)
+    assert logme(x, y) == pytest.approx(reference, abs=1e-7)
+    assert abs(logme(x, y, max_iter=11, tol=1e-3) - reference) > 0.01  # the old stopping rule
+
+
+@pytest.mark.parametrize(("n", "d", "c"), [(200, 30, 4), (1000, 64, 10), (300, 12, 3)])
+def test_logme_n_above_d_moves_less_than_1e6(n: int, d: int, c: int) -> None:
+    x, y = blobs(n, d, c, sep=1.0, seed=n + d)
+    assert abs(logme(x, y) - logme(x, y, max_iter=11, tol=1e-3)) < 1e-6
 
 
 def test_logme_rank_deficient_matches_naive() -> None:
@@ -321,8 +397,54 @@ def test_hscore_matches_pinv_formula() -> None:
 
 
 def test_hscore_saturates_at_c_minus_1_when_n_below_d() -> None:
-    x, y = blobs(30, 100, 4, seed=3)
-    assert hscore(x, y) == pytest.approx(3.0, rel=1e-9)
+    x, y = blobs(100, 300, 4, sep=0.0, seed=3)  # no class signal at all
+    assert hscore(x, y, pca_dim=None) == pytest.approx(3.0, rel=1e-9)  # raw: saturated
+    # reduced to min(64, N - C - 1) = 64 components first: noise scores about 64·3/99
+    assert hscore(x, y) == pytest.approx(64 * 3 / 99, rel=0.15)
+
+
+def _orthonormal_basis() -> tuple[np.ndarray, ...]:
+    """Centred, mutually orthogonal unit vectors in R^5 for labels (0, 0, 1, 1, 1): u is the
+    centred class indicator, v, w, t carry no class information."""
+    u = np.array([3.0, 3, -2, -2, -2])
+    v = np.array([1.0, -1, 0, 0, 0])
+    w = np.array([0.0, 0, 1, 1, -2])
+    t = np.array([0.0, 0, 1, -1, 0])
+    return tuple(a / np.linalg.norm(a) for a in (u, v, w, t))
+
+
+def test_hscore_reduces_below_n_minus_c_by_hand() -> None:
+    """Columns 3(u+v), 2(w+t), (u−v), 0.5(w−t): orthogonal, variances 18 > 8 > 2 > 0.5. Raw, the
+    rank is N − 1 = 4 and H = C − 1 = 1. With C = 2 classes H is the squared norm of the
+    projection of u on the kept columns' span; k = min(64, N − C − 1) = 2 keeps 3(u+v) and
+    2(w+t): H = (u·(u+v)/√2)² = 1/2."""
+    u, v, w, t = _orthonormal_basis()
+    x = np.column_stack([3 * (u + v), 2 * (w + t), u - v, 0.5 * (w - t)])
+    y = np.array([0, 0, 1, 1, 1])
+    assert hscore(x, y, pca_dim=None) == pytest.approx(1.0, rel=1e-9)
+    assert hscore(x, y) == pytest.approx(0.5, rel=1e-9)
+    assert hscore(x, y, pca_dim=1) == pytest.approx(0.5, rel=1e-9)  # u+v alone: the same
+    assert hscore(x[:, [0, 2]], y) == pytest.approx(1.0, rel=1e-9)  # 2 columns: kept raw
+    with pytest.raises(ValueError, match="pca_dim"):
+        hscore(x, y, pca_dim=0)
+
+
+def test_hscore_and_sfda_on_reference_pca() -> None:
+    """N < D: both equal the raw estimator (the pinv formula; the SFDA reference flow) on
+    scikit-learn's PCA to min(64, N − C − 1) components; raw SFDA saturates at 1.0."""
+    decomposition = pytest.importorskip("sklearn.decomposition")
+    x, y = blobs(150, 200, 4, sep=0.3, seed=31)
+    k = 64  # min(64, N - C - 1 = 145)
+    f = decomposition.PCA(n_components=k, svd_solver="full").fit_transform(x)
+    g = np.zeros_like(f)
+    for c in range(4):
+        g[y == c] = f[y == c].mean(axis=0)
+    naive = np.trace(np.linalg.pinv(np.cov(f, rowvar=False), rcond=1e-15) @ np.cov(g, rowvar=False))
+    assert hscore(x, y) == pytest.approx(naive, rel=1e-8)
+    assert sfda(x, y) == pytest.approx(_reference_sfda(f, y), rel=1e-6)
+    noise, y0 = blobs(150, 200, 4, sep=0.0, seed=32)  # no class signal
+    assert sfda(noise, y0, pca_dim=None) == pytest.approx(1.0, abs=1e-6)  # raw: saturated
+    assert sfda(noise, y0) < 0.9
 
 
 @pytest.mark.parametrize(("n", "d"), [(300, 20), (40, 90)])
@@ -459,7 +581,7 @@ def test_sfda_power_iteration_and_saturation() -> None:
     assert power_lambda_max(A) == pytest.approx(np.linalg.eigvalsh(A)[-1], rel=1e-3)
     assert power_lambda_max(np.zeros((3, 3))) == 0.0
     x, y = blobs(40, 200, 4, sep=0.0, seed=9)  # N < D, no class signal at all
-    assert sfda(x, y) == pytest.approx(1.0, abs=1e-6)  # the documented saturation
+    assert sfda(x, y, pca_dim=None) == pytest.approx(1.0, abs=1e-6)  # raw: saturated
 
 
 @pytest.mark.parametrize("scale", [1.0, 0.16, 0.003])

@@ -151,6 +151,38 @@ def pca(X: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
     return scores * signs, sp.sigma[:k] / (X.shape[0] - 1)
 
 
+def discriminant_dim(n: int, c: int, pca_dim: int | None) -> int | None:
+    """The dimension ``k = min(pca_dim, N − C − 1)`` (at least 1) that ``hscore`` and ``sfda``
+    reduce features to; None when ``pca_dim`` is None (no reduction).
+
+    Why: the within-class residual ``F − M[y]`` has rank ≤ N − C. If the centred features have
+    a larger rank, some direction has within-class variance 0 but between-class variance > 0: a
+    canonical correlation with the labels of exactly 1, so H-score gains 1 per such direction
+    and reaches C − 1 (and SFDA's unregularised LDA separates the training set perfectly: 1.0)
+    once the rank is N − 1 — for every model, whatever its features. Below ``N − C`` the score is
+    defined, but pure noise still scores about ``k·(C − 1)/N``, so ``k`` is also capped at a
+    fixed ``pca_dim`` (64, as ``gbc`` and ``ncti``) for every model alike: the scores of a 128-d
+    and a 2,048-d model are then of the same dimension and comparable. ``N − C − 1`` only rules
+    out the exact degeneracy: with fewer than about ``2·pca_dim`` samples the reduced scores
+    still sit near their ceiling (use ``shrink_hscore`` there)."""
+    if pca_dim is None:
+        return None
+    if int(pca_dim) < 1:
+        raise ValueError("pca_dim must be >= 1 (or None for no reduction)")
+    return max(1, min(int(pca_dim), n - c - 1))
+
+
+def reduce_features(X: np.ndarray, c: int, pca_dim: int | None) -> np.ndarray:
+    """``X`` reduced to its top ``k = discriminant_dim(N, C, pca_dim)`` principal components
+    (:func:`pca`, centred) when it has more than ``k`` columns; else ``X`` unchanged. A matrix
+    without any variance becomes one zero column."""
+    k = discriminant_dim(X.shape[0], c, pca_dim)
+    if k is None or X.shape[1] <= k:
+        return X
+    scores, _ = pca(X, k)
+    return scores if scores.shape[1] else np.zeros((X.shape[0], 1))
+
+
 # ------------------------------------------------------------------------------ ranks, sampling
 
 

@@ -8,10 +8,14 @@ per-class Gaussians on PCA-reduced features.
    ``D_B(i, j) = ⅛·Σ_k (μ_ik − μ_jk)²/Σ̄_k + ½·[Σ log Σ̄ − ½·Σ log v_i − ½·Σ log v_j]``.
 4. ``GBC = −Σ_i Σ_{j≠i} exp(−D_B(i, j))`` (≤ 0, each pair counted twice; higher is better).
 
-``covariance="diagonal"`` (the default here) keeps v_c per dimension: the exact Bhattacharyya
-distance of diagonal Gaussians. ``"spherical"`` replaces v_c by its mean over dimensions and, as
-the google-research reference code does, evaluates the log-determinant term on the scalar
-variances (not multiplied by d) — use it to compare with published GBC numbers.
+``covariance="spherical"`` (the default, as google-research's ``gbc.py``, so values compare
+with published GBC numbers) replaces v_c by its mean over dimensions σ_c and, as that reference
+code does, evaluates the log-determinant term on the scalar variances, **not multiplied by d**:
+``D_B = ⅛·Σ_k (μ_ik − μ_jk)²/σ̄ + ½·[log σ̄ − ½·log σ_i − ½·log σ_j]``, ``σ̄ = (σ_i + σ_j)/2``
+(the exact spherical distance would have d times that bracket). ``covariance="diagonal"``
+keeps v_c per dimension: the exact Bhattacharyya distance of diagonal Gaussians (the paper's
+other variant). The registered proxy ``gbc`` is the spherical one; ``gbc(covariance=diagonal)``
+selects the other.
 """
 
 from __future__ import annotations
@@ -23,9 +27,10 @@ import numpy as np
 from shift.scoring.estimators._common import check_xy, class_means, one_hot, pca
 from shift.scoring.registry import estimator
 
-__all__ = ["DEFAULT_PCA_DIM", "bhattacharyya_distances", "gbc"]
+__all__ = ["DEFAULT_COVARIANCE", "DEFAULT_PCA_DIM", "bhattacharyya_distances", "gbc"]
 
 DEFAULT_PCA_DIM = 64
+DEFAULT_COVARIANCE: Literal["spherical"] = "spherical"  # google-research's default
 _VAR_FLOOR = 1e-4
 
 
@@ -47,19 +52,20 @@ def bhattacharyya_distances(means: np.ndarray, variances: np.ndarray) -> np.ndar
 @estimator(
     "gbc",
     description="GBC (Pandy et al. 2022): minus the summed Bhattacharyya coefficients of "
-    "per-class diagonal Gaussians on 64 PCA components",
+    "per-class spherical (reference default) or diagonal Gaussians on 64 PCA components",
     cost_per_1k=0.16,
-    pca_dim=64,
-    covariance="diagonal",
+    pca_dim=DEFAULT_PCA_DIM,
+    covariance=DEFAULT_COVARIANCE,
 )
 def gbc(
     features: Any,
     labels: Any,
     *,
     pca_dim: int = DEFAULT_PCA_DIM,
-    covariance: Literal["diagonal", "spherical"] = "diagonal",
+    covariance: Literal["diagonal", "spherical"] = DEFAULT_COVARIANCE,
 ) -> float:
-    """GBC on ``pca_dim`` principal components (≤ 0, higher is better)."""
+    """GBC on ``pca_dim`` principal components (≤ 0, higher is better) with per-class
+    ``covariance`` "spherical" (default, the reference's) or "diagonal"."""
     if covariance not in ("diagonal", "spherical"):
         raise ValueError("covariance must be 'diagonal' or 'spherical'")
     F, y, c = check_xy(features, labels)

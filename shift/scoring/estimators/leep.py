@@ -1,13 +1,20 @@
 """LEEP (Nguyen et al., ICML 2020) and NCE (Tran et al., ICCV 2019): transferability from the
 model's own source-classifier outputs on the target data (no features needed).
 
-LEEP, with θ = softmax(source logits) (N × C_s, computed stably):
+LEEP, with θ the source-head probabilities (N × C_s): ``softmax(logits)`` computed stably, or the
+rows as given when they already are probabilities. ``probabilities=None`` (the default) decides
+per call: rows that are all non-negative and each sum to 1 within ``PROB_ATOL = 1e-4`` (a float32
+softmax over thousands of classes is within ~1e-5) are taken as probabilities, anything else as
+logits — real logits pass that test only by accident, while a second softmax of probabilities
+(the old behaviour) silently flattens θ towards uniform. ``True`` insists on probabilities
+(``ValueError`` otherwise), ``False`` forces the softmax. Then
 ``P̂(y, z) = (1/N)·Σ_{i: y_i = y} θ_iz``, ``P̂(y|z) = P̂(y, z)/P̂(z)``,
 ``LEEP = (1/N)·Σ_i log Σ_z P̂(y_i|z)·θ_iz`` — with the log (SFDA/NCTI/ETran copies drop it).
 A source class with ``P̂(z) = 0`` (softmax underflow) contributes nothing. The inner sum is
 ``≥ Σ_z θ_iz²/N ≥ 1/(N·C_s)`` (sample i's own mass), so the log is always finite.
 
-NCE, with ``z_i = argmax θ_i`` (first index on ties): ``NCE = Σ_{y,z: P̂(y,z)>0}
+NCE, with ``z_i = argmax θ_i`` (first index on ties), or ``z`` given directly as 1-d integer
+source labels (the usual form: the source model's predicted classes): ``NCE = Σ_{y,z: P̂(y,z)>0}
 P̂(y, z)·log P̂(y|z) ≤ 0`` from the count-based joint (no ε smoothing, unlike PARC's copy).
 """
 
@@ -23,11 +30,22 @@ from shift.scoring.registry import estimator
 __all__ = ["leep", "nce"]
 
 
-def _probabilities(outputs: Any, probabilities: bool) -> np.ndarray:
+#: rows within this of summing to 1 (and non-negative) are probabilities
+PROB_ATOL = 1e-4
+
+
+def looks_like_probabilities(X: np.ndarray) -> bool:
+    """Every row non-negative and summing to 1 within ``PROB_ATOL``."""
+    return bool((X >= 0).all() and np.all(np.abs(X.sum(axis=1) - 1.0) <= PROB_ATOL))
+
+
+def _probabilities(outputs: Any, probabilities: bool | None) -> np.ndarray:
     X = as_matrix(outputs, "source outputs", min_rows=1)
+    if probabilities is None:
+        probabilities = looks_like_probabilities(X)
     if not probabilities:
         return np.exp(log_softmax(X, axis=1))
-    if (X < 0).any() or not np.allclose(X.sum(axis=1), 1.0, atol=1e-6):
+    if not looks_like_probabilities(X):
         raise ValueError("probabilities must be non-negative rows summing to 1")
     return X / X.sum(axis=1, keepdims=True)
 
@@ -38,9 +56,10 @@ def _probabilities(outputs: Any, probabilities: bool) -> np.ndarray:
     cost_per_1k=0.01,
     needs_logits=True,
 )
-def leep(logits: Any, labels: Any, *, probabilities: bool = False) -> float:
+def leep(logits: Any, labels: Any, *, probabilities: bool | None = None) -> float:
     """LEEP score (≤ 0, higher is better) of source-head ``logits`` (N × C_s) for target
-    ``labels``; pass ``probabilities=True`` if the rows already are softmax outputs."""
+    ``labels``. Rows that already are probabilities are detected (``probabilities=None``) and
+    not softmaxed again; ``True``/``False`` override the detection (module docstring)."""
     theta = _probabilities(logits, probabilities)
     n = theta.shape[0]
     y, c = as_labels(labels, n, min_classes=1)
@@ -51,6 +70,21 @@ def leep(logits: Any, labels: Any, *, probabilities: bool = False) -> float:
     return float(np.mean(np.log(eep)))
 
 
+def _source_labels(outputs: Any) -> np.ndarray:
+    """Argmax of N × C_s outputs, or 1-d integer source labels as given."""
+    arr = np.asarray(outputs)
+    if arr.ndim != 1:
+        return as_matrix(arr, "source outputs", min_rows=1).argmax(axis=1)
+    if len(arr) < 1:
+        raise ValueError("source labels need at least one entry")
+    if arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.integer):
+        if not (np.issubdtype(arr.dtype, np.floating) and np.isfinite(arr).all()):
+            raise ValueError(f"1-d source labels must be integers, got dtype {arr.dtype}")
+        if not np.all(arr == np.round(arr)):
+            raise ValueError("1-d source labels must be integers (class ids), not scores")
+    return arr.astype(np.int64)
+
+
 @estimator(
     "nce",
     description="NCE (Tran et al. 2019): negative conditional entropy of target given source "
@@ -59,12 +93,13 @@ def leep(logits: Any, labels: Any, *, probabilities: bool = False) -> float:
     needs_logits=True,
 )
 def nce(logits: Any, labels: Any) -> float:
-    """NCE (≤ 0, higher is better) of the source-head argmax labels for target ``labels``
-    (``logits`` or probabilities: only the argmax is used)."""
-    X = as_matrix(logits, "source outputs", min_rows=1)
-    n = X.shape[0]
+    """NCE (≤ 0, higher is better) of the source-head labels for target ``labels``: ``logits``
+    is N × C_s logits or probabilities (only the argmax is used) or the N source labels
+    themselves (1-d integers)."""
+    z_src = _source_labels(logits)
+    n = len(z_src)
     y, c = as_labels(labels, n, min_classes=1)
-    _, z = np.unique(X.argmax(axis=1), return_inverse=True)
+    _, z = np.unique(z_src, return_inverse=True)
     z = z.reshape(-1)
     joint = np.bincount(y * (z.max() + 1) + z, minlength=c * (z.max() + 1)).reshape(c, -1) / n
     marginal = joint.sum(axis=0)
