@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from shift.catalog.importer import ImportResult
+    from shift.catalog.sources import SourceImport
     from shift.engine.indexing import IndexReport
     from shift.store.registry import Registry
     from shift.tools.doctor import DoctorReport
@@ -150,6 +151,32 @@ class Client:
         from shift.catalog.importer import import_catalog
 
         return import_catalog(self.registry, catalog, names, force=force, progress=self.progress)
+
+    def import_models(
+        self,
+        source: str,
+        names: list[str] | None = None,
+        *,
+        all: bool = False,
+        replace: bool = False,
+    ) -> list[SourceImport]:
+        """Register models of a source (``torchvision``, ``timm``, ``hf``, ``vtab1k``) from its
+        metadata, without weights (``all``: every model it knows; ``vtab1k`` imports the table's
+        291 by default). Unknown names fail before anything is registered; a model that has
+        weights keeps them unless ``replace``. Hugging Face local folders get their weights."""
+        from shift.catalog.sources import import_models
+
+        return import_models(self.registry, source, names, all=all, replace=replace)[0]
+
+    def add_weights(
+        self, name: str, weights: str | Path | None = None, *, download: bool = False
+    ) -> ModelRecord:
+        """Give a model registered without weights its weights (a local file, or a folder in the
+        source's cache layout: torch hub's, a Hugging Face folder; or ``download`` through the
+        source's own loader when online), export it to ONNX (opset 17) and register it."""
+        from shift.catalog.sources.weights import attach_weights
+
+        return attach_weights(self.registry, name, weights, download=download)
 
     def model(self, name: str) -> ModelRecord:
         """One model by name (``NotFoundError`` naming the registered ones otherwise)."""
@@ -277,10 +304,20 @@ class Client:
         self, task: str, *, pool: str = "all", models: list[str] | None = None
     ) -> IndexReport:
         """Build (or reuse) the embedding indexes of ``task`` for every model in ``pool`` (or
-        the named ``models``); returns what was embedded, reused, relabelled and failed."""
+        the named ``models``); returns what was embedded, reused, relabelled and failed. Models
+        registered without weights are left out of a pool; named, they are refused at once."""
         validate_name(task, "task name")
         self.task(task)  # a clear error for an unknown task, before any model is touched
-        recs = [self.model(m) for m in models] if models else self.models(pool)
+        if models:
+            recs = [self.model(m) for m in models]
+            missing = [m.name for m in recs if not m.has_weights]
+            if missing:
+                raise ShiftError(
+                    f"no weights yet for {', '.join(missing)}: nothing to embed with",
+                    hint="give them with `shift-cli models weights NAME --weights FILE|DIR`",
+                )
+        else:
+            recs = [m for m in self.models(pool) if m.has_weights]
         self.engine.index(task, recs)
         return self.engine.last_report
 

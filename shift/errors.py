@@ -87,3 +87,12 @@ class BackendError(ShiftError):
 
 class AlreadyExistsError(ShiftError):
     """A model, pool or task name that is already registered (another writer may have won)."""
+
+
+class WeightsMissingError(QueryError):
+    """A task-aware query over models registered without weights (metadata only); ``models``
+    names them. Raised before any work, so nothing is half-computed."""
+
+    def __init__(self, message: str, *, models: list[str], **kw: object) -> None:
+        super().__init__(message, **kw)  # type: ignore[arg-type]
+        self.models = models

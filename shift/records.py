@@ -58,11 +58,13 @@ class ModelRecord(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str
-    path: str = Field(description="ONNX file, relative to the registry home or absolute")
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    path: str = Field(
+        description="ONNX file, relative to the registry home or absolute ('' without weights)"
+    )
+    sha256: str = Field(pattern=r"^([0-9a-f]{64})?$", description="'' without weights")
     family: str = "unknown"
-    params: int = Field(ge=0)
-    dim: int = Field(gt=0, description="embedding dimension")
+    params: int | None = Field(None, ge=0, description="None: unknown (metadata-only rows)")
+    dim: int | None = Field(None, gt=0, description="embedding dimension; None: unknown")
     output: str = Field(description="graph output the embedding is read from")
     head_output: str | None = Field(None, description="graph output with source-classifier logits")
     head_classes: int | None = Field(None, gt=0)
@@ -76,6 +78,16 @@ class ModelRecord(BaseModel):
     tags: list[str] = Field(default_factory=list)
     license: str | None = None
     date_added: str = Field(default_factory=utcnow)
+    # model sources (shift.catalog.sources): weights are a state, not a precondition
+    weights: Literal["present", "missing"] = Field(
+        "present", description="missing: metadata only, no ONNX file yet (task-aware work refused)"
+    )
+    architecture: str | None = Field(None, description="e.g. resnet50, vit_b_16 (the source's)")
+    source_id: str | None = Field(None, description="the source's id, e.g. torchvision:resnet50.V2")
+    provenance: str | None = Field(None, description="recipe, hub id: where the figures come from")
+    weights_url: str | None = Field(None, description="where the source downloads the weights")
+    imagenet_top5: float | None = Field(None, ge=0, le=100)
+    gflops: float | None = Field(None, ge=0, description="GFLOPS per image at the input size")
 
     @field_validator("name")
     @classmethod
@@ -93,11 +105,19 @@ class ModelRecord(BaseModel):
             raise ValueError("imagenet_top1 needs imagenet_source (where the number comes from)")
         if self.head_output is not None and self.head_output == self.output:
             raise ValueError("head_output must differ from the embedding output")
+        if self.weights == "present" and (
+            not self.path or not self.sha256 or self.params is None or self.dim is None
+        ):
+            raise ValueError("a model with weights needs path, sha256, params and dim")
         return self
 
     @property
     def has_head(self) -> bool:
         return self.head_output is not None
+
+    @property
+    def has_weights(self) -> bool:
+        return self.weights == "present"
 
 
 class TaskRecord(BaseModel):

@@ -69,6 +69,7 @@ def seed_registry(home: Path) -> None:
                 imagenet_top1=76.1,
                 imagenet_source="torchvision",
                 source="torchvision",
+                architecture="resnet50",
             )
         )
         reg.add_model(
@@ -218,7 +219,7 @@ def test_pools_list_add_remove(home: Path) -> None:
     assert list(pools) == ["all", "resnet50", "dim2048", "expert", "imagenet"]
     assert {n: p["models"] for n, p in pools.items()} == {
         "all": 3,
-        "resnet50": 2,
+        "resnet50": 1,
         "dim2048": 3,
         "expert": 1,
         "imagenet": 2,
@@ -296,22 +297,25 @@ def test_query_json(home: Path) -> None:
     r = cli(home, "query", "SELECT top 5 FROM pool resnet50 WHERE source = 'torchvision'", "--json")
     res = json.loads(r.stdout)
     assert [row["name"] for row in res["rows"]] == ["r50"]
-    assert res["plan"]["filters"] == ["pool resnet50: params <= 25600000", "source = 'torchvision'"]
+    assert res["plan"]["filters"] == [
+        "pool resnet50: architecture = 'resnet50'",
+        "source = 'torchvision'",
+    ]
 
 
 def test_explain(home: Path) -> None:
     seed_registry(home)
-    r = cli(home, "explain", "SELECT top 2 FROM pool resnet50 WHERE dim < 1000")
+    r = cli(home, "explain", "SELECT top 2 FROM pool imagenet WHERE dim < 1000")
     assert r.exit_code == 0, r.output
     rows = [line for line in r.stdout.splitlines() if line.startswith("│")]
     assert [row.split("│")[1].strip() for row in rows] == ["all models", "filter", "filter", "rank"]
     assert [row.split("│")[3].strip() for row in rows] == ["3", "2", "1", "—"]
     assert "agnostic, keep 2" in rows[-1]
 
-    r = cli(home, "explain", "SELECT top 2 FROM pool resnet50 WHERE dim < 1000", "--json")
+    r = cli(home, "explain", "SELECT top 2 FROM pool imagenet WHERE dim < 1000", "--json")
     plan = json.loads(r.stdout)
     assert (plan["pool"], plan["ranker"], plan["budget"], plan["task"]) == (
-        "resnet50",
+        "imagenet",
         "agnostic",
         2,
         None,

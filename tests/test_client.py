@@ -23,7 +23,9 @@ def top1(v: float) -> dict[str, object]:
 
 
 MODELS = [
-    model("r50", params=25_557_032, dim=2048, family="resnet", **top1(76.1)),
+    model(
+        "r50", params=25_557_032, dim=2048, family="resnet", architecture="resnet50", **top1(76.1)
+    ),
     model("r101", params=44_549_160, dim=2048, family="resnet", **top1(77.4)),
     model("vit-b16", params=86_567_656, dim=768, family="vit", **top1(81.1)),
     model("mobilenet", params=3_504_872, dim=1280, family="mobilenet", **top1(71.9)),
@@ -77,9 +79,11 @@ def test_connect_and_query(client: Client, tmp_path: Path) -> None:
 
 def test_query_filters_and_pools(client: Client) -> None:
     res = client.query("SELECT * FROM pool resnet50 WHERE dim > 300")
+    assert res.names == ["r50"]  # the pool is ResNet-50s, by architecture
+    assert res.plan["filters"] == ["pool resnet50: architecture = 'resnet50'", "dim > 300"]
+    res = client.query("SELECT * FROM pool dim2048 WHERE params < 26M")
     # models without an ImageNet figure come after, by upstream size
-    assert res.names == ["r50", "mobilenet"]
-    assert res.plan["filters"] == ["pool resnet50: params <= 25600000", "dim > 300"]
+    assert res.names == ["r50", "mobilenet", "birds"]
     res = client.query("SELECT * FROM models WHERE upstream_size IS NOT NULL")
     assert res.names == ["clip", "birds"]
     res = client.query(
@@ -111,7 +115,7 @@ def test_builder_matches_text(client: Client) -> None:
         assert by_builder.columns == by_text.columns
         assert by_builder.plan == by_text.plan
         assert by_builder.names  # not trivially empty
-    assert cases[0][0].run().names == ["r50", "mobilenet"]
+    assert cases[0][0].run().names == ["r50"]
     assert cases[1][0].run().names == ["mobilenet", "r50", "r101"]
     assert cases[2][0].run().names == ["vit-b16", "r101", "r50"]
 
@@ -137,11 +141,11 @@ def test_explain(client: Client) -> None:
     assert res.columns == ["step", "detail", "models"]
     assert [(s["step"], s["models"]) for s in res.rows] == [
         ("all models", 6),
-        ("filter", 3),
-        ("filter", 2),
+        ("filter", 1),
+        ("filter", 1),
         ("rank", None),
     ]
-    assert res.rows[1]["detail"] == "pool resnet50: params <= 25600000"
+    assert res.rows[1]["detail"] == "pool resnet50: architecture = 'resnet50'"
     assert res.rows[2]["detail"] == "dim > 300"
     assert res.plan["ranker"] == "agnostic"
     # an explicit EXPLAIN is not doubled
@@ -185,7 +189,7 @@ def test_builder_hands_its_ast_to_the_client(
 
     monkeypatch.setattr(shift.engine.execute, "parse", no_parse)
     res = client.select(2).pool("resnet50").where("dim >= 1024").run()
-    assert res.names == ["r50", "mobilenet"]
+    assert res.names == ["r50"]
     assert res.query == "SELECT top 2 FROM pool resnet50 WHERE dim >= 1024"
 
 

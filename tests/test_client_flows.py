@@ -223,7 +223,8 @@ def test_models_flow(front: Any, onnx_files: list[Path]) -> None:
 def test_pools_flow(front: Any) -> None:
     with reader(front) as c:
         for name, params in (("small", 5_000_000), ("big", 90_000_000)):
-            c.registry.add_model(fake_model(name, params=params, dim=256))
+            arch = "resnet50" if name == "small" else None  # the resnet50 pool's member
+            c.registry.add_model(fake_model(name, params=params, dim=256, architecture=arch))
     front.add_pool("tiny", "WHERE params < 10M")
     with reader(front) as c:
         assert c.pool("tiny").filter == "params < 10M"
@@ -326,7 +327,8 @@ def test_finetune_resolves_models_and_protocol(front: Any, monkeypatch: pytest.M
     monkeypatch.setattr(ft, "finetune_many", fake_many)
     with reader(front) as c:
         for name, params in (("small", 5_000_000), ("big", 90_000_000)):
-            c.registry.add_model(fake_model(name, params=params, dim=256))
+            arch = "resnet50" if name == "small" else None  # the resnet50 pool's member
+            c.registry.add_model(fake_model(name, params=params, dim=256, architecture=arch))
         c.registry.put_task(fake_task("toy"))
     assert front.finetune("toy", None, "resnet50") == ["small"]
     assert front.finetune("toy", ["big", "small"], "all") == ["big", "small"]

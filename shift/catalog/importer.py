@@ -10,13 +10,14 @@ import warnings
 from contextlib import redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from shift.catalog.entries import CatalogEntry, catalog_path, load_catalog
 from shift.errors import ShiftError
 from shift.fsutil import sha256_file
+from shift.records import InputSpec
 from shift.store.registry import Registry
 
 #: ONNX vs torch agreement required on the fixed check input (max abs difference)
@@ -57,14 +58,21 @@ def build_module(entry: CatalogEntry) -> tuple[Any, dict[str, Any]]:
     return module.eval(), {}
 
 
-def check_input(entry: CatalogEntry, n: int = 2) -> np.ndarray:
+def check_input(entry: ExportTarget, n: int = 2) -> np.ndarray:
     rng = np.random.default_rng(0)
     return rng.standard_normal((n, 3, entry.input.height, entry.input.width)).astype(np.float32)
 
 
-def export(module: Any, entry: CatalogEntry, path: Path) -> float:
-    """Export with outputs ``embedding`` and ``logits``; return max |ONNX − torch| on a fixed
-    input (raises if above ``EXPORT_TOLERANCE``)."""
+class ExportTarget(Protocol):
+    """What an export needs to know of a model: its name (for messages) and input size."""
+
+    name: str
+    input: InputSpec
+
+
+def export(module: Any, entry: ExportTarget, path: Path, opset: int | None = None) -> float:
+    """Export with outputs ``embedding`` and ``logits`` (at ``opset``, else torch's default);
+    return max |ONNX − torch| on a fixed input (raises if above ``EXPORT_TOLERANCE``)."""
     import onnxruntime as ort
     import torch
 
@@ -79,6 +87,7 @@ def export(module: Any, entry: CatalogEntry, path: Path) -> float:
             output_names=["embedding", "logits"],
             dynamic_axes={k: {0: "batch"} for k in ("input", "embedding", "logits")},
             dynamo=False,
+            **({"opset_version": opset} if opset is not None else {}),
         )
     with torch.inference_mode():
         ref = [t.numpy() for t in module(torch.from_numpy(x))]
@@ -133,6 +142,7 @@ def import_catalog(
                         replace=True,
                         input_overrides=e.input.model_dump(),
                         family=e.family,
+                        architecture=e.variant or (None if e.expert else e.builder),
                         imagenet_top1=e.imagenet_top1,
                         imagenet_source=e.imagenet_source,
                         upstream_dataset=e.upstream_dataset,

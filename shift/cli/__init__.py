@@ -5,7 +5,14 @@ ray, torch and onnxruntime load only inside the commands that need them."""
 
 from __future__ import annotations
 
-from shift.cli import models, pools, queries, tasks, work  # noqa: F401  (they register commands)
+from shift.cli import (  # noqa: F401  (they register commands)
+    models,
+    pools,
+    queries,
+    sources,
+    tasks,
+    work,
+)
 from shift.cli.base import app
 
 __all__ = ["app", "main"]

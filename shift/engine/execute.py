@@ -153,6 +153,51 @@ def check_heads(plan: Plan, models: list[ModelRecord]) -> None:
         )
 
 
+def needs_weights(plan: Plan) -> bool:
+    """Whether the plan embeds the task with each model (every task-aware ranker does;
+    ORDER BY, agnostic, meta(...) and random(...) read metadata only)."""
+    return bool(plan.task and plan.proxy)
+
+
+def weights_hint(missing: list[ModelRecord]) -> str:
+    """How to give the models in ``missing`` their weights."""
+    urls = [m.weights_url for m in missing[:3] if m.weights_url]
+    return (
+        "give each its weights: `shift-cli models weights NAME --weights FILE|DIR` (a local file "
+        "or a torch hub cache folder), or `--download` where the machine is online"
+        + (
+            f" (the source's files: {', '.join(urls)}{', ...' if len(missing) > 3 else ''})"
+            if urls
+            else ""
+        )
+        + "; or rank only models with weights: add weights = 'present' to the WHERE clause"
+    )
+
+
+def check_weights(plan: Plan, models: list[ModelRecord]) -> None:
+    """A task-aware ranking needs every model's weights: one error listing the models
+    registered without them (metadata only), before any work."""
+    from shift.errors import WeightsMissingError
+
+    if not needs_weights(plan):
+        return
+    missing = [m for m in models if not m.has_weights]
+    if not missing:
+        return
+    names = [m.name for m in missing]
+    pos = plan.select.rank.pos if plan.select.rank else None
+    raise WeightsMissingError(
+        f"RANK BY {plan.ranker} embeds the task with each model, but {len(names)} model(s) in "
+        f"the pool have no weights: {', '.join(names[:10])}{', ...' if len(names) > 10 else ''}",
+        models=names,
+        text=plan.text,
+        line=pos.line if pos else 1,
+        column=pos.column if pos else 1,
+        length=pos.length if pos else 1,
+        hint=weights_hint(missing),
+    )
+
+
 def explain(plan: Plan, registry: Registry, engine: EngineFactory) -> Result:
     """Pool size after each filter, what is cached and what must be computed."""
     if plan.strategy == "table":
@@ -188,6 +233,19 @@ def explain(plan: Plan, registry: Registry, engine: EngineFactory) -> Result:
     elif plan.task and plan.proxy:
         where, params = plan.where_sql
         models = registry.models(where, params)
+        missing = [m.name for m in models if not m.has_weights]
+        if missing:  # the query would fail before any work: say so, and why
+            info["weights_missing"] = missing
+            steps.append(
+                {
+                    "step": "weights",
+                    "detail": "missing (the query fails before any work): "
+                    + ", ".join(missing[:5])
+                    + (", ..." if len(missing) > 5 else ""),
+                    "models": len(missing),
+                }
+            )
+            models = [m for m in models if m.has_weights]
         status = engine_status(engine(), plan.task, models, plan)
         info["work"] = status
         steps.append(
@@ -252,6 +310,7 @@ def execute(
     scores: dict[str, float | None] = {}
     strategy, label = plan.strategy, plan.proxy
     check_heads(plan, models)  # before any work: sh and plain proxies alike
+    check_weights(plan, models)
     if plan.strategy == "multi":
         res = run_multi(plan, models, engine, timings, plan_info)
         res.timings.total_ms += (time.perf_counter() - t0) * 1000

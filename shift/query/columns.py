@@ -34,6 +34,11 @@ COLUMNS: dict[str, Column] = {
         Column("tag", "tags", "m.tags", "one of the model's tags (e.g. tag = 'expert')"),
         Column("license", "text", "m.license", "licence of the weights"),
         Column("date_added", "text", "m.date_added", "when it was registered (ISO 8601)"),
+        Column("architecture", "text", "m.architecture", "architecture, e.g. resnet50, vit_b_16"),
+        Column("weights", "text", "m.weights", "present, or missing (metadata only)"),
+        Column("source_id", "text", "m.source_id", "the source's id, e.g. timm:resnet50.a1_in1k"),
+        Column("imagenet_top5", "real", "m.imagenet_top5", "ImageNet top-5 accuracy, percent"),
+        Column("gflops", "real", "m.gflops", "GFLOPS per image"),
     )
 }
 

@@ -18,9 +18,10 @@ from shift.records import ModelRecord
 def agnostic_key(m: ModelRecord) -> tuple:
     """Sort key: models with an ImageNet figure first (highest first, ties → most params),
     then those without by upstream dataset size (largest first, ties → most params); then name."""
+    params = m.params or 0  # unknown (a metadata-only row) sorts as the smallest
     if m.imagenet_top1 is not None:
-        return (0, -m.imagenet_top1, 0, -m.params, m.name)
-    return (1, 0.0, -(m.upstream_size or 0), -m.params, m.name)
+        return (0, -m.imagenet_top1, 0, -params, m.name)
+    return (1, 0.0, -(m.upstream_size or 0), -params, m.name)
 
 
 def rank_agnostic(models: list[ModelRecord]) -> list[ModelRecord]:

@@ -141,3 +141,25 @@ def m004_unique_sample_seq(db: Database) -> None:
         )
     db.execute("DROP INDEX IF EXISTS idx_samples_task_seq")
     db["samples"].create_index(["task", "seq"], unique=True, index_name="samples_task_seq")
+
+
+@migrations()
+def m005_model_sources(db: Database) -> None:
+    """Model sources (:mod:`shift.catalog.sources`): weights become a state (``present`` |
+    ``missing``: a metadata-only row has no ONNX file, ``path`` and ``sha256`` are ''), with the
+    architecture, the source's own id, provenance, the weights' URL, ImageNet top-5 and GFLOPS.
+    ``params`` and ``dim`` may be unknown (NULL) for metadata-only rows, so the table is rebuilt
+    without their NOT NULL (sqlite-utils ``transform``: copy, drop, rename, in one savepoint)."""
+    models = db["models"]
+    models.add_column("weights", str, not_null_default="present")
+    for col, kind in (
+        ("architecture", str),
+        ("source_id", str),
+        ("provenance", str),
+        ("weights_url", str),
+        ("imagenet_top5", float),
+        ("gflops", float),
+    ):
+        models.add_column(col, kind)
+    models.transform(not_null={"params": False, "dim": False})
+    models.create_index(["architecture"], index_name="models_architecture")

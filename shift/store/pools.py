@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from shift.records import PoolRecord
 
-#: ResNet-50-V2's parameter count, the bound of the paper's ``resnet50`` pool
+#: ResNet-50-V2's parameter count (the bound the ``resnet50`` pool used before model sources
+#: registered real ResNet-50s)
 RESNET50_PARAMS = 25_600_000
 
 BUILTIN_POOLS: dict[str, PoolRecord] = {
@@ -13,9 +14,9 @@ BUILTIN_POOLS: dict[str, PoolRecord] = {
         PoolRecord(name="all", filter="", builtin=True, description="every registered model"),
         PoolRecord(
             name="resnet50",
-            filter=f"params <= {RESNET50_PARAMS}",
+            filter="architecture = 'resnet50'",
             builtin=True,
-            description="models no larger than ResNet-50-V2 (25.6M parameters)",
+            description="ResNet-50s trained on any upstream data (the paper's pool)",
         ),
         PoolRecord(
             name="dim2048",

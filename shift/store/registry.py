@@ -211,7 +211,8 @@ class Registry:
         with self.transaction():
             self.db.execute("DELETE FROM models WHERE name = ?", [name])
             self.db.execute("DELETE FROM index_entries WHERE model = ?", [name])
-            self._drop_unused_model_file(self.model_file(rec), rec.sha256)
+            if rec.has_weights:  # a metadata-only row has no file
+                self._drop_unused_model_file(self.model_file(rec), rec.sha256)
         return rec
 
     def _records(self) -> dict[str, ModelRecord]:

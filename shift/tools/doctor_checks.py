@@ -72,6 +72,8 @@ class _Doctor(Recorder):
         hashes: dict[Path, str | None] = {}
         used: set[Path] = set()
         for m in reg.models():
+            if not m.has_weights:  # metadata only: no file to check
+                continue
             path = reg.model_file(m)
             used.add(path.resolve())
             if path not in hashes:

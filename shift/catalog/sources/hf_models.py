@@ -1,0 +1,236 @@
+"""Hugging Face checkpoints as a model source.
+
+Three kinds of id:
+
+* ``timm/<name>`` (or ``hf-hub:timm/<name>``): a timm model on the hub; its metadata is timm's
+  ``pretrained_cfg`` (offline) and its weights load through timm (:mod:`.timm_models`).
+* a local folder in the Hugging Face layout written by timm (``config.json`` naming an
+  ``architecture``, plus ``model.safetensors`` or ``pytorch_model.bin``): registered from its
+  config and given its weights at once by :func:`shift.catalog.sources.import_models`.
+* any other id (``google/vit-base-patch16-224``): a ``transformers`` model. Offline, without the
+  hub's ``config.json``, only the id is known: the row holds the architecture and upstream data
+  the id names (``vit-base-patch16-224-in21k`` → ``vit-base-patch16``, ImageNet-21k; inferred, and
+  said so in ``provenance``), and params/dim stay unknown. Its weights need the ``transformers``
+  package (not installed on these machines): ``AutoModelForImageClassification`` from a local
+  folder, or the hub with ``download``; the embedding is then the input of the last linear layer.
+
+Registry names: ``/`` becomes ``__`` (what ``meta(vtab1k)`` maps back), other characters a name
+cannot hold become ``-``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from shift.catalog.sources.base import input_spec, metadata_record
+from shift.catalog.sources.timm_models import TimmSource, weight_file
+from shift.errors import BackendError, ModelFileError, ShiftError
+from shift.records import ModelRecord
+
+TIMM_PREFIXES = ("hf-hub:timm/", "timm/")
+
+#: architecture words an id may contain, most specific first (matched on word boundaries)
+_ARCHS = (
+    "vit-huge",
+    "vit-large",
+    "vit-base",
+    "vit-small",
+    "vit-tiny",
+    "vit",
+    "deit",
+    "beit",
+    "dit",
+    "data2vec-vision",
+    "swin",
+    "convnext",
+    "convit",
+    "van",
+    "mit",
+    "perceiver",
+    "resnet",
+)
+
+
+def hf_name(model_id: str) -> str:
+    """``google/vit-base-patch16-224`` → ``google__vit-base-patch16-224``."""
+    return "__".join(re.sub(r"[^A-Za-z0-9_-]+", "-", p).strip("-") for p in model_id.split("/"))
+
+
+def infer_architecture(model_id: str) -> str | None:
+    """The architecture a (``transformers``) id names, e.g. ``vit-base-patch16``."""
+    tail = model_id.split("/")[-1].lower().replace("_", "-")
+    for arch in _ARCHS:
+        m = re.search(rf"(?:^|-){re.escape(arch)}(?:-(patch\d+))?(?:-|$|\d)", tail)
+        if m:
+            return arch + (f"-{m.group(1)}" if m.group(1) else "")
+    return None
+
+
+def infer_upstream(model_id: str) -> str | None:
+    t = model_id.lower()
+    if re.search(r"in21k|in22k|22k|pt22k", t):
+        return "ImageNet-21k"
+    return None
+
+
+def _input_size(model_id: str) -> int:
+    m = re.search(r"-(224|256|288|384|512)(?:-|$)", model_id.lower())
+    return int(m.group(1)) if m else 224
+
+
+class HFSource:
+    name = "hf"
+
+    def __init__(self) -> None:
+        self.timm = TimmSource()
+
+    def available(self) -> list[str]:
+        return [f"timm/{i}" for i in self.timm.available()]
+
+    def describe(self, ids: list[str]) -> list[ModelRecord]:
+        return [self.record(i) for i in dict.fromkeys(ids)]
+
+    def record(self, model_id: str) -> ModelRecord:
+        folder = Path(model_id)
+        if folder.is_dir():
+            return self._local(folder)
+        for prefix in TIMM_PREFIXES:
+            if model_id.startswith(prefix):
+                timm_id = model_id.removeprefix(prefix)
+                if self.timm.resolve(timm_id) is None:
+                    self.timm.describe([timm_id])  # raises NotFoundError with suggestions
+                return self.timm.record(
+                    self.timm.resolve(timm_id) or timm_id,
+                    name=hf_name(model_id.removeprefix("hf-hub:")),
+                    source="hf",
+                    source_id=f"hf:{model_id.removeprefix('hf-hub:')}",
+                    tags=["hf", "timm"],
+                )
+        if not re.fullmatch(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?", model_id):
+            raise ShiftError(
+                f"{model_id!r} is neither a Hugging Face id (owner/name) nor a folder",
+                hint="e.g. google/vit-base-patch16-224, timm/resnet50.a1_in1k, ./my-model/",
+            )
+        size = _input_size(model_id)
+        return metadata_record(
+            name=hf_name(model_id),
+            family=(infer_architecture(model_id) or "unknown").split("-")[0],
+            architecture=infer_architecture(model_id),
+            input=input_spec((size, size), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+            upstream_dataset=infer_upstream(model_id),
+            source="hf",
+            source_id=f"hf:{model_id}",
+            provenance=f"https://huggingface.co/{model_id} (architecture and upstream data "
+            "inferred from the id; input size and normalisation assumed until its config is read)",
+            weights_url=f"https://huggingface.co/{model_id}",
+            tags=["hf"],
+        )
+
+    def _local(self, folder: Path) -> ModelRecord:
+        cfg = read_config(folder)
+        if "architecture" not in cfg:
+            raise BackendError(
+                f"{folder}: a transformers checkpoint (config.json has no timm 'architecture'), "
+                "and the transformers package is not installed",
+                hint="pip install transformers, or export the model to ONNX and `models add` it",
+            )
+        arch = cfg["architecture"]
+        pcfg = cfg.get("pretrained_cfg") or {}
+        base = self.timm.record(arch) if self.timm.resolve(arch) else None
+        if base is None:
+            raise ModelFileError(f"{folder}: timm does not know the architecture {arch!r}")
+        size = pcfg.get("input_size") or (3, base.input.height, base.input.width)
+        return base.model_copy(
+            update={
+                "name": hf_name(folder.resolve().name),
+                "head_classes": cfg.get("num_classes") or base.head_classes,
+                "input": input_spec(
+                    (size[1], size[2]),
+                    pcfg.get("mean", base.input.mean),
+                    pcfg.get("std", base.input.std),
+                ),
+                "source": "hf",
+                "source_id": f"hf:{arch}",
+                "provenance": f"local Hugging Face folder {folder.resolve()}",
+                "weights_url": None,
+                "upstream_dataset": None,
+                "upstream_size": None,
+                "tags": ["hf", "timm"],
+            }
+        )
+
+    def load(self, rec: ModelRecord, weights: Path | None, download: bool) -> Any:
+        assert rec.source_id is not None
+        hub_id = rec.source_id.removeprefix("hf:")
+        if weights is not None and (Path(weights) / "config.json").is_file():
+            cfg = read_config(Path(weights))
+            if "architecture" in cfg:
+                return _timm_from_folder(rec, Path(weights), cfg)
+            return _transformers(rec, hub_id, weights, download)
+        if hub_id.startswith("timm/") or "/" not in hub_id:  # a timm model (hub or local)
+            timm_id = hub_id.removeprefix("timm/")
+            return self.timm.load(
+                rec.model_copy(update={"source_id": f"timm:{timm_id}"}), weights, download
+            )
+        return _transformers(rec, hub_id, weights, download)
+
+
+def read_config(folder: Path) -> dict[str, Any]:
+    try:
+        data = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError) as e:
+        raise ModelFileError(f"{folder}: no readable config.json ({e})") from None
+    if not isinstance(data, dict):
+        raise ModelFileError(f"{folder}/config.json: not a JSON object")
+    return data
+
+
+def _timm_from_folder(rec: ModelRecord, folder: Path, cfg: dict[str, Any]) -> Any:
+    """timm's own loader on a local Hugging Face folder written by timm."""
+    from shift.catalog.sources.timm_models import Embedder, _timm
+
+    overlay = {**(cfg.get("pretrained_cfg") or {}), "file": str(weight_file(folder))}
+    kw: dict[str, Any] = {"pretrained": True, "pretrained_cfg_overlay": overlay}
+    if cfg.get("num_classes"):
+        kw["num_classes"] = cfg["num_classes"]
+    try:
+        net = _timm().create_model(cfg["architecture"], **kw)
+    except (RuntimeError, KeyError, ValueError) as e:
+        raise ModelFileError(
+            f"model {rec.name!r}: {folder} does not fit timm's {cfg['architecture']} "
+            f"({str(e).splitlines()[0][:300]})"
+        ) from None
+    return Embedder(net).eval()
+
+
+def _transformers(rec: ModelRecord, hub_id: str, weights: Path | None, download: bool) -> Any:
+    """A ``transformers`` image classifier (needs the package): embedding = the input of its last
+    linear layer, logits = that layer's output."""
+    try:
+        from transformers import AutoModelForImageClassification
+    except ImportError:
+        raise BackendError(
+            f"model {rec.name!r} is a transformers checkpoint, and the transformers package is "
+            "not installed",
+            hint="pip install transformers, then give its folder with --weights "
+            "(or --download when online)",
+        ) from None
+    from torch import nn
+
+    from shift.catalog.sources.torchvision_models import Embedder
+
+    where = str(weights) if weights is not None else hub_id
+    net = AutoModelForImageClassification.from_pretrained(where, local_files_only=not download)
+
+    class _Logits(nn.Module):  # transformers returns an output object; keep its logits
+        def __init__(self, net: nn.Module) -> None:
+            super().__init__()
+            self.inner = net
+
+        def forward(self, x: Any) -> Any:
+            return self.inner(pixel_values=x).logits
+
+    return Embedder(_Logits(net)).eval()
