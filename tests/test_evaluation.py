@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import math
 from collections import defaultdict
 from pathlib import Path
@@ -54,6 +55,32 @@ def test_relative_regret_edge_cases() -> None:
         ev.regret(ACC, [])
     with pytest.raises(ValueError, match="budget"):
         ev.regret_at(ACC, RANKING, 0)
+
+
+def test_random_baseline_by_hand() -> None:
+    """Accuracies 0.5, 0.7, 0.9. B = 1: E[max] = 0.7, Δ(0.9, 0.7) = 2/3; the mean of the draws'
+    Δ is (0.8 + 2/3 + 0)/3. B = 2: subsets {.5,.7} {.5,.9} {.7,.9} -> E[max] = 2.5/3,
+    Δ(0.9, 2.5/3) = 0.4; mean of Δ = (2/3)/3. B = 3: no regret."""
+    acc = {"a": 0.5, "b": 0.7, "c": 0.9}
+    assert ev.random_expected_max(acc, 1) == pytest.approx(0.7)
+    assert ev.random_relative_regret(acc, 1) == pytest.approx(2 / 3)
+    assert ev.random_expected_relative_regret(acc, 1) == pytest.approx((0.8 + 2 / 3) / 3)
+    assert ev.random_expected_max(acc, 2) == pytest.approx(2.5 / 3)
+    assert ev.random_relative_regret(acc, 2) == pytest.approx(0.4)
+    assert ev.random_expected_relative_regret(acc, 2) == pytest.approx(2 / 9)
+    assert ev.random_relative_regret(acc, 3) == 0.0
+    assert ev.random_relative_regret(acc, 10) == 0.0  # B > n: the whole pool
+    # against brute force over every subset, with a tie at the top
+    acc2 = {"p": 0.2, "q": 0.6, "r": 0.6, "s": 0.3, "t": 0.55}
+    for b in (1, 2, 3):
+        subsets = list(itertools.combinations(acc2, b))
+        e_max = np.mean([max(acc2[m] for m in sub) for sub in subsets])
+        e_rel = np.mean([ev.relative_regret(acc2, sub) for sub in subsets])
+        assert ev.random_expected_max(acc2, b) == pytest.approx(e_max)
+        assert ev.random_relative_regret(acc2, b) == pytest.approx(ev.relative_delta(0.6, e_max))
+        assert ev.random_expected_relative_regret(acc2, b) == pytest.approx(e_rel)
+    with pytest.raises(ValueError, match="budget"):
+        ev.random_relative_regret(acc, 0)
 
 
 def test_top_k_and_budget() -> None:
@@ -161,4 +188,10 @@ def test_reproduces_reference_regret_numbers() -> None:
         for t in tasks
     ]
     assert np.mean(rand) == pytest.approx(0.2697, abs=5e-5)
-    assert np.mean(rand_rel) == pytest.approx(0.4603, abs=5e-5)
+    assert np.mean(rand_rel) == pytest.approx(0.4603, abs=5e-5)  # the data README's E[Δ]
+    pools = [{m: acc[t][m] for m in models} for t in tasks]
+    e_delta = [ev.random_expected_relative_regret(p, 1) for p in pools]
+    assert np.mean(e_delta) == pytest.approx(0.4603, abs=5e-5)
+    # Renggli's eq. 1, Δ(ORACLE, E[max]), is larger (Δ is concave in s): 0.5382 here
+    eq1 = [ev.random_relative_regret(p, 1) for p in pools]
+    assert np.mean(eq1) == pytest.approx(0.5382, abs=5e-5)

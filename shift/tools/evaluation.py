@@ -11,6 +11,14 @@ model to transfer?", eqs. 1–2; ``/work/shared/reference/estimators.md`` §1):
   when ``ORACLE = s`` (including 1 = 1); in [0, 1].
 * ``regret_over_best = (ORACLE − s)/ORACLE``, i.e. ``1 − rel_k`` of the SFDA papers (not
   Renggli's relative regret).
+* **random baseline** (B models drawn uniformly without replacement): Renggli's eq. 1 takes the
+  expectation *inside*, ``s(random) = E[max_{m ∈ S} acc(m)]``, so its relative regret is
+  ``random_relative_regret = Δ(ORACLE, E[max])``. The mean of the draws' relative regrets,
+  ``E[Δ(ORACLE, max)]``, is a different number — smaller, by Jensen: ``Δ(ORACLE, s) =
+  1 − (1 − ORACLE)/(1 − s)`` is concave in s — kept only as
+  ``random_expected_relative_regret``. Absolute regret is linear, so both forms give
+  ``ORACLE − E[max]``. ``E[max]`` is exact: with accuracies sorted ascending,
+  ``P(max = a_(i)) = C(i−1, B−1)/C(n, B)``.
 * **top-k hit**: the top-k contain an ORACLE model (ties in accuracy count as hits).
 * **budget to zero regret**: the smallest B whose top-B contain an ORACLE model.
 * **weighted Kendall τ**: ``scipy.stats.weightedtau(scores, accuracies)`` with its defaults
@@ -35,6 +43,9 @@ __all__ = [
     "log_odds_delta",
     "oracle",
     "pearson",
+    "random_expected_max",
+    "random_expected_relative_regret",
+    "random_relative_regret",
     "rank_by_scores",
     "regret",
     "regret_at",
@@ -116,6 +127,36 @@ def regret_over_best(accuracies: Accuracies, selected: Iterable[str]) -> float:
     acc = _accuracies(accuracies)
     best = max(acc.values())
     return regret(acc, selected) / best if best > 0 else 0.0
+
+
+def _max_weights(n: int, budget: int) -> list[float]:
+    """``P(max of a uniform B-subset = the i-th smallest of n)``, i = 1..n."""
+    if budget < 1:
+        raise ValueError("the budget must be >= 1")
+    b = min(budget, n)
+    total = math.comb(n, b)
+    return [math.comb(i - 1, b - 1) / total for i in range(1, n + 1)]
+
+
+def random_expected_max(accuracies: Accuracies, budget: int) -> float:
+    """``E[max_{m ∈ S} acc(m)]`` for S a uniformly random ``budget``-subset (exact)."""
+    a = sorted(_accuracies(accuracies).values())
+    return float(sum(w * x for w, x in zip(_max_weights(len(a), budget), a, strict=True)))
+
+
+def random_relative_regret(accuracies: Accuracies, budget: int) -> float:
+    """Renggli's relative regret of random selection, ``Δ(ORACLE, E[max])`` (eq. 1: the
+    expectation inside)."""
+    return relative_delta(oracle(accuracies), random_expected_max(accuracies, budget))
+
+
+def random_expected_relative_regret(accuracies: Accuracies, budget: int) -> float:
+    """``E[Δ(ORACLE, max)]``: the mean relative regret of random ``budget``-subsets (not
+    Renggli's form; ≤ :func:`random_relative_regret`)."""
+    a = sorted(_accuracies(accuracies).values())
+    best = a[-1]
+    weights = _max_weights(len(a), budget)
+    return float(sum(w * relative_delta(best, x) for w, x in zip(weights, a, strict=True)))
 
 
 def regret_at(accuracies: Accuracies, ranking: Sequence[str], budget: int) -> float:
