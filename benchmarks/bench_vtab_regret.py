@@ -17,8 +17,11 @@ Strategies (none needs embeddings):
   task, so it ranks identically for all specialized and structured targets.
 * ``agnostic_oracle``: Renggli's "task-agnostic oracle" (Figure 7, §5.4): the mean accuracy over
   *all* 19 tasks, target included. Impractical (it sees the target's results): an upper reference.
-* ``random``: B distinct models drawn uniformly; mean over 200 seeded draws (seed 0), with the
-  exact expectation (order statistics) alongside.
+* ``random``: B distinct models drawn uniformly; 200 seeded draws (seed 0), with the exact
+  expectation (order statistics, ``random_exact``) alongside. Relative regret is Renggli et
+  al.'s eq. 1 form, ``Δ(ORACLE, E[max])`` (the expectation of the best pick inside);
+  ``expected_relative_regret`` keeps the mean of the draws' relative regrets,
+  ``E[Δ(ORACLE, max)]`` (the data README §2.5 figure, smaller since Δ is concave).
 * ``oracle``: rank by the true accuracy: regret 0, τw 1 (sanity).
 
 Omitted: ranking by the number of tasks a model was fine-tuned on, which records the maintainers'
@@ -59,7 +62,7 @@ LABELS = {
     "meta": "meta-learned (LOO mean acc.)",
     "agnostic_natural": "task-agnostic proxy (natural-group mean)",
     "agnostic_oracle": "task-agnostic oracle (mean incl. target)",
-    "random": "random (200 draws)",
+    "random": "random (200 draws; Δ(ORACLE, E[max]))",
     "oracle": "oracle",
 }
 COLORS = {
@@ -72,11 +75,13 @@ COLORS = {
 SCOPES = ["overall", *VTAB_GROUPS]
 
 # Data README §2.5: 94-model full-coverage pool, diverged cells kept, leave-one-task-out.
+#: The random row's relative regret there is the mean of the picks' relative regrets, E[Δ]
+#: (``mean_expected_relative_regret`` here), not Renggli's eq. 1 form Δ(ORACLE, E[max]).
 REFERENCE = {
     ("meta", 1): {"mean": 0.1458, "median": 0.0620, "max": 0.9126, "mean_rel": 0.2791},
     ("meta", 2): {"mean": 0.1032, "median": 0.0395, "max": 0.7532, "mean_rel": 0.2526},
     ("meta", 3): {"mean": 0.0489, "median": 0.0291, "max": 0.2333, "mean_rel": 0.1871},
-    ("random_exact", 1): {"mean": 0.2697, "median": 0.2762, "max": 0.5435, "mean_rel": 0.4603},
+    ("random_exact", 1): {"mean": 0.2697, "median": 0.2762, "max": 0.5435, "mean_e_rel": 0.4603},
 }
 REFERENCE_BUDGET = {"mean": 24.7, "median": 24, "max": 72}
 TOL = 6e-5  # the README prints 4 decimals
@@ -102,19 +107,20 @@ def deterministic(acc: dict[str, float], scores: dict[str, float | None]) -> dic
 
 
 def random_draws(acc: dict[str, float], rng: np.random.Generator, draws: int) -> dict[str, Any]:
-    """Mean over ``draws`` uniformly random rankings (a B-prefix of a random permutation is a
-    uniform B-subset). Draw 0 is re-scored with shift.tools.evaluation as a cross-check."""
+    """``draws`` uniformly random rankings (a B-prefix of a random permutation is a uniform
+    B-subset): mean regret; relative regret ``Δ(ORACLE, mean best pick)`` (eq. 1) and, as
+    ``expected_relative_regret``, the mean of the draws' relative regrets. Draw 0 is re-scored
+    with shift.tools.evaluation as a cross-check."""
     models = list(acc)
     a = np.array([acc[m] for m in models])
     best = a.max()
-    reg, rel, hit, b0, taus = [], [], [], [], []
+    picks, rel, hit, b0, taus = [], [], [], [], []
     for d in range(draws):
         perm = rng.permutation(len(a))
         s = np.maximum.accumulate(a[perm])[: len(BUDGETS)]
         s = np.pad(s, (0, len(BUDGETS) - len(s)), mode="edge")
-        r = best - s
         rr = np.where(s == best, 0.0, (best - s) / np.where(s < 1, 1 - s, 1.0))
-        reg.append(r)
+        picks.append(s)
         rel.append(rr)
         hit.append(s == best)
         b0.append(int(np.argmax(a[perm] == best)) + 1)
@@ -122,12 +128,14 @@ def random_draws(acc: dict[str, float], rng: np.random.Generator, draws: int) ->
         taus.append(ev.weighted_tau({m: -float(i) for i, m in enumerate(order)}, acc))
         if d == 0:
             for j, b in enumerate(BUDGETS):
-                assert abs(ev.regret_at(acc, order, b) - r[j]) < 1e-12
+                assert abs(ev.regret_at(acc, order, b) - (best - s[j])) < 1e-12
                 assert abs(ev.relative_regret_at(acc, order, b) - rr[j]) < 1e-12
             assert ev.budget_to_zero_regret(acc, order) == b0[0]
+    mean_pick = np.mean(picks, axis=0)
     return {
-        "regret": np.mean(reg, axis=0).tolist(),
-        "relative_regret": np.mean(rel, axis=0).tolist(),
+        "regret": (best - mean_pick).tolist(),
+        "relative_regret": [ev.relative_delta(float(best), float(s)) for s in mean_pick],
+        "expected_relative_regret": np.mean(rel, axis=0).tolist(),
         "zero_regret": np.mean(hit, axis=0).tolist(),
         "budget_to_zero": float(np.mean(b0)),
         "weighted_tau": float(np.mean(taus)),
@@ -136,22 +144,17 @@ def random_draws(acc: dict[str, float], rng: np.random.Generator, draws: int) ->
 
 
 def random_exact(acc: dict[str, float]) -> dict[str, Any]:
-    """Exact expectation for a uniform B-subset: with accuracies sorted ascending,
-    P(max = a_(i)) = C(i−1, B−1)/C(n, B); relative regret is averaged the same way."""
-    a = sorted(acc.values())
-    n, best = len(a), a[-1]
-    k = sum(1 for x in a if x == best)
-    reg, rel, hit = [], [], []
-    for b in BUDGETS:
-        b = min(b, n)
-        w = [math.comb(i - 1, b - 1) / math.comb(n, b) for i in range(1, n + 1)]
-        reg.append(sum(wi * (best - x) for wi, x in zip(w, a, strict=True)))
-        rel.append(sum(wi * ev.relative_delta(best, x) for wi, x in zip(w, a, strict=True)))
-        hit.append(1 - math.comb(n - k, b) / math.comb(n, b))
+    """Exact expectation for a uniform B-subset (:func:`shift.tools.evaluation.
+    random_expected_max`: P(max = a_(i)) = C(i−1, B−1)/C(n, B) over ascending accuracies):
+    regret ``ORACLE − E[max]``, relative regret ``Δ(ORACLE, E[max])`` (Renggli eq. 1) and
+    ``expected_relative_regret`` ``E[Δ(ORACLE, max)]``."""
+    n, best = len(acc), max(acc.values())
+    k = sum(1 for x in acc.values() if x == best)
     return {
-        "regret": reg,
-        "relative_regret": rel,
-        "zero_regret": hit,
+        "regret": [best - ev.random_expected_max(acc, b) for b in BUDGETS],
+        "relative_regret": [ev.random_relative_regret(acc, b) for b in BUDGETS],
+        "expected_relative_regret": [ev.random_expected_relative_regret(acc, b) for b in BUDGETS],
+        "zero_regret": [1 - math.comb(n - k, min(b, n)) / math.comb(n, min(b, n)) for b in BUDGETS],
         "budget_to_zero": (n + 1) / (k + 1),
         "weighted_tau": 0.0,
     }
@@ -190,8 +193,13 @@ def summarise(per_task: dict[str, Any], tasks: list[str]) -> dict[str, Any]:
     hit = np.array([r["zero_regret"] for r in rows])
     b0 = [r["budget_to_zero"] for r in rows]
     taus = [r["weighted_tau"] for r in rows if not math.isnan(r["weighted_tau"])]
+    extra = {}
+    if all("expected_relative_regret" in r for r in rows):  # random: E[Δ] beside eq. 1
+        erel = np.array([r["expected_relative_regret"] for r in rows])
+        extra["mean_expected_relative_regret"] = erel.mean(0).tolist()
     return {
         "n_tasks": len(rows),
+        **extra,
         "mean_regret": reg.mean(0).tolist(),
         "median_regret": np.median(reg, 0).tolist(),  # JSON: B = 1..3
         "max_regret": reg.max(0).tolist(),
@@ -238,6 +246,8 @@ def check_reference(res: dict[str, Any]) -> list[dict[str, Any]]:
             "max": o["max_regret"][b - 1],
             "mean_rel": o["mean_relative_regret"][b - 1],
         }
+        if "mean_expected_relative_regret" in o:
+            got["mean_e_rel"] = o["mean_expected_relative_regret"][b - 1]
         ok = all(abs(got[k] - ref[k]) <= TOL for k in ref)
         checks.append({"strategy": s, "B": b, "reference": ref, "got": got, "ok": ok})
     bz = summ["meta"]["overall"]["budget_to_zero"]
@@ -321,6 +331,9 @@ def headline(res: dict[str, Any]) -> None:
                 )
                 tau, bz = o["mean_weighted_tau"], o["budget_to_zero"]["mean"]
                 print(f"  {s:17s} {cells}  τw={tau:+.3f}  B0={bz:.1f}")
+                if "mean_expected_relative_regret" in o:
+                    e = o["mean_expected_relative_regret"]
+                    print(f"  {'':17s} E[Δ] of the draws: {e[0]:.4f} {e[1]:.4f} {e[2]:.4f}")
 
 
 def compact(res: dict[str, Any]) -> dict[str, Any]:
@@ -343,7 +356,14 @@ def compact(res: dict[str, Any]) -> dict[str, Any]:
             }
             out[pool][variant] = {"summary": summ}
             if pool == "task":
-                keep = ("n_pool", "regret", "relative_regret", "budget_to_zero", "weighted_tau")
+                keep = (
+                    "n_pool",
+                    "regret",
+                    "relative_regret",
+                    "expected_relative_regret",
+                    "budget_to_zero",
+                    "weighted_tau",
+                )
                 out[pool][variant]["per_task"] = {
                     t: {
                         s: {
@@ -413,11 +433,15 @@ def main() -> None:
                     "without_diverged": "diverged cells (task's most frequent value, 6 decimals)"
                     " removed from pools and meta statistics",
                 },
-                "random": f"mean over {args.draws} seeded draws (numpy default_rng({SEED}));"
-                " random_exact = exact expectation",
+                "random": f"{args.draws} seeded draws (numpy default_rng({SEED}));"
+                " random_exact = exact expectation. relative_regret = Renggli eq. 1,"
+                " Delta(ORACLE, E[max of the B picks]); expected_relative_regret ="
+                " E[Delta(ORACLE, max)], the mean of the draws' relative regrets (data README"
+                " §2.5's random row)",
                 "weighted_tau": "scipy weightedtau(strategy scores, true accuracies), defaults",
                 "budget_to_zero": "smallest B whose top-B contain a best model (ties count)",
-                "relative_regret": "(ORACLE - s)/(1 - s), Renggli eq. 2",
+                "relative_regret": "(ORACLE - s)/(1 - s), Renggli eq. 2; for random,"
+                " s = E[max of the B picks] (eq. 1: the expectation inside)",
             },
             "strategies": {
                 "meta": "rank by mean fine-tune accuracy on the other tasks (leave-one-task-out)",
