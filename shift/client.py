@@ -21,6 +21,7 @@ from shift.errors import NotFoundError, ShiftError
 from shift.query.ast import Select
 from shift.query.builder import QueryBuilder
 from shift.query.builder import select as _select
+from shift.query.builder import table as _table
 from shift.query.planner import pool_filter
 from shift.records import ModelRecord, PoolRecord, Result, Samples, TaskRecord
 
@@ -102,6 +103,11 @@ class Client:
     def select(self, top: int | str | None = None) -> QueryBuilder:
         """A fluent query bound to this client: ``c.select(2).where(task="x").run()``."""
         return _select(top, client=self)
+
+    def table(self, name: str) -> QueryBuilder:
+        """What was measured, as a fluent query: ``c.table("finetunes").where(task="x")
+        .order_by("accuracy", descending=True).run()`` (tables ``finetunes`` and ``scores``)."""
+        return _table(name, client=self)
 
     # ---- models -------------------------------------------------------------------------------
     def add_model(

@@ -282,6 +282,8 @@ def test_proxy_arguments_are_cached_apart(client: shift.Client) -> None:
         "SELECT top 3 FROM models WHERE task=toy RANK BY knn(metric=COSINE, k=3.0)"
     )
     assert again.scores == res.scores and n_scores(client, "knn") == before  # same key
+    built = client.select(3).where(task="toy").rank("knn", k=3, metric="cosine").run()
+    assert built.scores == res.scores
     client.query("SELECT top 3 FROM models WHERE task=toy RANK BY knn(k=1)")
     assert n_scores(client, "knn") == before + 3  # another k, another key
     exp = client.explain(q)
@@ -339,6 +341,8 @@ def test_tables_of_measurements(client: shift.Client) -> None:
     res = client.query("SELECT * FROM finetunes WHERE task=near ORDER BY accuracy DESC")
     assert [(r["model"], r["accuracy"]) for r in res.rows] == [("tiny0", 0.9), ("tiny1", 0.5)]
     assert res.columns[:3] == ["task", "model", "accuracy"]
+    built = client.table("finetunes").where(task="near").order_by("accuracy", descending=True)
+    assert built.run().rows == res.rows
     client.query("SELECT * FROM models WHERE task=toy RANK BY knn")
     sc = client.query("SELECT top 2 FROM scores WHERE task=toy AND proxy=knn ORDER BY score DESC")
     assert len(sc.rows) == 2 and sc.rows[0]["score"] >= sc.rows[1]["score"]

@@ -308,7 +308,7 @@ def execute(
 
     models = registry.models(where, params)
     scores: dict[str, float | None] = {}
-    strategy, label = plan.strategy, plan.proxy
+    strategy, label = plan.strategy, (plan.proxy_label if plan.proxy else None)
     check_heads(plan, models)  # before any work: sh and plain proxies alike
     check_weights(plan, models)
     if plan.strategy == "multi":
