@@ -11,9 +11,13 @@ python -m benchmarks.bench_e2e_regret [--regenerate] [--tasks T ...] [--epochs N
    to fit a 2-core CPU (``SCALED_DOWN`` says exactly how; it is written into both JSON files).
 2. **Search**: for each strategy, ``SELECT * FROM pool all WHERE task=T RANK BY S`` through
    ``shift.connect()``; the top-B of its ranking (B = 1, 2, 3) give regret and relative regret
-   (``shift.tools.evaluation``), and weighted Kendall τ is computed between rank-derived scores
-   (``n − position``, so strategies without numeric scores — agnostic, hybrid — are comparable)
-   and the fine-tune accuracies. Means over tasks.
+   (``shift.tools.evaluation``), and weighted Kendall τ between the strategy's scores and the
+   fine-tune accuracies: the raw proxy scores for a plain proxy or ``random(seed)`` (the
+   SFDA/NCTI convention: genuine score ties stay ties, e.g. a saturated estimator), else, for
+   strategies whose order is not a score order (agnostic, hybrid, successive halving), the
+   rank-derived scores ``n − position``. Means over tasks. The random baseline's relative
+   regret is Renggli's eq. 1, ``Δ(ORACLE, E[max])``; ``E[Δ]`` is kept beside it as
+   ``expected_relative_regret``.
 3. **Cost**: search seconds = embedding every sample of the task with every model (index build,
    measured once in a throw-away copy of the home and scaled by sample count; successive halving:
    only the samples each model saw) + scoring (the per-model seconds cached with each proxy
@@ -81,15 +85,37 @@ def rank_scores(ranking: list[str]) -> dict[str, float]:
     return {m: float(len(ranking) - i) for i, m in enumerate(ranking)}
 
 
-def strategy_metrics(acc: dict[str, float], ranking: list[str]) -> dict[str, Any]:
-    """Regret and relative regret at B = 1, 2, 3 of the top-B of ``ranking`` and weighted τ of
-    its rank-derived scores against ``acc`` (all from :mod:`shift.tools.evaluation`)."""
+def has_raw_scores(strategy: str) -> bool:
+    """Whether the strategy's order is its score order (a plain proxy, ``random(seed)``)."""
+    return strategy in PROXIES or strategy.startswith("random(")
+
+
+def tau_scores(
+    acc: dict[str, float], ranking: list[str], scores: dict[str, Any] | None
+) -> tuple[dict[str, float], str]:
+    """The scores τ_w is computed from, and which: ``"scores"`` (the raw ones, when given and
+    finite for every model of ``acc``) or ``"rank"`` (``n − position`` of ``ranking``)."""
+    if scores is not None:
+        raw = {m: scores.get(m) for m in acc}
+        if all(isinstance(v, int | float) and np.isfinite(v) for v in raw.values()):
+            return {m: float(v) for m, v in raw.items()}, "scores"  # type: ignore[arg-type]
+    return rank_scores(ranking), "rank"
+
+
+def strategy_metrics(
+    acc: dict[str, float], ranking: list[str], scores: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Regret and relative regret at B = 1, 2, 3 of the top-B of ``ranking`` and weighted τ
+    against ``acc`` of the raw ``scores`` if given (ties stay ties), else of the rank-derived
+    ones (:func:`tau_scores`; all from :mod:`shift.tools.evaluation`)."""
     ranking = [m for m in ranking if m in acc]
+    tau_from, source = tau_scores(acc, ranking, scores)
     return {
         "top3": ranking[:3],
         "regret": {str(b): ev.regret_at(acc, ranking, b) for b in BUDGETS},
         "relative_regret": {str(b): ev.relative_regret_at(acc, ranking, b) for b in BUDGETS},
-        "weighted_tau": ev.weighted_tau(rank_scores(ranking), acc),
+        "weighted_tau": ev.weighted_tau(tau_from, acc),
+        "tau_from": source,
         "budget_to_zero_regret": ev.budget_to_zero_regret(acc, ranking),
     }
 
@@ -178,7 +204,8 @@ def measure_embedding(reg: Any, task: str, models: list[str]) -> dict[str, Any]:
 
 def expected_random(gt: dict[str, Any], tasks: list[str]) -> dict[str, Any]:
     """The exact expectation of a uniformly random B-subset per task (no draws; cost 0), from
-    :func:`benchmarks.bench_vtab_regret.random_exact`, in ``run_search``'s layout."""
+    :func:`benchmarks.bench_vtab_regret.random_exact`, in ``run_search``'s layout: relative
+    regret ``Δ(ORACLE, E[max])`` (Renggli eq. 1) and ``expected_relative_regret`` E[Δ]."""
     from benchmarks.bench_vtab_regret import random_exact
 
     per_task = {}
@@ -186,7 +213,7 @@ def expected_random(gt: dict[str, Any], tasks: list[str]) -> dict[str, Any]:
         r = random_exact({m: v["accuracy"] for m, v in gt[t]["models"].items()})
         per_task[t] = {
             key: {str(b): r[key][i] for i, b in enumerate(BUDGETS)}
-            for key in ("regret", "relative_regret")
+            for key in ("regret", "relative_regret", "expected_relative_regret")
         } | {"weighted_tau": r["weighted_tau"], "search_seconds": 0.0}
     summary = {
         "tasks": len(tasks),
@@ -194,7 +221,7 @@ def expected_random(gt: dict[str, Any], tasks: list[str]) -> dict[str, Any]:
             f"mean_{key}": {
                 str(b): float(np.mean([v[key][str(b)] for v in per_task.values()])) for b in BUDGETS
             }
-            for key in ("regret", "relative_regret")
+            for key in ("regret", "relative_regret", "expected_relative_regret")
         },
         "mean_weighted_tau": 0.0,
     }
@@ -303,7 +330,7 @@ def run_search(
                 per_task[task] = {"error": str(e).splitlines()[0]}
                 continue
             query_s = time.perf_counter() - t0
-            m = strategy_metrics(acc, res.names)
+            m = strategy_metrics(acc, res.names, res.scores if has_raw_scores(s) else None)
             proxy = s.split("(")[1].rstrip(")") if s.startswith("hybrid(") else s
             models = list(acc)
             n_train, n_val = splits[task]
@@ -487,7 +514,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "skipped_tasks": gt_doc.get("skipped_tasks", []),
         "stale_tasks": stale,
         "budgets": list(BUDGETS),
-        "tau": "scipy weightedtau(n - rank position, fine-tune accuracy), mean over tasks",
+        "tau": "scipy weightedtau(scores, fine-tune accuracy), mean over tasks; scores = the"
+        " raw proxy scores for a plain proxy or random(seed) (ties stay ties; tau_from ="
+        " 'scores'), n - rank position for agnostic, hybrid and sh (tau_from = 'rank')",
+        "random_baseline": "random (expected): relative regret = Renggli eq. 1,"
+        " Delta(ORACLE, E[max of B uniform picks]); expected_relative_regret = E[Delta]",
         "oracle": {
             t: ev.oracle({m: v["accuracy"] for m, v in gt[t]["models"].items()}) for t in tasks
         },

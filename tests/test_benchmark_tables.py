@@ -1,9 +1,12 @@
-"""Shipped ground-truth tables (shift.scoring.meta): loading, meta scores, diverged flags."""
+"""Shipped ground-truth tables (shift.scoring.meta): loading, meta scores, diverged flags; the
+regret studies' random baseline and weighted τ."""
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from shift.scoring.meta import (
@@ -15,6 +18,8 @@ from shift.scoring.meta import (
     meta_scores,
     table_path,
 )
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -145,3 +150,46 @@ def test_load_table_from_path(tmp_path) -> None:
     assert tb.n_cells == 3 and tb.tasks == ("x", "y")
     assert tb.task_accuracies("x") == {"m1": 0.5, "m2": 0.7}
     assert not tb.diverged
+
+
+# ------------------------------------------------------------------------------ study metrics
+
+
+def test_random_baseline_is_renggli_eq1(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Accuracies 0.5, 0.7, 0.9, one pick: E[max] = 0.7, so Δ(ORACLE, E[max]) = 0.2/0.3; the
+    mean of the picks' relative regrets, (0.8 + 2/3 + 0)/3, is kept under its own name."""
+    monkeypatch.syspath_prepend(str(ROOT))
+    from benchmarks.bench_vtab_regret import random_draws, random_exact
+
+    acc = {"a": 0.5, "b": 0.7, "c": 0.9}
+    exact = random_exact(acc)
+    assert exact["regret"][0] == pytest.approx(0.2)
+    assert exact["relative_regret"][0] == pytest.approx(2 / 3)
+    assert exact["expected_relative_regret"][0] == pytest.approx((0.8 + 2 / 3) / 3)
+    assert exact["relative_regret"][1] == pytest.approx(0.4)  # E[max] of two = 2.5/3
+    draws = random_draws(acc, np.random.default_rng(0), 2000)
+    assert draws["relative_regret"][0] == pytest.approx(2 / 3, abs=0.02)
+    assert draws["expected_relative_regret"][0] == pytest.approx(0.4889, abs=0.02)
+
+
+def test_e2e_tau_uses_raw_scores_with_ties(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Scores a = b = 1 > c = 0 against accuracies 0.9, 0.5, 0.7. By hand (Vigna's additive
+    hyperbolic τ, estimators.md §1.1): ranked by (x, y) the positions are a 0, b 1, c 2 and
+    τ = (4/3 − 5/6)/sqrt(13/6 · 11/3); ranked by (y, x) a 0, c 1, b 2 and τ = 2/sqrt(77); the
+    mean of the two. The ranking's tie-break (a before b) must not enter."""
+    monkeypatch.syspath_prepend(str(ROOT))
+    from benchmarks.bench_e2e_regret import has_raw_scores, strategy_metrics
+
+    acc = {"a": 0.9, "b": 0.5, "c": 0.7}
+    scores = {"a": 1.0, "b": 1.0, "c": 0.0}
+    expected = (0.5 / math.sqrt(13 / 6 * 11 / 3) + 2 / math.sqrt(77)) / 2
+    m = strategy_metrics(acc, ["a", "b", "c"], scores)
+    assert m["tau_from"] == "scores"
+    assert m["weighted_tau"] == pytest.approx(expected, rel=1e-12)
+    assert strategy_metrics(acc, ["b", "a", "c"], scores)["weighted_tau"] == m["weighted_tau"]
+    ranked = strategy_metrics(acc, ["a", "b", "c"])  # no scores: n − position
+    assert ranked["tau_from"] == "rank" and ranked["weighted_tau"] != pytest.approx(expected)
+    partial = strategy_metrics(acc, ["a", "b", "c"], {"a": 1.0, "b": None, "c": 0.0})
+    assert partial["tau_from"] == "rank"  # a model without a score: rank positions
+    assert has_raw_scores("logme") and has_raw_scores("random(0)")
+    assert not has_raw_scores("hybrid(linear)") and not has_raw_scores("agnostic")

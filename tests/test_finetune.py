@@ -236,10 +236,12 @@ def test_bench_expected_random_is_the_mean_over_all_b_subsets(
     gt = {"t": {"models": {m: {"accuracy": a, "head_accuracy": a - 0.1} for m, a in acc.items()}}}
     got = expected_random(gt, ["t"])["summary"]
     assert got["mean_regret"] == pytest.approx({"1": 0.175, "2": 0.4 / 6, "3": 0.1 / 4})
-    for b in (1, 2, 3):  # relative regret: the same mean, brute force over every B-subset
+    for b in (1, 2, 3):  # brute force over every B-subset
         subsets = list(itertools.combinations(acc, b))
         want = np.mean([ev.relative_regret_at(acc, list(s), b) for s in subsets])
-        assert got["mean_relative_regret"][str(b)] == pytest.approx(want)
+        assert got["mean_expected_relative_regret"][str(b)] == pytest.approx(want)  # E[Δ]
+        e_max = np.mean([max(acc[m] for m in s) for s in subsets])  # Renggli eq. 1
+        assert got["mean_relative_regret"][str(b)] == pytest.approx(ev.relative_delta(0.9, e_max))
     gain = finetune_gain(gt, ["t"])
     assert gain["pairs"] == 4 and gain["improved"] == 4
     assert gain["mean_gain"] == pytest.approx(0.1)
