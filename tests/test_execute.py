@@ -127,3 +127,22 @@ def test_errors_name_the_users_text(registry: Registry) -> None:
     assert (e.value.line, e.value.column) == (1, 24)
     with pytest.raises(QueryError, match="unknown pool 'nope'"):
         ex.run(select(2).pool("nope").to_ast(), registry, factory([]))
+
+
+def test_several_tasks_use_the_fake_engine_per_task_and_refuse_weightless_models(
+    registry: Registry,
+) -> None:
+    registry.put_task(fake_task("toy2"))
+    made: list[FakeEngine] = []
+    res = ex.run(
+        "SELECT top 2 FROM models WHERE task IN (toy, toy2) RANK BY avg(knn)",
+        registry,
+        factory(made),
+    )
+    assert made[0].calls == ["scores toy knn", "scores toy2 knn"]
+    assert res.names == ["big", "mid"] and res.rows[0]["score:toy2"] == 0.6
+    registry.add_model(fake_model("meta-only", weights="missing", path="", sha256=""))
+    with pytest.raises(QueryError) as info:
+        ex.run("SELECT * FROM models WHERE task IN (toy, toy2)", registry, factory(made))
+    assert "meta-only" in info.value.message and len(made) == 1  # before any engine
+    registry.remove_task("toy2")

@@ -155,8 +155,9 @@ def check_heads(plan: Plan, models: list[ModelRecord]) -> None:
 
 def needs_weights(plan: Plan) -> bool:
     """Whether the plan embeds the task with each model (every task-aware ranker does;
-    ORDER BY, agnostic, meta(...) and random(...) read metadata only)."""
-    return bool(plan.task and plan.proxy)
+    ORDER BY, agnostic, meta(...), random(...) and similar(...) read metadata and fine-tuning
+    results only; similar's probe is chosen among the models with weights)."""
+    return bool(plan.tasks and plan.proxy)
 
 
 def weights_hint(missing: list[ModelRecord]) -> str:
