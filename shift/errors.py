@@ -96,3 +96,15 @@ class WeightsMissingError(QueryError):
     def __init__(self, message: str, *, models: list[str], **kw: object) -> None:
         super().__init__(message, **kw)  # type: ignore[arg-type]
         self.models = models
+
+
+class DiskFullError(ShiftError):
+    """A write that failed because the disk holding the home is full (or a quota or file-size
+    limit was reached, or the disk failed the write). The write was rolled back or left only a
+    temp file: nothing that was stored is lost, and the command works again once there is
+    space."""
+
+
+class ReadOnlyHomeError(ShiftError):
+    """A write to a home whose folder or registry cannot be written (a read-only mount, or no
+    write permission). Reading what is stored there (cached query results) still works."""

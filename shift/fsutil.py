@@ -5,21 +5,80 @@ Every durable write is *staged* then *put*: the bytes go to a fresh temp file be
 ``os.replace`` renames it over the target and the directory is fsynced. A crash at any point
 leaves either the old file or the new one (plus, at worst, a temp file), never a partial one.
 Callers that swap several files at once (the index store) stage them all first, then put them.
+
+A write that fails because the disk is full (``ENOSPC``, ``EDQUOT``, ``EFBIG``: a quota or a
+file-size limit) raises :class:`~shift.errors.DiskFullError`, and one refused by a read-only
+file system or missing permission (``EROFS``, ``EACCES``, ``EPERM``) raises
+:class:`~shift.errors.ReadOnlyHomeError`; the temp file is removed, the target is untouched.
+``write_error`` maps SQLite's messages for the same faults the same way.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import os
 import shutil
+import sqlite3
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from shift.errors import DiskFullError, ReadOnlyHomeError, ShiftError
+
 TMP_MARK = ".tmp-"
+FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+READ_ONLY_ERRNOS = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
+_SQLITE_FULL = ("database or disk is full", "disk i/o error")
+_SQLITE_READ_ONLY = ("readonly database", "read-only", "unable to open database file")
+
+
+def write_error(e: BaseException, where: str | os.PathLike[str]) -> ShiftError | None:
+    """The named error for a write to ``where`` that failed with ``e``, or None when ``e`` is
+    not a full disk or a read-only home (an ``OSError`` by errno; an SQLite error by its
+    message: "database or disk is full" and "disk I/O error" → full, "attempt to write a
+    readonly database" / "unable to open database file" → read-only)."""
+    if isinstance(e, OSError) and e.errno in FULL_ERRNOS:
+        return disk_full(where, os.strerror(e.errno))
+    if isinstance(e, OSError) and e.errno in READ_ONLY_ERRNOS:
+        return read_only(where)
+    if isinstance(e, sqlite3.Error):
+        text = str(e).lower()
+        if any(m in text for m in _SQLITE_FULL):
+            return disk_full(where, str(e))
+        if any(m in text for m in _SQLITE_READ_ONLY):
+            return read_only(where)
+    return None
+
+
+def disk_full(where: str | os.PathLike[str], why: str) -> DiskFullError:
+    return DiskFullError(
+        f"the disk holding {os.fspath(where)} is full ({why}); nothing stored was lost",
+        hint="free some space (or raise the quota) and run the command again",
+    )
+
+
+def read_only(where: str | os.PathLike[str]) -> ReadOnlyHomeError:
+    return ReadOnlyHomeError(
+        f"home {os.fspath(where)} is read-only: this command needs to write to it",
+        hint="queries over cached results still work; point --home / SHIFT_HOME at a "
+        "writable copy to change it",
+    )
+
+
+@contextmanager
+def named_write_errors(where: str | os.PathLike[str]) -> Iterator[None]:
+    """Re-raise a full-disk or read-only failure inside the block as its named error."""
+    try:
+        yield
+    except (OSError, sqlite3.Error) as e:
+        err = write_error(e, where)
+        if err is None:
+            raise
+        raise err from e
 
 
 def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
@@ -89,7 +148,7 @@ def staging(target: Path) -> Iterator[HashingWriter]:
     """
     tmp = temp_path(target)
     try:
-        with open(tmp, "xb") as f:
+        with named_write_errors(target.parent), open(tmp, "xb") as f:
             w = HashingWriter(f, tmp)
             yield w
             f.flush()
@@ -130,7 +189,8 @@ def put_staged(target: Path, staged: Staged) -> str:
     """Rename a staged temp file over ``target``, fsync the directory, and return the sha256; the
     temp file is removed if the rename fails."""
     try:
-        os.replace(staged.tmp, target)
+        with named_write_errors(target.parent):
+            os.replace(staged.tmp, target)
     except BaseException:
         staged.tmp.unlink(missing_ok=True)
         raise
@@ -153,7 +213,8 @@ def atomic_open(path: str | os.PathLike[str]) -> Iterator[HashingWriter]:
     """A binary file whose content replaces ``path`` atomically when the block ends without
     error (``staging`` + ``put_staged``); the parent directory is created if needed."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    with named_write_errors(target.parent):
+        target.parent.mkdir(parents=True, exist_ok=True)
     with staging(target) as f:
         yield f
     put_staged(target, Staged(f.tmp, f.hexdigest()))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -15,6 +15,7 @@ from shift.cli.base import (
     command,
     pools_app,
 )
+from shift.errors import ShiftError
 
 
 @command(pools_app, "list")
@@ -23,13 +24,22 @@ def pools_list(home: HomeOpt = None, as_json: JsonOpt = False) -> None:
     from shift.render import records_table
 
     with _client(home) as c:
-        rows = [{**p.model_dump(), "models": c.pool_size(p.name)} for p in c.pools()]
+        rows = [{**p.model_dump(), "models": _size(c, p.name)} for p in c.pools()]
     if as_json:
         _print_json(rows)
         return
     ui.out.print(
         records_table(rows, ["name", "filter", "models", "builtin", "description"], "pools")
     )
+
+
+def _size(c: Any, name: str) -> int | str:
+    """The pool's model count, or ``invalid: <why>`` for a condition saved by an older version
+    that no longer compiles (e.g. an integer beyond 64 bits): listed, refused only when used."""
+    try:
+        return c.pool_size(name)
+    except ShiftError as e:
+        return f"invalid: {e.message}"
 
 
 @command(pools_app, "add")

@@ -1,11 +1,19 @@
 """The registry: models, pools, tasks, samples, cached scores and index entries in one SQLite file.
 
 Opened in WAL mode with a busy timeout so concurrent readers and a writer coexist; the schema is
-versioned by :mod:`shift.store.migrations`. All SQL is parameterised."""
+versioned by :mod:`shift.store.migrations`. All SQL is parameterised.
+
+A home whose registry folder or ``registry.db`` cannot be written (a read-only mount, no write
+permission) is opened read-only (``mode=ro``, else ``immutable=1`` when SQLite cannot even read
+the WAL there): everything can be read, cached query results included, and every write raises
+:class:`~shift.errors.ReadOnlyHomeError` before it starts. A write that fails because the disk
+is full raises :class:`~shift.errors.DiskFullError` after its transaction is rolled back."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
@@ -17,7 +25,7 @@ from sqlite_utils import Database
 
 from shift.config import Home, validate_name
 from shift.errors import AlreadyExistsError, NotFoundError, ShiftError
-from shift.fsutil import atomic_copy, sha256_file
+from shift.fsutil import atomic_copy, named_write_errors, read_only, sha256_file
 from shift.records import InputSpec, ModelRecord, PoolRecord, TaskRecord, utcnow
 from shift.store.pools import BUILTIN_POOLS
 
@@ -42,6 +50,37 @@ def _connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
+def writable(home: Home) -> bool:
+    """Whether this process may write the home's registry folder and ``registry.db``
+    (``os.access``: a read-only mount counts even for root)."""
+    paths = [home.registry_dir, *([home.db_path] if home.db_path.exists() else [])]
+    return all(os.access(p, os.W_OK) for p in paths)
+
+
+def _connect_read_only(path: Path) -> sqlite3.Connection:
+    """A read-only connection: ``mode=ro`` reads the WAL when SQLite can use it there, else
+    ``immutable=1`` reads the database file as it is (what a cleanly closed home holds)."""
+    uri = path.resolve().as_uri()
+    err: sqlite3.Error | None = None
+    for query in ("?mode=ro", "?mode=ro&immutable=1"):
+        conn = sqlite3.connect(
+            uri + query,
+            uri=True,
+            timeout=BUSY_TIMEOUT_MS / 1000,
+            isolation_level=None,
+            check_same_thread=False,
+        )
+        try:
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            conn.execute("PRAGMA foreign_keys = ON")
+            return conn
+        except sqlite3.Error as e:
+            err = e
+            conn.close()
+    assert err is not None
+    raise err
+
+
 def model_to_row(rec: ModelRecord) -> dict[str, Any]:
     row = rec.model_dump(exclude={"input"})
     row["input_json"] = rec.input.model_dump_json()
@@ -61,8 +100,14 @@ class Registry:
     """One shift home's registry. Cheap to open; use one per thread."""
 
     def __init__(self, home: Home) -> None:
-        self.home = home.ensure()
-        self.db = Database(_connect(home.db_path))
+        with named_write_errors(home.registry_dir):
+            self.home = home.ensure()
+        self.read_only = not writable(home)
+        if self.read_only and not home.db_path.is_file():
+            raise read_only(home.registry_dir)
+        with named_write_errors(home.registry_dir):
+            conn = _connect_read_only(home.db_path) if self.read_only else _connect(home.db_path)
+        self.db = Database(conn)
         self._writes = 0  # commits through this connection (PRAGMA data_version sees the others)
         self._model_cache: dict[str, ModelRecord] = {}
         self._model_cache_version: tuple[int, int] | None = None
@@ -88,6 +133,11 @@ class Registry:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def require_writable(self) -> None:
+        """Raise :class:`ReadOnlyHomeError` on a read-only home (before a write's slow part)."""
+        if self.read_only:
+            raise read_only(self.home.registry_dir)
+
     @contextmanager
     def transaction(self) -> Iterator[None]:
         """An IMMEDIATE transaction: the write lock is taken up front (no upgrade deadlocks)."""
@@ -95,13 +145,17 @@ class Registry:
         if conn.in_transaction:
             yield
             return
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+        self.require_writable()
+        with named_write_errors(self.home.registry_dir):  # a full disk: rolled back, named
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                raise
         self._writes += 1
 
     @contextmanager
@@ -136,6 +190,7 @@ class Registry:
         content-addressed as ``models/<sha256>.onnx``, and ``rec.path`` points there. The name
         check and the insert are one write transaction: of writers racing for one name, exactly
         one wins and the others get :class:`AlreadyExistsError`."""
+        self.require_writable()
         if not replace:
             self.ensure_new("models", rec.name)  # early, before copying a file
         created = False

@@ -44,7 +44,7 @@ from pydantic import ValidationError
 
 from shift.config import validate_name
 from shift.errors import NotFoundError, ShiftError, TaskDataError
-from shift.fsutil import atomic_write
+from shift.fsutil import atomic_write, named_write_errors
 from shift.records import Samples, TaskRecord
 from shift.store.images import batch_size, batches, remap_labels
 from shift.store.registry import Registry
@@ -116,7 +116,8 @@ class TaskStore:
         chunk = self._chunk_name(images)
         path = self.task_dir(name) / chunk
         try:
-            os.utime(path)
+            with named_write_errors(path.parent):
+                os.utime(path)
             return chunk, False
         except FileNotFoundError:
             atomic_write(path, lambda f: np.save(f, images, allow_pickle=False))
@@ -229,6 +230,7 @@ class TaskStore:
         if not 0 < val_fraction < 1:
             raise TaskDataError(f"--val-fraction must be between 0 and 1, got {val_fraction}")
         samples = normalised(samples, f"task {name!r}")
+        self.registry.require_writable()
         if not replace:
             self.registry.ensure_new("tasks", name)  # early: no chunk written in vain
         self._precheck(name, samples)
@@ -303,6 +305,7 @@ class TaskStore:
         hashed and the new ones staged a batch at a time, outside the lock; the rows are then
         read and written in one write transaction, so racing appends and relabels are
         serialised (an image that became new meanwhile is read again and staged there)."""
+        self.registry.require_writable()
         old, existing = self.registry.task_snapshot(name)  # plan and stage outside the lock
         samples = normalised(samples, f"task {name!r}", old.classes)
         present = {(r["content_hash"], r["label"]) for r in existing}

@@ -5,7 +5,8 @@ What is checked:
 * the registry: SQLite ``PRAGMA integrity_check`` and ``foreign_key_check``; every task's
   sample rows agree with its record (count and hashes); no index entry names an unknown task
   or model;
-* every registered model's file exists and matches its sha256;
+* every registered model's file exists and matches its sha256; every cached score's model key
+  belongs to a registered model with its current preprocessing (stale rows: ``orphan``);
 * every task's chunk files exist, load (never unpickled), hold every row the samples point at,
   and still hash to their content-addressed name;
 * every index directory ``indexes/<task>/<model>/`` loads (``IndexStore.open`` with the key in
@@ -15,7 +16,13 @@ What is checked:
   directories of unknown tasks or models, temp files (``.*.tmp``, ``.*.tmp-*``) and the
   ``parts-*`` of finished or abandoned builds.
 
-Each finding has a severity: ``corrupt`` (damaged data), ``orphan`` (unused files),
+Permissions are checked apart from integrity: a registry folder, ``registry.db``, or model,
+task or index folder that cannot be written (read-only mount, no permission), or a disk with no
+space left, is reported ``unwritable`` — never ``corrupt`` — and the registry is then read
+through a read-only connection; ``--repair`` refuses such a home (``ReadOnlyHomeError``).
+
+Each finding has a severity: ``corrupt`` (damaged data), ``unwritable`` (see above),
+``orphan`` (unused files),
 ``leftover`` (temp files and parts a killed run left behind) — these are *problems* — and
 ``resumable`` (a half-built index the next query resumes, an entry the next index run rewrites):
 expected after a crash, not a problem.
@@ -37,12 +44,15 @@ its ``registry.db`` holds shift's tables; any other folder is refused (``NotAHom
 
 from __future__ import annotations
 
+import os
+import shutil
 import sqlite3
 import time
 from pathlib import Path
 
 from shift.config import Home, is_shift_registry
-from shift.errors import NotAHomeError, NotFoundError, ShiftError
+from shift.errors import DiskFullError, NotAHomeError, NotFoundError, ReadOnlyHomeError, ShiftError
+from shift.fsutil import read_only
 from shift.tools.doctor_checks import DEFAULT_GRACE_S, _Doctor
 from shift.tools.doctor_report import DoctorReport, Finding, print_report
 
@@ -74,6 +84,8 @@ def doctor(
             f"marker (touch {h.marker_path}) and run doctor again",
         )
     d = _Doctor(h, repair, grace_s)
+    if not _permissions(d, h) and repair:
+        raise read_only(h.registry_dir)
     if d.sqlite() and not ours:  # opening it as a Registry would add shift's tables to it
         d.find("corrupt", "registry", h.db_path, "not a shift registry (it has no shift tables)")
     elif d.checked.get("registry"):  # readable
@@ -82,17 +94,56 @@ def doctor(
     return d.report
 
 
+#: free bytes under which the disk holding a home counts as full
+MIN_FREE_BYTES = 1 << 20
+
+
+def _permissions(d: _Doctor, h: Home) -> bool:
+    """Report the home's folders and registry this process cannot write, and a full disk,
+    as ``unwritable``; True when everything can be written."""
+    paths = [h.registry_dir, h.db_path, h.models_dir, h.tasks_dir, h.index_dir]
+    ok = True
+    for p in paths:
+        if p.exists() and not os.access(p, os.W_OK):
+            ok = False
+            d.find(
+                "unwritable",
+                "permissions",
+                p,
+                "cannot be written (a read-only file system or no write permission): commands "
+                "that write fail naming it; reading and cached queries still work",
+            )
+    d.checked["permissions"] = 1
+    try:
+        free = shutil.disk_usage(h.registry_dir).free
+    except OSError:
+        return ok
+    if free < MIN_FREE_BYTES:
+        d.find(
+            "unwritable",
+            "permissions",
+            h.registry_dir,
+            f"the disk holding the home is full ({free:,} bytes free): commands that write "
+            "fail until space is freed; nothing stored is lost",
+        )
+    return ok
+
+
 def _check_registry(d: _Doctor, h: Home) -> None:
     """Open the registry of ``h`` and check its models, tasks and indexes."""
     from shift.store.registry import Registry
 
     try:
         reg = Registry(h)
+    except (ReadOnlyHomeError, DiskFullError) as e:
+        d.find("unwritable", "registry", h.db_path, f"the registry cannot be opened: {e}")
+        return
     except (sqlite3.Error, ShiftError) as e:
         d.find("corrupt", "registry", h.db_path, f"the registry cannot be opened: {e}")
         return
     try:
         d.models(reg)
+        d.scores(reg)
         tasks = d.tasks(reg)
         d.indexes(reg, tasks)
     finally:

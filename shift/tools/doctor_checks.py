@@ -4,6 +4,7 @@ findings, and repairs what is safe when asked."""
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -31,15 +32,27 @@ def _clear_dir(root: Path) -> None:
     remove_known(root, "index", keep=LOCK_FILES)
 
 
+def _severity(e: sqlite3.Error) -> Any:
+    """``unwritable`` for SQLite's full-disk and read-only failures, else ``corrupt``."""
+    from shift.fsutil import write_error
+
+    return "corrupt" if write_error(e, "") is None else "unwritable"
+
+
 class _Doctor(Recorder):
     # ---- registry ---------------------------------------------------------------------------
     def sqlite(self) -> bool:
         """integrity_check + foreign_key_check on a plain connection; False if unreadable."""
+        from shift.store.registry import _connect_read_only, writable
+
         db = self.home.db_path
         try:
-            conn = sqlite3.connect(str(db), timeout=30)
+            if writable(self.home):
+                conn = sqlite3.connect(str(db), timeout=30)
+            else:  # read-only home: reported apart (doctor._permissions), never "corrupt"
+                conn = _connect_read_only(db)
         except sqlite3.Error as e:
-            self.find("corrupt", "registry", db, f"cannot open the registry: {e}")
+            self.find(_severity(e), "registry", db, f"cannot open the registry: {e}")
             return False
         try:
             conn.execute("PRAGMA busy_timeout = 30000")
@@ -60,7 +73,7 @@ class _Doctor(Recorder):
             if len(fks) > 20:
                 self.find("corrupt", "registry", db, f"{len(fks) - 20} more foreign key errors")
         except sqlite3.DatabaseError as e:
-            self.find("corrupt", "registry", db, f"the registry cannot be read: {e}")
+            self.find(_severity(e), "registry", db, f"the registry cannot be read: {e}")
             return False
         finally:
             conn.close()
@@ -101,6 +114,41 @@ class _Doctor(Recorder):
             elif f.resolve() not in used:
                 what = "temp file of an interrupted copy" if is_temp_file(f.name) else None
                 self.stray(f, "model_file", what or "model file no registered model uses")
+
+    # ---- cached scores ----------------------------------------------------------------------
+    def scores(self, reg: Any) -> None:
+        """Cached score rows whose model key (``model_sha``: the weights' sha256 + a digest of
+        the preprocessing and backend, ``shift.engine.scoring.model_cache_key``) belongs to no
+        registered model with its current preprocessing under any known backend: a model
+        removed or re-registered, or a key from before preprocessing was part of it. No query
+        reads them again; ``--repair`` deletes them (scores are a cache: nothing is lost)."""
+        from shift.engine.scoring import model_cache_key
+        from shift.inference.backends import known_backends
+
+        backends = known_backends()
+        valid = {model_cache_key(m, b) for m in reg.models() for b in backends}
+        counts = reg.db.execute("SELECT model_sha, count(*) FROM scores GROUP BY model_sha")
+        stale = {k: n for k, n in counts if k not in valid}
+        self.checked["score_keys"] = self.checked.get("score_keys", 0) + len(valid)
+        if not stale:
+            return
+
+        def drop() -> None:
+            with reg.transaction():
+                reg.db.conn.executemany(
+                    "DELETE FROM scores WHERE model_sha = ?", [[k] for k in stale]
+                )
+
+        self.find(
+            "orphan",
+            "scores",
+            self.home.db_path,
+            f"{sum(stale.values())} cached scores under {len(stale)} model keys that no "
+            "registered model has (removed, re-registered, or preprocessing changed): never "
+            "read again",
+            drop,
+            "delete them",
+        )
 
     # ---- tasks ------------------------------------------------------------------------------
     def tasks(self, reg: Any) -> dict[str, Any]:
@@ -173,7 +221,6 @@ class _Doctor(Recorder):
 
     # ---- indexes ----------------------------------------------------------------------------
     def indexes(self, reg: Any, tasks: dict[str, Any]) -> None:
-        from shift.store.index.lock import build_lock
 
         models = {m.name: m for m in reg.models()}
         entries: dict[tuple[str, str], dict[str, Any]] = {
@@ -216,7 +263,7 @@ class _Doctor(Recorder):
                     self.unknown_dir(mdir, what, "index")
                     continue
                 seen.add((tdir.name, mdir.name))
-                with build_lock(mdir, blocking=False) as mine:
+                with self.lock(mdir) as mine:
                     if not mine:
                         self.find(
                             "resumable",
@@ -236,14 +283,23 @@ class _Doctor(Recorder):
                     "query",
                 )
 
+    def lock(self, d: Path) -> Any:
+        """``build_lock(d, blocking=False)``; on a read-only home (no lock file can be opened
+        for writing, and nobody can be building there) a lock that is always ours."""
+        from shift.store.index.lock import build_lock
+        from shift.store.registry import writable
+
+        if not writable(self.home):
+            return contextlib.nullcontext(True)
+        return build_lock(d, blocking=False)
+
     def unknown_dir(self, path: Path, what: str, kind: str) -> None:
         """An index folder (``kind``: index_task or index) of an unknown task or model."""
-        from shift.store.index.lock import build_lock
 
         for d in [path, *path.glob("*")]:
             if not (d / ".build.lock").is_file():  # the engine creates it before building
                 continue
-            with build_lock(d, blocking=False) as mine:
+            with self.lock(d) as mine:
                 if not mine:
                     self.find("orphan", "index", path, what + " (in use: left alone)")
                     return

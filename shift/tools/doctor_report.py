@@ -7,8 +7,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-Severity = Literal["corrupt", "orphan", "leftover", "resumable"]
-PROBLEMS: frozenset[str] = frozenset({"corrupt", "orphan", "leftover"})
+Severity = Literal["corrupt", "unwritable", "orphan", "leftover", "resumable"]
+#: ``unwritable``: the home cannot be written (read-only, no permission, disk full): the data
+#: may be intact, but every command that writes will fail until it is fixed
+PROBLEMS: frozenset[str] = frozenset({"corrupt", "unwritable", "orphan", "leftover"})
 
 
 class Finding(BaseModel):
@@ -16,7 +18,8 @@ class Finding(BaseModel):
 
     severity: Severity
     check: str = Field(
-        description="registry | model_file | task_data | index | index_entry | files"
+        description="registry | permissions | model_file | task_data | index | index_entry | "
+        "files | scores"
     )
     path: str | None = None
     message: str
@@ -47,7 +50,7 @@ class DoctorReport(BaseModel):
         return not self.problems
 
     def counts(self) -> dict[str, int]:
-        out = {s: 0 for s in ("corrupt", "orphan", "leftover", "resumable")}
+        out = {s: 0 for s in ("corrupt", "unwritable", "orphan", "leftover", "resumable")}
         for f in self.findings:
             out[f.severity] += 1
         out["repaired"] = sum(f.repaired for f in self.findings)
@@ -66,7 +69,13 @@ def _short(path: str | None, rep: DoctorReport) -> str:
         return path
 
 
-_STYLE = {"corrupt": "red", "orphan": "yellow", "leftover": "yellow", "resumable": "cyan"}
+_STYLE = {
+    "corrupt": "red",
+    "unwritable": "magenta",
+    "orphan": "yellow",
+    "leftover": "yellow",
+    "resumable": "cyan",
+}
 
 
 def print_report(rep: DoctorReport, console: Any) -> None:
@@ -94,7 +103,8 @@ def print_report(rep: DoctorReport, console: Any) -> None:
     status = "[green]ok[/green]" if rep.ok else f"[red]{len(rep.problems)} problem(s) remain[/red]"
     console.print(
         f"checked {checked or 'nothing'} in {rep.seconds:.2f} s: {c['corrupt']} corrupt, "
-        f"{c['orphan']} orphan, {c['leftover']} leftover, {c['resumable']} resumable, "
+        + (f"{c['unwritable']} unwritable, " if c["unwritable"] else "")
+        + f"{c['orphan']} orphan, {c['leftover']} leftover, {c['resumable']} resumable, "
         f"{c['repaired']} repaired — {status}",
         highlight=False,
     )
