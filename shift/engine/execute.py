@@ -120,12 +120,18 @@ def meta_model_scores(
     models: list[ModelRecord], table: str, task: str | None
 ) -> dict[str, float | None]:
     """Mean fine-tuning accuracy on the table's other tasks (leave the query's task out when the
-    table has it). Registry names map to table ids with ``__`` for ``/``
+    table has it). A model imported from Hugging Face is its ``source_id`` (``hf:ID``); other
+    registry names map to table ids with ``__`` for ``/``
     (``google__vit-base-patch16-224`` ↔ ``google/vit-base-patch16-224``)."""
     from shift.scoring.meta import load_table, meta_scores
 
     gt = load_table(table)
-    ids = {m.name: m.name.replace("__", "/") for m in models}
+    ids = {
+        m.name: m.source_id[3:]
+        if m.source_id and m.source_id.startswith("hf:")
+        else m.name.replace("__", "/")
+        for m in models
+    }
     exclude = task if task in gt.tasks else None
     found = meta_scores(gt, list(ids.values()), exclude)
     return {name: found.get(tid) for name, tid in ids.items()}

@@ -178,7 +178,8 @@ def unknown_ids(source: str, unknown: list[str], known: list[str]) -> ShiftError
 
     from shift.errors import NotFoundError
 
-    near = sorted({c for u in unknown for c in difflib.get_close_matches(u, known, n=2)})
+    options = sorted({*known, *(k.split(".", 1)[0] for k in known)})  # ids and architectures
+    near = sorted({c for u in unknown for c in difflib.get_close_matches(u, options, n=2)})
     return NotFoundError(
         f"{source} has no model {', '.join(map(repr, unknown))}",
         hint=(f"did you mean {', '.join(near)}? " if near else "")

@@ -143,10 +143,13 @@ class HFSource:
         if base is None:
             raise ModelFileError(f"{folder}: timm does not know the architecture {arch!r}")
         size = pcfg.get("input_size") or (3, base.input.height, base.input.width)
+        params, dim, classes = self.timm.shapes(arch, cfg.get("num_classes"))
         return base.model_copy(
             update={
                 "name": hf_name(folder.resolve().name),
-                "head_classes": cfg.get("num_classes") or base.head_classes,
+                "params": params,
+                "dim": dim,
+                "head_classes": classes or None,
                 "input": input_spec(
                     (size[1], size[2]),
                     pcfg.get("mean", base.input.mean),
@@ -165,12 +168,18 @@ class HFSource:
     def load(self, rec: ModelRecord, weights: Path | None, download: bool) -> Any:
         assert rec.source_id is not None
         hub_id = rec.source_id.removeprefix("hf:")
+        timm_row = hub_id.startswith("timm/") or "/" not in hub_id  # timm: hub or local
         if weights is not None and (Path(weights) / "config.json").is_file():
             cfg = read_config(Path(weights))
-            if "architecture" in cfg:
-                return _timm_from_folder(rec, Path(weights), cfg)
-            return _transformers(rec, hub_id, weights, download)
-        if hub_id.startswith("timm/") or "/" not in hub_id:  # a timm model (hub or local)
+            if "architecture" not in cfg:
+                return _transformers(rec, hub_id, weights, download)
+            if not timm_row or cfg["architecture"] != rec.architecture:
+                raise ModelFileError(
+                    f"{weights}: a timm folder of {cfg['architecture']!r}, but {rec.name!r} is "
+                    + (f"a timm {rec.architecture!r}" if timm_row else "a transformers model")
+                )
+            return _timm_from_folder(rec, Path(weights), cfg)
+        if timm_row:
             timm_id = hub_id.removeprefix("timm/")
             return self.timm.load(
                 rec.model_copy(update={"source_id": f"timm:{timm_id}"}), weights, download

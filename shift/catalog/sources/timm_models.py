@@ -95,10 +95,16 @@ class TimmSource:
         return list(pretrained_ids())
 
     def resolve(self, given: str) -> str | None:
-        """``arch.tag`` as given, or ``arch`` → its default pretrained tag."""
+        """``arch.tag`` as given, ``arch`` → its default pretrained tag, or a name timm has
+        renamed (``vit_huge_patch14_224_in21k`` → ``vit_huge_patch14_224.orig_in21k``)."""
         known = pretrained_ids()
         if given in known:
             return given
+        from timm.models import _registry  # its table of renamed models (no public accessor)
+
+        renamed = getattr(_registry, "_deprecated_models", {}).get(given)
+        if renamed:
+            return self.resolve(renamed)
         try:
             cfg = _timm().models.get_pretrained_cfg(given, allow_unregistered=True)
         except RuntimeError:  # an architecture with no such tag
@@ -117,7 +123,7 @@ class TimmSource:
         cfg = _timm().models.get_pretrained_cfg(model_id).to_dict()
         arch, tag = cfg["architecture"], cfg.get("tag") or ""
         _, h, w = cfg["input_size"]
-        params, dim, classes = self._shapes(model_id)
+        params, dim, classes = self.shapes(model_id)
         dataset, size = upstream(tag)
         fields: dict[str, Any] = {
             "name": registry_name(self.prefix, model_id),
@@ -144,11 +150,13 @@ class TimmSource:
 
     @staticmethod
     @functools.cache
-    def _shapes(model_id: str) -> tuple[int, int, int]:
-        """(parameters, embedding dim, classes) of ``model_id`` built on the meta device."""
+    def shapes(model_id: str, num_classes: int | None = None) -> tuple[int, int, int]:
+        """(parameters, embedding dim, classes) of ``model_id`` (with ``num_classes`` when
+        given) built on the meta device."""
         timm = _timm()
+        kw = {} if num_classes is None else {"num_classes": num_classes}
         with quiet_warnings():
-            net = on_meta(lambda: timm.create_model(model_id, pretrained=False))
+            net = on_meta(lambda: timm.create_model(model_id, pretrained=False, **kw))
         params = sum(p.numel() for p in net.parameters())
         dim = getattr(net, "head_hidden_size", None) or net.num_features
         return params, int(dim), int(net.num_classes)
