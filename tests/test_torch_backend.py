@@ -294,6 +294,49 @@ def test_constant_of_shape_at_opset_20_is_rewritten_as_expand(tmp_path: Path) ->
     np.testing.assert_allclose(e1, e[:1], rtol=1e-5, atol=1e-6)
 
 
+class PadCNN(nn.Module):
+    """TinyCNN behind an explicit zero padding (as EfficientNet-Lite's "same" padding): exported
+    at opset 20 as ``Pad`` 19, which onnx's version converter cannot take to 18."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = tiny_torch_model(seed=8, classes=None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(nn.functional.pad(x, (1, 2, 0, 1))[:, :, :32, :32])
+
+
+def test_pad_at_opset_20_is_kept_aside_while_the_rest_is_converted(tmp_path: Path) -> None:
+    path = tmp_path / "pad.onnx"
+    export(PadCNN(), path, 20, ["embedding"])
+    assert "Pad" in {n.op_type for n in onnx.load(str(path)).graph.node}
+    rec = record_of(path, "pad", 16, None)
+    emb = torch_cpu(rec)
+    assert emb.route.startswith("opset 20 -> 17 (") and "Pad kept" in emb.route
+    imgs = images(3, seed=16)
+    assert_agrees(emb.embed(imgs)[0], OnnxEmbedder(rec.path, rec, device="cpu").embed(imgs)[0])
+
+
+def test_a_pad_in_wrap_mode_is_refused(tmp_path: Path) -> None:
+    """``wrap`` (opset 19) has no opset-13 meaning: that Pad cannot be set aside."""
+    from onnx import numpy_helper
+
+    pads = numpy_helper.from_array(np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64), "pads")
+    nodes = [
+        helper.make_node("Pad", ["input", "pads"], ["padded"], mode="wrap"),
+        helper.make_node("GlobalAveragePool", ["padded"], ["pooled"]),
+        helper.make_node("Flatten", ["pooled"], ["embedding"]),
+    ]
+    model = image_graph(nodes, 3, [pads])
+    model.opset_import[0].version = 19
+    path = tmp_path / "wrap.onnx"
+    onnx.save(model, str(path))
+    rec = record_of(path, "wrap", 3, None)
+    OnnxEmbedder(rec.path, rec, device="cpu").embed(images(2, seed=17))  # ORT runs it
+    with pytest.raises(BackendError, match="'wrap'.*Pad"):
+        torch_cpu(rec)
+
+
 def test_weights_shared_through_identity_and_constant_nodes_convert(tmp_path: Path) -> None:
     """The legacy exporter shares equal initializers (the zero biases of random BatchNorms)
     through ``Identity`` nodes, and emits ``Constant`` nodes; onnx2torch reads weights only

@@ -8,9 +8,15 @@ same tensors), and ``convert_onnx`` then tries, in order:
 
 1. the graph as it is;
 2. the graph taken down to opset 17 by ``onnx.version_converter``;
-3. when (2) has no adapter for ``ConstantOfShape`` (EfficientNet-Lite): every
-   ``ConstantOfShape(shape; value=v)`` rewritten to the equivalent ``Expand(v as a 0-d tensor,
-   shape)``, then (2) again.
+3. when (2) has no adapter for an operator, that operator is dealt with and (2) tried again
+   (EfficientNet-Lite needs both):
+
+   * ``ConstantOfShape``: every ``ConstantOfShape(shape; value=v)`` rewritten to the equivalent
+     ``Expand(v as a 0-d tensor, shape)``;
+   * ``Pad``: the version converter has no 19 -> 18 adapter, but a ``Pad`` without the ``axes``
+     input (18) and not in ``wrap`` mode (19) means the same at opset 13 and at 21; such nodes
+     are set aside in a private domain while the rest is converted, then put back unchanged
+     (onnx2torch converts ``Pad`` 13). A ``Pad`` that uses either is refused.
 
 Whatever still fails is refused with a ``BackendError`` that names the operator.
 """
@@ -127,6 +133,62 @@ def _constant_of_shape_as_expand(model: Any) -> int:
     return count
 
 
+_HIDDEN = "shift.unchanged"  # the private domain of nodes kept out of the version converter
+
+
+def _set_aside_pads(model: Any) -> int:
+    """Move every ``Pad`` that means the same at opset 13 (no ``axes`` input, not ``wrap``
+    mode) into the private domain; returns how many, 0 when any ``Pad`` cannot be moved."""
+    from onnx import helper
+
+    pads = [n for n in model.graph.node if n.op_type == "Pad" and n.domain in ("", "ai.onnx")]
+    for n in pads:
+        mode = next((helper.get_attribute_value(a) for a in n.attribute if a.name == "mode"), b"")
+        if (len(n.input) > 3 and n.input[3]) or mode == b"wrap":
+            return 0
+    for n in pads:
+        n.domain = _HIDDEN
+    if pads and not any(o.domain == _HIDDEN for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(_HIDDEN, 1))
+    return len(pads)
+
+
+def _put_back(model: Any) -> None:
+    """Return the nodes set aside to the default domain (in place)."""
+    for n in model.graph.node:
+        if n.domain == _HIDDEN:
+            n.domain = ""
+    keep = [o for o in model.opset_import if o.domain != _HIDDEN]
+    del model.opset_import[:]
+    model.opset_import.extend(keep)
+
+
+#: what route (3) does for an operator the version converter has no adapter for
+_WORKAROUNDS = {
+    "ConstantOfShape": ("ConstantOfShape as Expand", _constant_of_shape_as_expand),
+    "Pad": ("Pad kept", _set_aside_pads),
+}
+
+
+def _lower(model: Any, route: str) -> tuple[Any, str]:
+    """``model`` taken to ``TORCH_OPSET`` (routes 2 and 3); raises the converter's error
+    when an operator has no adapter and no workaround applies."""
+    from onnx import version_converter
+
+    done: list[str] = []
+    while True:
+        try:
+            lowered = version_converter.convert_version(model, TORCH_OPSET)
+        except Exception as e:  # onnx raises RuntimeError/ConvertError for a missing adapter
+            op = next((k for k in _WORKAROUNDS if f"for {k}" in str(e)), None)
+            if op is None or _WORKAROUNDS[op][0] in done or not _WORKAROUNDS[op][1](model):
+                raise
+            done.append(_WORKAROUNDS[op][0])
+            continue
+        _put_back(lowered)
+        return lowered, route + (f" ({', '.join(done)})" if done else "")
+
+
 def _convert(onnx2torch: Any, model: Any) -> Any:
     _fold_constants(model)
     module = onnx2torch.convert(model)
@@ -139,7 +201,6 @@ def convert_onnx(model_path: str, record: ModelRecord) -> Converted:
     """``record``'s ONNX file as an eval-mode torch module (see the module doc for the route).
     Raises ``BackendError`` naming the model and the operator that cannot be converted."""
     import onnx
-    from onnx import version_converter
 
     onnx2torch = import_onnx2torch()
     try:
@@ -164,17 +225,10 @@ def convert_onnx(model_path: str, record: ModelRecord) -> Converted:
         if opset <= TORCH_OPSET:
             raise _refuse(record, opset, direct) from e
     try:
-        lowered = version_converter.convert_version(model, TORCH_OPSET)
-        route = f"opset {opset} -> {TORCH_OPSET}"
-    except Exception as e:  # onnx raises RuntimeError/ConvertError for a missing adapter
-        if "ConstantOfShape" not in str(e) or not _constant_of_shape_as_expand(model):
-            why = f"{direct}; to opset {TORCH_OPSET}: {first_line(e)}"
-            raise _refuse(record, opset, why) from e
-        try:
-            lowered = version_converter.convert_version(model, TORCH_OPSET)
-        except Exception as e2:
-            raise _refuse(record, opset, f"to opset {TORCH_OPSET}: {first_line(e2)}") from e2
-        route = f"opset {opset} -> {TORCH_OPSET} (ConstantOfShape as Expand)"
+        lowered, route = _lower(model, f"opset {opset} -> {TORCH_OPSET}")
+    except Exception as e:
+        why = f"{direct}; to opset {TORCH_OPSET}: {first_line(e)}"
+        raise _refuse(record, opset, why) from e
     try:
         return Converted(_convert(onnx2torch, lowered), route, opset)
     except Exception as e:
