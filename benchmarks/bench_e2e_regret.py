@@ -325,7 +325,8 @@ def run_search(
             acc = {m: v["accuracy"] for m, v in gt[task]["models"].items()}
             t0 = time.perf_counter()
             try:
-                res = c.query(f"SELECT * FROM pool {pool} WHERE task={task} RANK BY {s}")
+                q = f"SELECT * FROM pool {pool} WHERE task={task} AND weights = 'present'"
+                res = c.query(f"{q} RANK BY {s}")
             except Exception as e:  # noqa: BLE001 — record and go on
                 per_task[task] = {"error": str(e).splitlines()[0]}
                 continue
@@ -459,7 +460,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         missing = [t for t in args.tasks if not reg.has_task(t)]
         if missing:
             raise SystemExit(f"demo tasks missing ({missing}): run `python -m shift.demo` first")
-        models = reg.model_names()
+        # metadata-only rows (model sources, e.g. the demo's torchvision zoo) have no weights
+        models = [m.name for m in reg.models() if m.has_weights]
         fresh = args.regenerate or not GT_PATH.is_file()
         if fresh:
             protocol = _protocol(args.epochs, args.max_train)
@@ -496,7 +498,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         members: dict[str, list[str]] = {}
         for pool in args.pools:
             print(f"pool {pool}:")
-            members[pool] = sorted(c.query(f"SELECT * FROM pool {pool}").names)
+            q = f"SELECT * FROM pool {pool} WHERE weights = 'present'"
+            members[pool] = sorted(c.query(q).names)
             gt_pool = restrict(gt, tasks, members[pool])
             emb = gt_doc["embedding_measurement"]
             by_pool[pool] = run_search(c, tasks, gt_pool, emb, gt_doc["protocol"], pool)

