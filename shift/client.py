@@ -338,13 +338,16 @@ class Client:
         force: bool = False,
         protocol: FinetuneProtocol | None = None,
     ) -> list[FinetuneResult]:
-        """Fine-tune catalog ``models`` (default: the catalog models in ``pool``) on ``task``
+        """Fine-tune ``models`` (default: the models in ``pool``; catalog models from their
+        torch definition, others converted from ONNX by onnx2torch; CUDA when present) on ``task``
         with the scaled-down protocol (``epochs`` per lr, at most ``max_train`` training
         samples) and return their best validation accuracies; cached unless ``force``."""
         from shift.tools.finetune import FinetuneProtocol, finetune_many
 
         self.task(task)
-        names = models or [m.name for m in self.models(pool)]
+        names = models or [
+            m.name for m in self.models(pool) if getattr(m, "weights", "present") == "present"
+        ]
         proto = protocol or FinetuneProtocol(epochs=epochs, max_train=max_train)
         return finetune_many(self.registry, task, names, proto, force=force, progress=self.progress)
 

@@ -55,7 +55,9 @@ def finetune_cmd(
     home: HomeOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Fine-tune catalog models on TASK (ground truth; cached) and print best val accuracy."""
+    """Fine-tune registered models on TASK (ground truth; cached) and print best val accuracy:
+    catalog models from their torch definition, any other ONNX model converted by onnx2torch;
+    on CUDA when torch sees a GPU."""
     from shift.tools.finetune import results_table
 
     with _client(home, progress=not as_json) as c:

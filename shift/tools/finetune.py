@@ -1,4 +1,4 @@
-"""Ground truth for model search: fine-tune a registered catalog model on a task.
+"""Ground truth for model search: fine-tune a registered model on a task.
 
 The protocol is Renggli et al.'s (*Which Model to Transfer?*, §4) **scaled down from the paper's**
 to fit a 2-core CPU: the paper adds a linear layer, trains it on the whole training set, then
@@ -33,12 +33,12 @@ Inputs are preprocessed with exactly the model's registered ``InputSpec``
 (``threads``; results can differ in the last digits across thread counts); no data
 augmentation.
 
-The torch module comes from the catalog (:func:`shift.catalog.importer.build_module`): only
-catalog models can be fine-tuned. Converting an arbitrary ONNX file back to torch (onnx2torch)
-needs torchvision, which is not available beside the CPU torch here. Experts are retrained
-deterministically by ``build_module`` (their export-time weights are not stored), once per process
-and cached. The rebuilt module is checked against the registered ONNX file on a fixed input, so a
-result is never attributed to a model whose registered file differs.
+The torch module (:mod:`shift.tools.finetune_modules`): a catalog model's own torch definition
+(experts retrained deterministically, once per process), checked against the registered ONNX
+file on a fixed input, so a result is never attributed to a model whose registered file differs;
+any other registered ONNX model's graph converted by onnx2torch (the torch backend's conversion,
+checked against ONNX Runtime first), the new head fed by its embedding output. It trains on CUDA
+when torch sees a GPU (``device`` then joins the cache key), else on the CPU.
 
 Results are stored in the registry's ``finetune_results`` table keyed by (task content hash,
 model sha256, protocol JSON): a second call is served from there unless ``force``.
@@ -53,7 +53,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -61,6 +61,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from shift.errors import ShiftError
 from shift.records import utcnow
 from shift.store.registry import Registry
+from shift.tools.finetune_modules import catalog_entry, training_module
 
 __all__ = [
     "FinetuneProtocol",
@@ -98,6 +99,9 @@ class FinetuneProtocol(BaseModel):
     )
     seed: int = 0
     threads: int = Field(2, ge=1, le=2)
+    device: Literal["cuda"] | None = Field(
+        None, description="set by finetune when it trains on CUDA (None: the CPU)"
+    )
 
     def key(self) -> str:
         """Canonical JSON (sorted keys, without ``threads`` and unset options): the cache key."""
@@ -131,73 +135,6 @@ class FinetuneResult:
             "cached": self.cached,
             "details": self.details,
         }
-
-
-# ---- catalog --------------------------------------------------------------------------------
-def catalog_entry(registry: Registry, model: str, catalog: str | Path | None = None) -> Any:
-    """The catalog entry named ``model``, or a ShiftError explaining why only catalog models can
-    be fine-tuned."""
-    from shift.catalog.entries import catalog_path, load_catalog
-
-    path = catalog_path(registry.home.catalog_path, catalog)
-    entries = {e.name: e for e in load_catalog(path)} if path.is_file() else {}
-    if model not in entries:
-        raise ShiftError(
-            f"model {model!r} is not in the catalog ({path}); only catalog models can be "
-            "fine-tuned",
-            hint="fine-tuning needs a torch definition of the network: the catalog's "
-            "(registry/catalog.yaml). Converting the registered ONNX file back to torch "
-            "(onnx2torch) needs torchvision, which is not available beside the CPU torch here",
-        )
-    return entries[model]
-
-
-#: experts rebuilt in this process: name + entry JSON → (module, info, seconds to build)
-_BUILT: dict[str, tuple[Any, dict[str, Any], float]] = {}
-
-
-def _module(entry: Any) -> tuple[Any, float]:
-    """A fresh copy of ``entry``'s pre-trained torch module and the seconds building it took
-    (0 when an expert was already retrained in this process)."""
-    from shift.catalog.importer import build_module
-
-    key = entry.name + ":" + entry.model_dump_json()
-    if entry.builder == "expert":
-        if key not in _BUILT:
-            t0 = time.perf_counter()
-            module, info = build_module(entry)
-            _BUILT[key] = (module, info, time.perf_counter() - t0)
-            return copy.deepcopy(module), _BUILT[key][2]
-        return copy.deepcopy(_BUILT[key][0]), 0.0
-    t0 = time.perf_counter()
-    module, _ = build_module(entry)
-    return module, time.perf_counter() - t0
-
-
-def _check_against_onnx(module: Any, entry: Any, onnx_path: Path) -> float:
-    """Max |torch − registered ONNX| embedding difference on the export check input."""
-    import onnxruntime as ort
-    import torch
-
-    from shift.catalog.importer import EXPORT_TOLERANCE, check_input
-
-    x = check_input(entry)
-    with torch.inference_mode():
-        ref = module.eval()(torch.from_numpy(x))[0].numpy()
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
-    name = sess.get_inputs()[0].name
-    got = sess.run(None, {name: x})
-    diffs = [float(np.abs(ref - g).max()) for g in got if np.shape(g) == ref.shape]
-    diff = min(diffs) if diffs else float("inf")
-    if diff > EXPORT_TOLERANCE:
-        raise ShiftError(
-            f"{entry.name}: the registered ONNX file does not match the catalog's torch "
-            f"definition (max difference {diff:.2e})",
-            hint="re-import it: shift models import-catalog --force",
-        )
-    return diff
 
 
 # ---- cache ----------------------------------------------------------------------------------
@@ -284,15 +221,18 @@ def _train(
     classes: int,
     p: FinetuneProtocol,
 ) -> dict[str, Any]:
+    """The protocol on ``module`` with inputs ``x`` and labels ``y`` (tensors on the device
+    ``module`` is on); random draws come from a CPU generator seeded with ``p.seed``."""
     import torch
     from torch import nn
 
+    device = x.device
     train_idx = np.flatnonzero(is_train)
     if p.max_train is not None and len(train_idx) > p.max_train:
         pick = np.random.default_rng(p.seed).permutation(len(train_idx))[: p.max_train]
         train_idx = np.sort(train_idx[pick])
-    tr = torch.from_numpy(train_idx)
-    va = torch.from_numpy(np.flatnonzero(~is_train))
+    tr = torch.from_numpy(train_idx).to(device)
+    va = torch.from_numpy(np.flatnonzero(~is_train)).to(device)
     loss_fn = nn.CrossEntropyLoss()
 
     @torch.inference_mode()
@@ -314,11 +254,11 @@ def _train(
     feats = embed(module, tr).clone()
     embed_s = time.perf_counter() - t0
     gen = torch.Generator().manual_seed(p.seed)
-    head = nn.Linear(feats.shape[1], classes)
+    head = nn.Linear(feats.shape[1], classes).to(device)
     opt = torch.optim.SGD(head.parameters(), lr=p.head_lr, momentum=p.momentum)
     ytr = y[tr]
     for _ in range(p.head_steps):
-        b = torch.randint(0, len(tr), (p.batch_size,), generator=gen)
+        b = torch.randint(0, len(tr), (p.batch_size,), generator=gen).to(device)
         loss = loss_fn(head(feats[b]), ytr[b])
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -337,7 +277,7 @@ def _train(
         curve = []
         for _ in range(p.epochs):
             module.train(not p.eval_mode)
-            perm = tr[torch.randperm(len(tr), generator=gen)]
+            perm = tr[torch.randperm(len(tr), generator=gen).to(device)]
             t = time.perf_counter()
             for i in range(0, len(perm), p.batch_size):
                 b = perm[i : i + p.batch_size]
@@ -381,32 +321,36 @@ def finetune(
     *,
     force: bool = False,
     catalog: str | Path | None = None,
+    device: str = "auto",
 ) -> FinetuneResult:
-    """Fine-tune the registered catalog model ``model`` on ``task`` (see the module docstring)
-    and return the best validation accuracy; cached in ``finetune_results`` unless ``force``."""
-    protocol = protocol or FinetuneProtocol()
+    """Fine-tune the registered model ``model`` on ``task`` (see the module docstring) and
+    return the best validation accuracy; cached in ``finetune_results`` unless ``force``.
+    ``device``: "auto" (CUDA when torch sees a GPU), "cpu" or "cuda"."""
+    import torch
+
+    from shift.inference.preprocess import preprocess
+    from shift.inference.torch_backend import pick_device
+
+    dev = pick_device(device)
+    protocol = (protocol or FinetuneProtocol()).model_copy(
+        update={"device": "cuda" if dev == "cuda" else None}
+    )
     rec = registry.get_model(model)
     trec = registry.get_task(task)
     if not force:
         hit = cached_result(registry, task, model, protocol)
         if hit is not None:
             return hit
-    entry = catalog_entry(registry, model, catalog)
-    import torch
-
-    from shift.inference.preprocess import preprocess
-
     images, labels, is_train, classes = _task_data(registry, task)
     with _threads(protocol.threads), torch.random.fork_rng(devices=[]):
-        module, build_s = _module(entry)
-        onnx_diff = _check_against_onnx(module, entry, registry.model_file(rec))
+        module, origin = training_module(registry, rec, catalog)
         t0 = time.perf_counter()
-        x = torch.from_numpy(preprocess(images, rec.input))
-        y = torch.from_numpy(labels)
+        x = torch.from_numpy(preprocess(images, rec.input)).to(dev)
+        y = torch.from_numpy(labels).to(dev)
         torch.manual_seed(protocol.seed)
-        details = _train(module, x, y, is_train, classes, protocol)
+        details = _train(module.to(dev), x, y, is_train, classes, protocol)
         seconds = time.perf_counter() - t0
-    details.update(build_seconds=build_s, onnx_max_abs_diff=onnx_diff, threads=protocol.threads)
+    details.update(origin, threads=protocol.threads, device=dev)
     res = FinetuneResult(
         task=task,
         model=model,
@@ -431,6 +375,7 @@ def finetune_many(
     force: bool = False,
     catalog: str | Path | None = None,
     progress: bool = False,
+    device: str = "auto",
 ) -> list[FinetuneResult]:
     """:func:`finetune` each of ``models`` on ``task`` in turn, with a progress bar (stderr)."""
     from shift.progress import progress_bar
@@ -441,7 +386,9 @@ def finetune_many(
         job = bar.add_task(f"fine-tuning on {task}", total=len(models))
         for m in models:
             bar.update(job, description=f"fine-tuning {m} on {task}")
-            results.append(finetune(registry, task, m, protocol, force=force, catalog=catalog))
+            results.append(
+                finetune(registry, task, m, protocol, force=force, catalog=catalog, device=device)
+            )
             bar.advance(job)
     return results
 
