@@ -49,6 +49,7 @@ class IndexReport:
     relabelled: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     providers: dict[str, list[str]] = field(default_factory=dict)
+    nodes: dict[str, int] = field(default_factory=dict)  # Ray node id -> batches it embedded
     seconds: float = 0.0
     backend: str = ""  # the concrete backend, with why when "auto" chose it
 
@@ -256,6 +257,8 @@ class Indexer:
         def on_result(r: Any) -> None:
             ids = batch_ids[r.model_name][r.batch_id]
             report.providers[r.model_name] = r.providers
+            if r.node:
+                report.nodes[r.node] = report.nodes.get(r.node, 0) + 1
             if r.model_name in writers:
                 writers[r.model_name].providers = list(r.providers)  # recorded in its meta
                 writers[r.model_name].add_batch(r.batch_id, ids, r.embeddings, r.logits)

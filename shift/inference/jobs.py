@@ -67,14 +67,16 @@ class EmbedJob:
 
 @dataclass
 class BatchResult:
-    """Embeddings float32 (N, dim), logits float32 (N, classes) or None, and the runtime
-    providers actually used (e.g. ``["CPUExecutionProvider"]``)."""
+    """Embeddings float32 (N, dim), logits float32 (N, classes) or None, the runtime
+    providers actually used (e.g. ``["CPUExecutionProvider"]``) and, from a Ray actor, the id
+    of the node that ran it ("" in process)."""
 
     model_name: str
     batch_id: str
     embeddings: np.ndarray
     logits: np.ndarray | None
     providers: list[str]
+    node: str = ""
 
 
 @dataclass

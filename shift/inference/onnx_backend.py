@@ -8,6 +8,7 @@ starts without it.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,8 @@ log = logging.getLogger(__name__)
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 DEVICES = ("auto", "cpu", "cuda")
+CPU_ARENA_ENV = "SHIFT_ORT_CPU_ARENA"  # "1": ONNX Runtime's CPU memory arena (off by default)
+MEM_PATTERN_ENV = "SHIFT_ORT_MEM_PATTERN"  # "0": no memory-pattern planning (on by default)
 
 _NP_TYPES = {
     "tensor(float)": np.float32,
@@ -45,6 +48,25 @@ def requested_providers(device: str) -> list[str]:
         # never pass a provider the runtime lacks: ORT would warn on its own
         return [CUDA, CPU] if CUDA in available else [CPU]
     return [CPU]
+
+
+def _flag(env: str, default: bool) -> bool:
+    raw = os.environ.get(env, "").strip().lower()
+    return default if not raw else raw not in ("0", "false", "no", "off")
+
+
+def session_options() -> Any:
+    """ONNX Runtime session options that bound a session's memory: no CPU memory arena (the
+    arena keeps the peak of every batch size it has seen and never gives it back; without it,
+    memory is freed after each run), memory patterns as ``$SHIFT_ORT_MEM_PATTERN`` says
+    (default on). ``$SHIFT_ORT_CPU_ARENA=1`` brings the arena back."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3  # errors only
+    opts.enable_cpu_mem_arena = _flag(CPU_ARENA_ENV, False)
+    opts.enable_mem_pattern = _flag(MEM_PATTERN_ENV, True)
+    return opts
 
 
 def _flatten(out: Any, n: int) -> np.ndarray:
@@ -88,8 +110,7 @@ class OnnxEmbedder:
         try:
             if not Path(self.model_path).is_file():
                 raise FileNotFoundError("no such file")
-            opts = ort.SessionOptions()
-            opts.log_severity_level = 3  # errors only
+            opts = session_options()
             if intra_op_threads is not None:
                 opts.intra_op_num_threads = max(1, int(intra_op_threads))
                 opts.inter_op_num_threads = 1

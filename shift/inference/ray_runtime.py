@@ -58,11 +58,14 @@ def _sync_loopback_constant() -> None:
         log.warning("could not force Ray onto loopback; set RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0")
 
 
-def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+def ensure_ray(
+    address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None
+) -> None:
     """Make sure Ray is initialised in this process; a no-op when it already is.
 
     With ``address`` (or ``$SHIFT_RAY_ADDRESS``) join that existing cluster. Otherwise start a
-    local one of our own with ``num_cpus`` (default: ``os.cpu_count()``) after setting
+    local one of our own with ``num_cpus`` (default: ``os.cpu_count()``) and ``num_gpus`` (default:
+    Ray's detection; a number declares that many, e.g. to test GPU placement) after setting
     (``setdefault``) RAY_AUTH_MODE=disabled, RAY_USAGE_STATS_ENABLED=0 and
     RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 -- ``address="local"``, so neither ``$RAY_ADDRESS`` nor
     another Ray on the machine (``ray start``, a stale ``ray_current_cluster`` file) is joined.
@@ -85,6 +88,7 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         ray.init(
             address="local",
             num_cpus=num_cpus or os.cpu_count(),
+            num_gpus=num_gpus,
             include_dashboard=False,
             log_to_driver=False,
             object_store_memory=OBJECT_STORE_BYTES,
