@@ -179,6 +179,7 @@ def make_home(path: Path, files: list[Path]) -> Any:
 
 
 @pytest.mark.ray
+@pytest.mark.slow  # ~85 s on the loaded 2-core box: two `ray start`s, a driver, two builds
 def test_two_node_cluster_without_shared_disk(cluster: dict[str, Any], tmp_path: Path) -> None:
     files = [tmp_path / f"c{i}.onnx" for i in range(2)]
     for i, f in enumerate(files):
@@ -200,6 +201,7 @@ def test_two_node_cluster_without_shared_disk(cluster: dict[str, Any], tmp_path:
     # work ran on both nodes: every batch once, each node some of them
     assert set(out["by_node"]) == set(out["nodes"])
     assert sum(out["by_node"].values()) == 2 * N // 64 and min(out["by_node"].values()) >= 1
+    print("batches per node:", {n[:12]: k for n, k in out["by_node"].items()})
     # each node keeps the models it received in its own temp dir, by sha256
     for d in cluster["dirs"].values():
         cached = sorted({p.stem for p in (d / "shift-models").glob("*.onnx")})

@@ -106,7 +106,12 @@ class EmbedWorker:
         return SESSION_FACTOR * spec.blob.size
 
     def cached_bytes(self) -> int:
+        """What the cached sessions count for against ``cache_bytes``."""
         return sum(self._cost(s) for s in self._cache)
+
+    def cached(self) -> list[str]:
+        """sha256 of the cached models, least recently used first."""
+        return [s.blob.sha256 for s in self._cache]
 
     def _embedder(self, spec: ModelSpec) -> tuple[Embedder, int]:
         """The loaded model and the most images one run of it may take (0: no limit)."""
