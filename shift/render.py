@@ -40,6 +40,8 @@ TEXT_WIDTH = {
     "detail": 40,
     "filter": 26,
     "description": 30,
+    "protocol": 24,
+    "params": 34,
 }
 
 
@@ -48,7 +50,9 @@ def _add_column(t: Table, c: str) -> None:
     header = HEADERS.get(c, c)
     width = TEXT_WIDTH.get(c)
     if width:
-        t.add_column(header, overflow="ellipsis", max_width=width, min_width=8)
+        # JSON keys of a cached result: one line each, cut (--json has all)
+        one_line = c in ("protocol", "params")
+        t.add_column(header, overflow="ellipsis", max_width=width, min_width=8, no_wrap=one_line)
     else:
         widths = {"name": 22, "task": 12, "score": 7}
         t.add_column(header, no_wrap=True, min_width=widths.get(c, len(header)))
@@ -66,6 +70,13 @@ def result_table(res: Result, title: str | None = None) -> Table:
 def print_result(res: Result, console: Console | None = None) -> None:
     console = console or Console()
     console.print(result_table(res))
+    near = res.plan.get("neighbours")
+    if near:  # RANK BY similar: which tasks the scores come from
+        console.print(
+            f"similar tasks (probe {res.plan.get('probe')}): "
+            + ", ".join(f"{n['task']} (distance {n['distance']:.4f})" for n in near),
+            highlight=False,
+        )
     tm = res.timings
     console.print(
         f"[dim]{len(res.rows)} rows · {tm.total_ms:.1f} ms (score {tm.score_ms:.1f} ms)[/dim]"

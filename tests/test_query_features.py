@@ -375,7 +375,14 @@ def test_cli_query_features(home: Path) -> None:
         "inprocess",
     )
     assert r.exit_code == 0 and "score:toy" in r.output
+    r = run(
+        "query",
+        "SELECT * FROM models WHERE task=toy RANK BY similar(k=1)",
+        "--executor",
+        "inprocess",
+    )
+    assert r.exit_code == 0 and "similar tasks (probe tiny0): near (distance" in r.output
     r = run("explain", "SELECT * FROM models WHERE task=toy RANK BY similar(k=1)")
-    assert r.exit_code == 0 and "near d=" in r.output
+    assert r.exit_code == 0 and "near d=" in r.output  # the probe has indexed every task
     r = run("query", "SELECT * FROM models WHERE task=toy RANK BY knn(k=0)")
     assert r.exit_code != 0 and "k=0 is out of range" in r.output and "^^^" in r.output

@@ -45,8 +45,9 @@ READABLE = {
 }
 
 SYNTAX = (
-    "SELECT (top N | *) FROM (pool NAME | models) [WHERE cond] "
-    "[RANK BY agnostic | PROXY | hybrid(PROXY)] [ORDER BY col [ASC|DESC]] [LIMIT n]"
+    "SELECT (top N | *) FROM (pool NAME | models | finetunes | scores) [WHERE cond] "
+    "[RANK BY agnostic | PROXY[(name=value, ...)] | hybrid(PROXY) | avg(PROXY) | similar(k=N)] "
+    "[ORDER BY col [ASC|DESC]] [LIMIT n]"
 )
 
 

@@ -1,7 +1,10 @@
-"""1-nearest-neighbour proxy: validation accuracy of the 1-NN classifier on frozen features.
+"""Nearest-neighbour proxy: validation accuracy of the k-NN classifier on frozen features
+(k = 1 by default; a query sets ``knn(k=5, metric=cosine)``).
 
 ``acc = mean_i [ y_train[nn(x_i)] == y_i ]`` with ``nn(x) = argmin_j ||x - t_j||²`` (euclidean)
-or, for cosine, the same on L2-normalised rows (same ranking as cosine similarity).
+or, for cosine, the same on L2-normalised rows (same ranking as cosine similarity). For k > 1
+the prediction is the most frequent label among the k nearest training rows (:func:`k_nearest`,
+exact), a tie going to the tied label with the nearest member.
 
 The brute-force path is exact and reproducible: distances are computed in float64 blocks
 (``|q|² - 2 q·t + |t|²``), so memory stays bounded by ``block_bytes``. **Ties** go to the
