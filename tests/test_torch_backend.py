@@ -539,3 +539,39 @@ def test_every_batch_runs_on_the_embedders_own_thread(
     with pytest.raises(ShiftError, match="uint8"):  # errors cross back to the caller
         emb.embed(images(2, seed=15).astype(np.float32))
     emb.close()
+
+
+# ---- search results unchanged by the backend ------------------------------------------------
+
+AGREEMENT_STRATEGIES = ("knn", "knn_cosine", "linear", "logme", "leep", "hybrid(linear)")
+
+
+def test_search_results_are_unchanged_by_the_backend(tmp_path: Path) -> None:
+    """Two tasks x four tiny models, ranked with ONNX Runtime and with the torch backend: the
+    1-NN and linear scores within 0.5 points, every strategy's top 2 the same (the demo-home
+    figures: benchmarks/bench_backend_agreement.py)."""
+    from shift.client import Client
+
+    ranks: dict[str, dict[tuple[str, str], Any]] = {}
+    for backend in ("onnxruntime", "torch"):
+        reg = Registry.open(tmp_path / backend / "home")
+        for i in range(4):
+            m = build_tiny_cnn(tmp_path / backend / f"m{i}.onnx", seed=10 + i, dim=8 + 4 * i)
+            register_onnx(reg, m.path, f"m{i}", imagenet_top1=60.0 + i, imagenet_source="test")
+        for t, seed in (("alpha", 1), ("beta", 2)):
+            TaskStore(reg).add(t, toy_samples(seed=seed), kind="npz", source="gen")
+        reg.close()
+        with Client(tmp_path / backend / "home", executor="inprocess", backend=backend) as c:
+            ranks[backend] = {
+                (t, s): c.query(f"SELECT * FROM pool all WHERE task={t} RANK BY {s}")
+                for t in ("alpha", "beta")
+                for s in AGREEMENT_STRATEGIES
+            }
+            entries = c.registry.index_entries("alpha")
+            assert {e["backend"] for e in entries.values()} == {backend} and len(entries) == 4
+    for (task, strategy), ort in ranks["onnxruntime"].items():
+        torch_res = ranks["torch"][(task, strategy)]
+        assert torch_res.names[:2] == ort.names[:2], (task, strategy)
+        if strategy in ("knn", "linear"):
+            for m, score in ort.scores.items():
+                assert torch_res.scores[m] == pytest.approx(score, abs=0.005), (task, m)
