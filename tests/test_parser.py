@@ -682,6 +682,10 @@ ROUND_TRIP = [
     "SELECT top 2 FROM pool all RANK BY foo(1, 'A b', bar, 2.5)",
     "SELECT * FROM models LIMIT 0",
     "select top 5\n from pool expert\n where task = flowers\n rank by knn",
+    "SELECT top 2 FROM pool all WHERE task IN (a, b) RANK BY avg(knn(k=5, metric=cosine))",
+    "SELECT top 1 FROM pool all RANK BY linear(lr=0.01, epochs=400, seed=-1, note='A b')",
+    "SELECT * FROM finetunes WHERE task='x' AND accuracy >= 0.5 ORDER BY accuracy DESC LIMIT 3",
+    "EXPLAIN SELECT top 3 FROM scores WHERE proxy LIKE 'knn%'",
 ]
 
 
@@ -750,7 +754,15 @@ SELECTS = st.builds(
     rank=st.one_of(
         st.none(),
         st.sampled_from(
-            [Ranker("agnostic"), Ranker("knn"), Ranker("linear"), Ranker("hybrid", ("linear",))]
+            [
+                Ranker("agnostic"),
+                Ranker("knn"),
+                Ranker("linear"),
+                Ranker("hybrid", ("linear",)),
+                Ranker("knn", (), (("k", 5), ("metric", "cosine"))),
+                Ranker("avg", (Ranker("linear", (), (("lr", 0.01), ("epochs", 400))),)),
+                Ranker("similar", (), (("k", 3),)),
+            ]
         ),
     ),
     order=st.one_of(st.none(), st.builds(OrderBy, st.sampled_from(COLUMNS), st.booleans())),
