@@ -127,6 +127,8 @@ def test_bind_canonical_keys() -> None:
     a = proxy_params_key(lin.bind({"lr": 0.01, "epochs": 400}).params)
     assert a == proxy_params_key(lin.bind({"epochs": 400, "lr": 1e-2}).params)
     assert json.loads(a)["lrs"] == [0.01] and json.loads(a)["epochs"] == 400
+    shift_ql = lin.bind({"learning_rate": 0.01, "num_epochs": 400})  # SHiFT's spelling
+    assert proxy_params_key(shift_ql.params) == a
     assert knn.bind({"k": 5}).from_index is None  # k > 1: always exact
     assert knn.bind({"metric": "cosine"}).from_index.metric == "cosine"
     logme = get_proxy("logme").bind({"max_iter": 50})
@@ -144,6 +146,7 @@ def test_bind_canonical_keys() -> None:
         ("linear", {"lr": "fast"}, "lr", "float"),
         ("logme", {"max_iter": 0}, "max_iter", "int ≥ 1"),
         ("ncti", {"pca_dim": 8}, "pca_dim", "takes no parameters"),
+        ("linear", {"lr": 0.1, "learning_rate": 0.1}, "lr", "one of them"),
     ],
 )
 def test_bind_refuses(proxy: str, values: dict, arg: str, hint: str) -> None:

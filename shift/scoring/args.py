@@ -122,6 +122,7 @@ def check_args(proxy: str, declared: tuple[Arg, ...], values: Mapping[str, Any])
     :class:`ArgError` for an unknown name (listing the valid ones) or a bad value."""
     by_name = {a.name: a for a in declared}
     out: dict[str, Any] = {}
+    set_by: dict[str, str] = {}
     for name in sorted(values):
         a = by_name.get(name)
         if a is None:
@@ -133,5 +134,11 @@ def check_args(proxy: str, declared: tuple[Arg, ...], values: Mapping[str, Any])
                 (f"did you mean {close[0]!r}? " if close else "")
                 + (f"{proxy} takes {valid}" if declared else f"{proxy} takes no parameters"),
             )
+        kw = a.kwarg or a.name
+        if kw in set_by:  # an alias and its parameter, e.g. lr and learning_rate
+            raise ArgError(
+                name, f"{set_by[kw]} and {name} set the same parameter", "give one of them"
+            )
+        set_by[kw] = name
         out.update(a.apply(a.check(values[name])))
     return out

@@ -279,7 +279,7 @@ def _one_lr(lr: float) -> tuple[float, ...]:
 
 
 #: what a query may set: ``RANK BY linear(lr=0.01, epochs=400)`` (SHiFT's
-#: ``Linear(learning_rate=0.01, num_epochs=400)``); ``epochs`` replaces ``steps``
+#: ``Linear(learning_rate=0.01, num_epochs=400)``, also accepted); ``epochs`` replaces ``steps``
 LINEAR_ARGS = (
     Arg(
         "lr",
@@ -292,6 +292,18 @@ LINEAR_ARGS = (
         convert=_one_lr,
     ),
     Arg("epochs", int, "passes over the training split", low=1, high=10_000),
+    # SHiFT's spelling: Linear(learning_rate=0.01, num_epochs=400)
+    Arg(
+        "learning_rate",
+        float,
+        "= lr",
+        low=0.0,
+        high=10.0,
+        low_open=True,
+        kwarg="lrs",
+        convert=_one_lr,
+    ),
+    Arg("num_epochs", int, "= epochs", low=1, high=10_000, kwarg="epochs"),
     Arg("steps", int, "SGD steps", low=1, high=1_000_000),
     Arg("batch_size", int, "mini-batch size", low=1, high=65_536),
     Arg("momentum", float, "SGD momentum", low=0.0, high=0.999),
