@@ -389,3 +389,33 @@ def test_cli_query_features(home: Path) -> None:
     assert r.exit_code == 0 and "near d=" in r.output  # the probe has indexed every task
     r = run("query", "SELECT * FROM models WHERE task=toy RANK BY knn(k=0)")
     assert r.exit_code != 0 and "k=0 is out of range" in r.output and "^^^" in r.output
+
+
+def test_explain_similar_before_the_probe_indexed(tmp_path: Path) -> None:
+    c = shift.connect(tmp_path / "h", executor="inprocess")
+    path = build_tiny_cnn(tmp_path / "m.onnx", seed=0).path
+    register_onnx(c.registry, Path(path), "solo", imagenet_top1=50.0, imagenet_source="test")
+    ts = TaskStore(c.registry)
+    ts.add("a", samples(0), kind="npz", source="gen")
+    ts.add("b", samples(1), kind="npz", source="gen")
+    q = "SELECT * FROM models WHERE task=a RANK BY similar"
+    e = _err(q, c.query)  # no fine-tuning history yet: said, before any work
+    assert "but there are none" in e.message and "shift-cli finetune" in (e.hint or "")
+    c.registry.db["finetune_results"].insert(
+        {
+            "task_hash": c.registry.get_task("b").content_hash,
+            "model_sha": c.registry.get_model("solo").sha256,
+            "protocol": "{}",
+            "accuracy": 0.7,
+            "seconds": 1.0,
+            "epochs": 1,
+            "details": "{}",
+            "computed_at": utcnow(),
+        }
+    )
+    exp = c.explain(q)
+    probe = [s for s in exp.rows if s["step"] == "probe"][0]
+    assert probe["detail"] == "solo embeds every task; to embed: a, b"
+    assert exp.plan["neighbours"] is None and exp.plan["probe"] == "solo"
+    assert c.query(q).scores == {"solo": pytest.approx(0.7)}  # the query embeds, then ranks
+    c.close()
