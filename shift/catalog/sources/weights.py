@@ -18,7 +18,7 @@ from pathlib import Path
 
 from shift.catalog.importer import export
 from shift.catalog.onnx_import import register_onnx
-from shift.catalog.sources import source_of
+from shift.catalog.sources.lookup import source_of
 from shift.errors import ShiftError
 from shift.fsutil import sha256_file
 from shift.records import InputSpec, ModelRecord
