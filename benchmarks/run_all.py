@@ -8,11 +8,13 @@ from __future__ import annotations
 from typing import Any
 
 from benchmarks import (
+    bench_concurrency,
     bench_crash,
     bench_e2e_regret,
     bench_embedding,
     bench_estimators,
     bench_incremental,
+    bench_ingest_memory,
     bench_knn,
     bench_query,
     bench_vtab_regret,
@@ -63,6 +65,8 @@ def main() -> None:
     bench_vtab_regret.main()
     bench_e2e_regret.main([])  # from the committed ground truth; needs the demo home (make demo)
     bench_crash.main([])
+    bench_concurrency.main([])  # 6 processes for 60 s on one home, then checks (~5 min)
+    bench_ingest_memory.main([])  # peak RSS of tasks add, 1k-10k images (generates 10k PNGs)
 
 
 if __name__ == "__main__":

@@ -125,7 +125,8 @@ class TaskStore:
 
     def _stream(self, name: str, s: Samples, wanted: Any, staged: _Staged) -> list[str]:
         """One pass over ``s``'s images, ``BATCH_BYTES`` of pixels at a time: hash each image
-        and stage, per batch, a chunk of those for which ``wanted(position, hash)`` holds.
+        and stage, per batch, a chunk of those for which ``wanted(position, hash, label)``
+        holds.
         Returns every image's hash; ``staged`` records where each staged image lies."""
         hashes: list[str] = []
         labels = s.labels.tolist()
