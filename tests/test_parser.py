@@ -518,7 +518,7 @@ def test_valid_plans(registry: Registry) -> None:
     )
     assert p.ranker == "hybrid(linear)"
     sql, params = p.where_sql
-    assert params == [25_600_000] and "m.params" in sql
+    assert params == ["resnet50"] and "m.architecture" in sql  # the pool's condition
 
     p = plan_text(
         "SELECT top 3 FROM pool all WHERE task=flowers AND params < 30M AND dim <= 2048 "
