@@ -202,7 +202,12 @@ def test_gbc_spherical_default_and_diagonal_by_hand() -> None:
     assert gbc(x, y) == pytest.approx(-2 * math.exp(-d_sph), rel=1e-12)  # the default
     assert gbc(x, y, covariance="spherical") == pytest.approx(-2 * math.exp(-d_sph), rel=1e-12)
     assert gbc(x, y, covariance="diagonal") == pytest.approx(-2 * math.exp(-d_diag), rel=1e-12)
-    assert get_proxy("gbc").params["covariance"] == "spherical"
+    spec = get_proxy("gbc")
+    assert spec.params["covariance"] == "spherical"
+    diag = spec.bind({"covariance": "DIAGONAL"})  # RANK BY gbc(covariance=diagonal)
+    assert diag.params["covariance"] == "diagonal" and diag.params != spec.params
+    assert diag(x, y, x, y) == pytest.approx(-2 * math.exp(-d_diag), rel=1e-12)
+    assert spec.bind({"covariance": "spherical"}) is spec  # the default is the default
 
 
 def test_gbc_spherical_uses_scalar_log_term() -> None:

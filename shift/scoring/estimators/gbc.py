@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from shift.scoring.args import Arg
 from shift.scoring.estimators._common import check_xy, class_means, one_hot, pca
 from shift.scoring.registry import estimator
 
@@ -54,6 +55,14 @@ def bhattacharyya_distances(means: np.ndarray, variances: np.ndarray) -> np.ndar
     description="GBC (Pandy et al. 2022): minus the summed Bhattacharyya coefficients of "
     "per-class spherical (reference default) or diagonal Gaussians on 64 PCA components",
     cost_per_1k=0.16,
+    args=[
+        Arg(
+            "covariance",
+            str,
+            help="per-class Gaussians: spherical (the reference's) or diagonal",
+            choices=("spherical", "diagonal"),
+        )
+    ],
     pca_dim=DEFAULT_PCA_DIM,
     covariance=DEFAULT_COVARIANCE,
 )
