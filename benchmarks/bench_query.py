@@ -1,7 +1,10 @@
 """Cached query latency: the in-process client and the `shift query` command, on a registry of
-1,000 real (tiny) ONNX models whose embeddings and scores are already cached.
+1,000 real (tiny) ONNX models whose embeddings and scores are already cached; and on a zoo
+registry of real model sources (every torchvision classification weight and the VTAB-1k
+table's 291 models as metadata rows, the catalog's models with weights, synthetic metadata rows
+up to ``--zoo-models``), timing ``shift models import torchvision --all`` on the way.
 
-    python -m benchmarks.bench_query [--models 1000]
+    python -m benchmarks.bench_query [--models 1000] [--zoo-models 1000] [--only tiny|zoo]
 """
 
 from __future__ import annotations
@@ -50,11 +53,154 @@ def build_home(home: Path, n_models: int) -> None:
         print(f"cold query over {n_models} models: {time.perf_counter() - t:.1f} s")
 
 
+ZOO_QUERIES = {
+    "task_aware_cached": "SELECT top 3 FROM models WHERE task=blobs AND weights = 'present' "
+    "RANK BY hybrid(knn)",
+    "agnostic": "SELECT top 5 FROM pool all",
+    "resnet50_by_top1": "SELECT top 5 FROM pool resnet50 ORDER BY imagenet_top1 DESC",
+    "meta_vtab1k": "SELECT top 5 FROM models WHERE tag = 'vtab1k' RANK BY meta(vtab1k)",
+    "filter_architecture": "SELECT * FROM models WHERE architecture LIKE 'vit%' LIMIT 20",
+}
+
+
+def _catalog_rows(c: Any) -> tuple[int, str]:
+    """The catalog's models, with weights: copied (rows + absolute ONNX paths) from the default
+    home when the demo has imported them there, else exported by ``import_catalog``."""
+    import sqlite3
+
+    from shift.config import Home
+    from shift.store.registry import Registry
+
+    demo = Home.resolve(None)
+    if demo.db_path.is_file():
+        with tempfile.TemporaryDirectory() as d:
+            copy = Path(d) / "registry"
+            copy.mkdir()
+            src_db = sqlite3.connect(demo.db_path.resolve().as_uri() + "?mode=ro", uri=True)
+            with sqlite3.connect(copy / "registry.db") as dst:  # WAL included; migrated there
+                src_db.backup(dst)
+            src_db.close()
+            with Registry.open(copy) as src:
+                rows = [m for m in src.models() if m.has_weights and not m.source_id]
+                paths = {m.name: demo.registry_dir / m.path for m in rows}
+                rows = [m for m in rows if paths[m.name].is_file()]
+        for m in rows:
+            c.registry.add_model(m.model_copy(update={"path": str(paths[m.name])}))
+        if rows:
+            return len(rows), f"copied from {demo.registry_dir}"
+    results = c.import_catalog()
+    return sum(r.status != "failed" for r in results), "import_catalog"
+
+
+def _synthetic_rows(n: int, seed: int = 0) -> list[Any]:
+    """Metadata rows (no weights) with plausible, seeded figures: the registry's bulk."""
+    import random
+
+    from shift.records import InputSpec, ModelRecord
+
+    rng = random.Random(seed)
+    archs = ["resnet50", "vit_b_16", "convnext_tiny", "efficientnet_b0", "swin_t", "regnet_y_8gf"]
+    return [
+        ModelRecord(
+            name=f"synth-{i:04d}",
+            path="",
+            sha256="",
+            weights="missing",
+            architecture=(arch := rng.choice(archs)),
+            family=arch.split("_")[0],
+            params=rng.randrange(1_000_000, 300_000_000),
+            dim=rng.choice([512, 768, 1024, 2048]),
+            output="embedding",
+            input_name="input",
+            input=InputSpec(height=224, width=224),
+            imagenet_top1=round(rng.uniform(60, 88), 2),
+            imagenet_source="synthetic benchmark value",
+            upstream_dataset=rng.choice(["ImageNet-1k", "ImageNet-21k", "LAION-2B"]),
+            source="synthetic",
+            tags=["synthetic"],
+        )
+        for i in range(n)
+    ]
+
+
+def zoo(n_models: int, repeat: int) -> dict[str, Any]:
+    """The zoo registry's setup figures and cached in-process query latencies."""
+    import resource
+
+    import shift
+    from shift.records import Samples
+    from shift.store.tasks import TaskStore
+
+    with tempfile.TemporaryDirectory() as d:
+        home = Path(d) / "home"
+        exe = Path(sys.executable).parent / "shift"
+        cmd = [str(exe), "models", "import", "torchvision", "--all", "--home", str(home)]
+        cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        t = time.perf_counter()
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        tv_wall = time.perf_counter() - t
+        cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        tv_cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
+        print(out.strip().splitlines()[-1], f"(wall {tv_wall:.1f} s, CPU {tv_cpu:.1f} s)")
+        with shift.connect(home, executor="inprocess") as c:
+            counts = {"torchvision": c.registry.count_models()}
+            t = time.perf_counter()
+            counts["vtab1k"] = len(c.import_models("vtab1k"))
+            vtab_s = time.perf_counter() - t
+            counts["catalog"], catalog_how = _catalog_rows(c)
+            synth = _synthetic_rows(max(0, n_models - c.registry.count_models()))
+            with c.registry.transaction():
+                for m in synth:
+                    c.registry.add_model(m)
+            counts["synthetic"] = len(synth)
+            total = c.registry.count_models()
+            x, y = blob_task(100)
+            TaskStore(c.registry).add(
+                "blobs",
+                Samples(x, y, None, ["0", "1", "2", "3"], []),
+                kind="generated",
+                source="benchmarks.workloads.blob_task",
+            )
+            t = time.perf_counter()
+            c.query(ZOO_QUERIES["task_aware_cached"])  # embeds and scores the catalog once
+            cold_s = time.perf_counter() - t
+        with shift.connect(home) as c:
+            latency = {k: median_ms(lambda q=q: c.query(q), repeat) for k, q in ZOO_QUERIES.items()}
+            picks = {k: c.query(q).names for k, q in ZOO_QUERIES.items()}
+    return {
+        "models": total,
+        "rows_by_source": counts,
+        "catalog_rows": catalog_how,
+        "import_torchvision_all": {
+            "command": "shift models import torchvision --all",
+            "wall_s": tv_wall,
+            "cpu_s": tv_cpu,
+            "models": counts["torchvision"],
+            "target_wall_s": 30.0,
+        },
+        "import_vtab1k_s": vtab_s,
+        "cold_task_aware_s": cold_s,
+        "queries": ZOO_QUERIES,
+        "client_cached": latency,
+        "picked": picks,
+        "targets": {"client_median_ms": 5.0},
+    }
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--models", type=int, default=1000)
+    ap.add_argument("--zoo-models", type=int, default=1000)
     ap.add_argument("--repeat", type=int, default=50)
+    ap.add_argument("--only", choices=["tiny", "zoo"])
     args = ap.parse_args(argv)
+    if args.only != "tiny":
+        z = zoo(args.zoo_models, args.repeat)
+        path = write_result("query_latency_zoo", z)
+        lat = ", ".join(f"{k} {v['median_ms']:.2f} ms" for k, v in z["client_cached"].items())
+        print(f"zoo of {z['models']} models: cached in-process medians {lat}  ({path})")
+        if args.only == "zoo":
+            return z
     import shift
 
     with tempfile.TemporaryDirectory() as d:

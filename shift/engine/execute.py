@@ -123,9 +123,9 @@ def meta_model_scores(
     table has it). A model imported from Hugging Face is its ``source_id`` (``hf:ID``); other
     registry names map to table ids with ``__`` for ``/``
     (``google__vit-base-patch16-224`` ↔ ``google/vit-base-patch16-224``)."""
-    from shift.scoring.meta import load_table, meta_scores
+    from shift.scoring.meta import cached_table, meta_scores
 
-    gt = load_table(table)
+    gt = cached_table(table)
     ids = {
         m.name: m.source_id[3:]
         if m.source_id and m.source_id.startswith("hf:")

@@ -128,13 +128,13 @@ class TorchvisionSource:
 
     @staticmethod
     @functools.cache
-    def _shapes(builder: str, w: Any) -> tuple[int, int]:
-        """(embedding dim, classes) of ``builder`` with ``w``'s configuration, built on the
-        meta device (once per process and weights)."""
+    def _shapes(builder: str, kwargs: tuple[tuple[str, Any], ...]) -> tuple[int, int]:
+        """(embedding dim, classes) of ``builder`` built with ``kwargs`` on the meta device
+        (once per process and configuration: weights of one builder share it)."""
         tvm = _tv()
         with quiet_warnings():
-            kw = builder_kwargs(builder, w)
-            return Embedder(on_meta(lambda: tvm.get_model(builder, weights=None, **kw))).shapes()
+            net = on_meta(lambda: tvm.get_model(builder, weights=None, **dict(kwargs)))
+            return Embedder(net).shapes()
 
     @staticmethod
     def _resolve(given: str, known: list[str]) -> str | None:
@@ -156,7 +156,8 @@ class TorchvisionSource:
         t = w.transforms()
         crop = t.crop_size[0]
         spec = input_spec((crop, crop), t.mean, t.std)
-        dim, classes = self._shapes(builder, w)
+        kw = builder_kwargs(builder, w)
+        dim, classes = self._shapes(builder, tuple(sorted(kw.items())))
         metrics = meta.get("_metrics", {}).get("ImageNet-1K", {})
         return metadata_record(
             name=registry_name(PREFIX, source_id),
