@@ -36,8 +36,10 @@ def reg(tmp_path: Path) -> Iterator[Registry]:
     r.close()
 
 
-def _folder(root: Path, per_class: int, size: tuple[int, int], fmt: str = "png") -> Path:
-    rng = np.random.default_rng(0)
+def _folder(
+    root: Path, per_class: int, size: tuple[int, int], fmt: str = "png", seed: int = 0
+) -> Path:
+    rng = np.random.default_rng(seed)
     for c in ("a", "b"):
         (root / c).mkdir(parents=True, exist_ok=True)
         for i in range(per_class):
@@ -198,7 +200,9 @@ def test_large_photos_are_stored_at_the_cap(tmp_path: Path, reg: Registry) -> No
 # ---- streaming -------------------------------------------------------------------------------
 
 
-def test_tasks_add_holds_one_batch_of_pixels_not_all(tmp_path: Path, reg: Registry) -> None:
+def test_tasks_add_and_append_hold_one_batch_of_pixels_not_all(
+    tmp_path: Path, reg: Registry
+) -> None:
     root = _folder(tmp_path / "d", 200, (96, 96))  # 400 images, 11 MB decoded
     total = 400 * 96 * 96 * 3
     images_mod.BATCH_BYTES, saved = 1 << 20, images_mod.BATCH_BYTES
@@ -211,8 +215,19 @@ def test_tasks_add_holds_one_batch_of_pixels_not_all(tmp_path: Path, reg: Regist
         images_mod.BATCH_BYTES = saved
     assert rec.num_samples == 400
     assert peak < total / 3, (peak, total)  # holding every decoded image takes >= total
+    more = _folder(tmp_path / "more", 200, (96, 96), seed=1)  # append streams as well
+    images_mod.BATCH_BYTES = 1 << 20
+    tracemalloc.start()
+    try:
+        rec, added = TaskStore(reg).append("d", read_image_folder(more, classes=rec.classes))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+        images_mod.BATCH_BYTES = saved
+    assert added == 400 and rec.num_samples == 800
+    assert peak < total / 3, (peak, total)
     chunks = _stored(reg, "d")
-    assert len(chunks) > 5 and sum(len(c) for c in chunks) == 400
+    assert len(chunks) > 5 and sum(len(c) for c in chunks) == 800
     # the stored pixels are the files' pixels, in row order
     rows = reg.samples("d")
     imgs = TaskStore(reg).load("d", rows[:3])
