@@ -40,8 +40,9 @@ except ImportError:  # tests/ is a package
 ROOT = Path(__file__).resolve().parent.parent
 RAY = str(Path(sys.executable).with_name("ray"))
 N = 512  # 8 batches of 64 per model
-# Multi-node Ray must not be told to stay single-node (ray start refuses a second node then);
-# every address is still 127.0.0.1.
+# Multi-node Ray must not be told to stay single-node: with RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
+# `ray start --address` refuses to add a node. With it on, the nodes advertise 127.0.0.1 but
+# Ray's servers listen on all interfaces (Ray 2.60) -- a loopback-only cluster is not possible.
 CLUSTER_ENV = {
     "RAY_AUTH_MODE": "disabled",
     "RAY_USAGE_STATS_ENABLED": "0",
@@ -179,7 +180,7 @@ def make_home(path: Path, files: list[Path]) -> Any:
 
 
 @pytest.mark.ray
-@pytest.mark.slow  # ~85 s on the loaded 2-core box: two `ray start`s, a driver, two builds
+@pytest.mark.slow  # 55-85 s on the loaded 2-core box: two `ray start`s, a driver, two builds
 def test_two_node_cluster_without_shared_disk(cluster: dict[str, Any], tmp_path: Path) -> None:
     files = [tmp_path / f"c{i}.onnx" for i in range(2)]
     for i, f in enumerate(files):
