@@ -41,8 +41,9 @@ ROOT = Path(__file__).resolve().parent.parent
 RAY = str(Path(sys.executable).with_name("ray"))
 N = 512  # 8 batches of 64 per model
 # Multi-node Ray must not be told to stay single-node: with RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
-# `ray start --address` refuses to add a node. With it on, the nodes advertise 127.0.0.1 but
-# Ray's servers listen on all interfaces (Ray 2.60) -- a loopback-only cluster is not possible.
+# `ray start --address` refuses to add a node. With it on, Ray 2.60 resolves 127.0.0.1 to the
+# machine's address, the nodes register under it and its servers listen on all interfaces: a
+# loopback-only multi-node cluster is not possible; the test only ever dials 127.0.0.1.
 CLUSTER_ENV = {
     "RAY_AUTH_MODE": "disabled",
     "RAY_USAGE_STATS_ENABLED": "0",
