@@ -5,11 +5,12 @@ the model's source-classifier logits) and target labels to a score; higher is be
 |---|---|---|
 | ``logme`` | You et al., ICML 2021 / JMLR 2022 | features |
 | ``leep``, ``nce`` | Nguyen et al., ICML 2020; Tran et al., ICCV 2019 | source logits |
-| ``hscore``, ``shrinkage_hscore`` | Bao et al., ICIP 2019; Ibrahim et al., ICLR 2022 | features |
+| ``hscore`` | Bao et al., ICIP 2019 | features (PCA ≤ 64) |
+| ``shrinkage_hscore`` | Ibrahim et al., ICLR 2022 | features |
 | ``transrate`` | Huang et al., ICML 2022 | features |
 | ``gbc`` | Pándy et al., CVPR 2022 | features (PCA 64) |
 | ``parc`` | Bolya et al., NeurIPS 2021 | features (PCA 32) |
-| ``sfda`` | Shao et al., ECCV 2022 | features |
+| ``sfda`` | Shao et al., ECCV 2022 | features (PCA ≤ 64) |
 | ``ncti`` (pool-relative) | Wang et al., ICCV 2023 | features (PCA 64) |
 | ``lfc``, ``lgc`` | Deshpande et al., 2021 | features; per-sample gradients |
 
