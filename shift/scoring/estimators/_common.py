@@ -164,7 +164,10 @@ def discriminant_dim(n: int, c: int, pca_dim: int | None) -> int | None:
     fixed ``pca_dim`` (64, as ``gbc`` and ``ncti``) for every model alike: the scores of a 128-d
     and a 2,048-d model are then of the same dimension and comparable. ``N − C − 1`` only rules
     out the exact degeneracy: with fewer than about ``2·pca_dim`` samples the reduced scores
-    still sit near their ceiling (use ``shrink_hscore`` there)."""
+    still sit near their ceiling (use ``shrink_hscore`` there). Reducing rather than returning
+    NaN keeps the estimators usable in their normal case (1,280–2,048-d features, a few hundred
+    samples); a NaN would rank those models last, below every low-dimensional one, which says
+    no more about transfer than the tie-break did."""
     if pca_dim is None:
         return None
     if int(pca_dim) < 1:

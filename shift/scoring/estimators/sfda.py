@@ -16,7 +16,7 @@ other classes' means (computed before mixing); ``P′ = lda(X_mixed, same s)``;
 **Dimension reduction first (``pca_dim``, default 64).** With raw CNN features s is usually
 1e-10 and the LDA is effectively unregularised, so once the feature rank exceeds N − C the LDA
 separates the training set perfectly and the score saturates at 1.0 for every model
-(TencentARC/SFDA issue #5: "PCA to 32 dimensions fixes this"). ``sfda`` therefore first
+(TencentARC/SFDA issue #5; reducing to 32 dimensions first avoids it). ``sfda`` therefore first
 reduces features with more than ``k = min(pca_dim, N − C − 1)`` columns to their top k principal
 components (:func:`~shift.scoring.estimators._common.discriminant_dim`; the same k for every
 model on a task); ``pca_dim=None`` runs on the raw features, as the reference.
