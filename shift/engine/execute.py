@@ -123,7 +123,7 @@ def meta_model_scores(
     table has it). A model imported from Hugging Face is its ``source_id`` (``hf:ID``); other
     registry names map to table ids with ``__`` for ``/``
     (``google__vit-base-patch16-224`` ↔ ``google/vit-base-patch16-224``)."""
-    from shift.scoring.meta import cached_table, meta_scores
+    from shift.scoring.meta import cached_meta_scores, cached_table
 
     gt = cached_table(table)
     ids = {
@@ -132,8 +132,7 @@ def meta_model_scores(
         else m.name.replace("__", "/")
         for m in models
     }
-    exclude = task if task in gt.tasks else None
-    found = meta_scores(gt, list(ids.values()), exclude)
+    found = cached_meta_scores(table, task if task in gt.tasks else None)  # read-only
     return {name: found.get(tid) for name, tid in ids.items()}
 
 

@@ -252,6 +252,21 @@ def _cached_table(name: str, mtime_ns: int, size: int) -> GroundTruth:
     return load_table(name)
 
 
+def cached_meta_scores(name: str, exclude_task: str | None) -> dict[str, float | None]:
+    """:func:`meta_scores` of every model of the shipped table ``name`` (cached like
+    :func:`cached_table`): a meta query looks its models up instead of averaging again."""
+    st = table_path(name).stat()
+    return _cached_meta_scores(name, exclude_task, st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_meta_scores(
+    name: str, exclude_task: str | None, mtime_ns: int, size: int
+) -> dict[str, float | None]:
+    gt = _cached_table(name, mtime_ns, size)
+    return meta_scores(gt, gt.models, exclude_task)
+
+
 def meta_scores(
     table: GroundTruth,
     models: Iterable[str],
