@@ -8,7 +8,9 @@ home (real ONNX models, real SQLite, real files):
   ``unwritable``, never ``corrupt``, and ``--repair`` refuses it.
 * **full disk**: a child process runs the CLI under ``RLIMIT_FSIZE`` (``SIGXFSZ`` ignored), so
   its writes past the limit fail with ``EFBIG`` as they would with ``ENOSPC``: a chunk file and,
-  separately, SQLite's WAL. The command exits 1 with ``DiskFullError`` ("the disk holding ...
+  separately, SQLite's WAL; with a limit of 0 not even SQLite's WAL files can be created, and the
+  registry is still read (listing, cached queries, doctor) while writes are refused. The
+  command exits 1 with ``DiskFullError`` ("the disk holding ...
   is full"), no traceback; afterwards, without the limit, every command works, doctor finds
   nothing corrupt and nothing stored is lost.
 """
@@ -216,6 +218,21 @@ def test_a_full_disk_while_sqlite_writes_is_named_and_loses_nothing(
     r = cli(home, "tasks", "add", "many", "--npz", str(many))
     assert r.exit_code == 0, r.output
     _assert_intact(home, "many")
+
+
+def test_a_disk_too_full_to_open_the_registry_still_reads(home: Path) -> None:
+    """No byte can be written (limit 0): SQLite cannot create its WAL files, so the registry
+    is read through a read-only connection; writes are refused as a full disk."""
+    r = _cli_limited(home, 0, "tasks", "list")
+    assert r.returncode == 0 and "toy" in r.stdout, r.stdout + r.stderr
+    r = _cli_limited(home, 0, "query", QUERY, "--executor", "inprocess")
+    assert r.returncode == 0 and "tiny0" in r.stdout, r.stdout + r.stderr
+    r = _cli_limited(home, 0, "pools", "add", "small", "WHERE dim <= 8")
+    out = r.stdout + r.stderr
+    assert r.returncode == 1 and "Traceback" not in out and "is full" in out, out
+    r = _cli_limited(home, 0, "doctor", "--json")
+    assert '"unwritable"' in r.stdout and '"corrupt"' not in r.stdout, r.stdout + r.stderr
+    _assert_intact(home, "toy")
 
 
 def test_rlimit_fsize_is_a_real_fault_here(tmp_path: Path) -> None:

@@ -7,7 +7,9 @@ A home whose registry folder or ``registry.db`` cannot be written (a read-only m
 permission) is opened read-only (``mode=ro``, else ``immutable=1`` when SQLite cannot even read
 the WAL there): everything can be read, cached query results included, and every write raises
 :class:`~shift.errors.ReadOnlyHomeError` before it starts. A write that fails because the disk
-is full raises :class:`~shift.errors.DiskFullError` after its transaction is rolled back."""
+is full raises :class:`~shift.errors.DiskFullError` after its transaction is rolled back; a home
+whose disk is too full for SQLite to open its WAL is opened read-only too, every write raising
+``DiskFullError``."""
 
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ from typing import Any
 from sqlite_utils import Database
 
 from shift.config import Home, validate_name
-from shift.errors import AlreadyExistsError, NotFoundError, ShiftError
+from shift.errors import AlreadyExistsError, DiskFullError, NotFoundError, ShiftError
 from shift.fsutil import atomic_copy, named_write_errors, read_only, sha256_file
 from shift.records import InputSpec, ModelRecord, PoolRecord, TaskRecord, utcnow
 from shift.store.pools import BUILTIN_POOLS
@@ -59,10 +61,13 @@ def writable(home: Home) -> bool:
 
 def _connect_read_only(path: Path) -> sqlite3.Connection:
     """A read-only connection: ``mode=ro`` reads the WAL when SQLite can use it there, else
-    ``immutable=1`` reads the database file as it is (what a cleanly closed home holds)."""
+    ``immutable=1`` reads the database file as it is — only when no WAL file holds commits it
+    would miss (a cleanly closed home has none), so a read is never of an older state."""
     uri = path.resolve().as_uri()
     err: sqlite3.Error | None = None
-    for query in ("?mode=ro", "?mode=ro&immutable=1"):
+    wal = path.with_name(path.name + "-wal")
+    pending = wal.is_file() and wal.stat().st_size > 0
+    for query in ("?mode=ro", *(() if pending else ("?mode=ro&immutable=1",))):
         conn = sqlite3.connect(
             uri + query,
             uri=True,
@@ -103,10 +108,22 @@ class Registry:
         with named_write_errors(home.registry_dir):
             self.home = home.ensure()
         self.read_only = not writable(home)
+        self._refusal: ShiftError | None = read_only(home.registry_dir) if self.read_only else None
         if self.read_only and not home.db_path.is_file():
             raise read_only(home.registry_dir)
-        with named_write_errors(home.registry_dir):
-            conn = _connect_read_only(home.db_path) if self.read_only else _connect(home.db_path)
+        try:
+            with named_write_errors(home.registry_dir):
+                conn = (
+                    _connect_read_only(home.db_path) if self.read_only else _connect(home.db_path)
+                )
+        except DiskFullError as e:  # no room for SQLite's WAL files: read what is stored
+            if not home.db_path.is_file():
+                raise
+            try:
+                conn = _connect_read_only(home.db_path)
+            except sqlite3.Error:
+                raise e from None
+            self.read_only, self._refusal = True, e
         self.db = Database(conn)
         self._writes = 0  # commits through this connection (PRAGMA data_version sees the others)
         self._model_cache: dict[str, ModelRecord] = {}
@@ -134,9 +151,10 @@ class Registry:
         self.close()
 
     def require_writable(self) -> None:
-        """Raise :class:`ReadOnlyHomeError` on a read-only home (before a write's slow part)."""
-        if self.read_only:
-            raise read_only(self.home.registry_dir)
+        """Raise :class:`ReadOnlyHomeError` on a read-only home, :class:`DiskFullError` on one
+        opened read-only because its disk was full (before a write's slow part)."""
+        if self._refusal is not None:
+            raise self._refusal
 
     @contextmanager
     def transaction(self) -> Iterator[None]:

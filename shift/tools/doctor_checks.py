@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,15 +43,25 @@ def _severity(e: sqlite3.Error) -> Any:
 class _Doctor(Recorder):
     # ---- registry ---------------------------------------------------------------------------
     def sqlite(self) -> bool:
-        """integrity_check + foreign_key_check on a plain connection; False if unreadable."""
-        from shift.store.registry import _connect_read_only, writable
+        """integrity_check + foreign_key_check on a plain connection (a read-only one where the
+        home cannot be written, or SQLite finds no room for its WAL: reported ``unwritable``,
+        then checked read-only); False if unreadable."""
+        from shift.store.registry import writable
+
+        ro = not writable(self.home)  # read-only home: reported apart (doctor._permissions)
+        ok = self._sqlite(ro, quiet=not ro)
+        if ok is None:  # the disk is full: look again read-only
+            ok = self._sqlite(True, quiet=False)
+        return bool(ok)
+
+    def _sqlite(self, ro: bool, quiet: bool) -> bool | None:
+        """One look (``ro``: through a read-only connection). None, and nothing recorded, when
+        ``quiet`` and the failure is a full disk (the caller looks again read-only)."""
+        from shift.store.registry import _connect_read_only
 
         db = self.home.db_path
         try:
-            if writable(self.home):
-                conn = sqlite3.connect(str(db), timeout=30)
-            else:  # read-only home: reported apart (doctor._permissions), never "corrupt"
-                conn = _connect_read_only(db)
+            conn = _connect_read_only(db) if ro else sqlite3.connect(str(db), timeout=30)
         except sqlite3.Error as e:
             self.find(_severity(e), "registry", db, f"cannot open the registry: {e}")
             return False
@@ -73,7 +84,17 @@ class _Doctor(Recorder):
             if len(fks) > 20:
                 self.find("corrupt", "registry", db, f"{len(fks) - 20} more foreign key errors")
         except sqlite3.DatabaseError as e:
-            self.find(_severity(e), "registry", db, f"the registry cannot be read: {e}")
+            severity = _severity(e)
+            if quiet and severity == "unwritable":
+                self.find(
+                    severity,
+                    "registry",
+                    db,
+                    f"SQLite cannot write beside the registry ({e}): the disk is full? "
+                    "checked read-only",
+                )
+                return None
+            self.find(severity, "registry", db, f"the registry cannot be read: {e}")
             return False
         finally:
             conn.close()
@@ -283,15 +304,29 @@ class _Doctor(Recorder):
                     "query",
                 )
 
-    def lock(self, d: Path) -> Any:
-        """``build_lock(d, blocking=False)``; on a read-only home (no lock file can be opened
-        for writing, and nobody can be building there) a lock that is always ours."""
+    @contextlib.contextmanager
+    def lock(self, d: Path) -> Iterator[bool]:
+        """``build_lock(d, blocking=False)``; where the lock file cannot be opened for writing
+        (a read-only home, a full disk: nobody can be building there) a lock that is ours."""
+        from shift.fsutil import write_error
         from shift.store.index.lock import build_lock
         from shift.store.registry import writable
 
         if not writable(self.home):
-            return contextlib.nullcontext(True)
-        return build_lock(d, blocking=False)
+            yield True
+            return
+        try:
+            cm = build_lock(d, blocking=False)
+            mine = cm.__enter__()
+        except OSError as e:
+            if write_error(e, d) is None:
+                raise
+            yield True
+            return
+        try:
+            yield mine
+        finally:
+            cm.__exit__(None, None, None)
 
     def unknown_dir(self, path: Path, what: str, kind: str) -> None:
         """An index folder (``kind``: index_task or index) of an unknown task or model."""
