@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import heapq
 import math
 from dataclasses import dataclass
 
@@ -62,14 +63,15 @@ def rank(
 ) -> list[Pick]:
     """Rank ``models`` with strategy ``kind`` ∈ {agnostic, proxy, hybrid}; keep ``budget`` picks."""
     scores = scores or {}
+    n = len(models) if budget is None else min(budget, len(models))
+    if kind == "agnostic":  # the first n of the agnostic order: no full sort for a small budget
+        top = heapq.nsmallest(n, models, key=agnostic_key)
+        return [
+            Pick(m, i + 1, scores.get(m.name), f"task-agnostic: {agnostic_reason(m)}")
+            for i, m in enumerate(top)
+        ]
     agn = rank_agnostic(models)
     order = {m.name: i + 1 for i, m in enumerate(agn)}
-    n = len(models) if budget is None else min(budget, len(models))
-    if kind == "agnostic":
-        return [
-            Pick(m, order[m.name], scores.get(m.name), f"task-agnostic: {agnostic_reason(m)}")
-            for m in agn[:n]
-        ]
     by_score = sorted(models, key=_score_key(scores, order))
     if kind == "proxy":
         return [
