@@ -135,6 +135,8 @@ def test_a_read_only_home_reads_and_refuses_writes_by_name(home: Path, tmp_path:
             ("tasks", "remove", "toy"),
             ("models", "remove", "tiny0"),
             ("models", "add", str(tmp_path / "m0.onnx"), "--name", "again"),
+            ("index", "toy", "--executor", "inprocess"),
+            ("query", QUERY + " RANK BY logme", "--executor", "inprocess"),  # not cached
         ]
         for args in writes:
             r = cli(home, *args)

@@ -196,7 +196,9 @@ class Indexer:
 
     def index(self, task: str, models: list[ModelRecord]) -> dict[str, Any]:
         """Ensure an up-to-date index for every model; returns the indexes by model name.
-        Models that fail are reported in ``self.last_report.failed`` and left out."""
+        Models that fail are reported in ``self.last_report.failed`` and left out. On a
+        read-only home (or one whose disk was too full to open) it refuses by name first."""
+        self.registry.require_writable()
         with ExitStack() as locks:
             return self._index(task, models, locks)
 
