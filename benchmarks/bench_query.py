@@ -64,8 +64,9 @@ ZOO_QUERIES = {
 
 
 def cpu_median_ms(fn: Any, repeat: int) -> dict[str, float]:
-    """Median and min of this process's CPU time per call (``time.process_time``): what a call
-    costs when other jobs share the cores, which inflates wall-clock medians."""
+    """Median and min of this process's CPU time per call (``time.process_time``, every thread
+    of the process: ONNX Runtime's or SQLite's idle threads count too, so it can exceed wall
+    time); unlike wall time it does not grow when other jobs share the cores."""
     fn()
     times = []
     for _ in range(repeat):
