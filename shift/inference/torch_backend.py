@@ -1,10 +1,11 @@
 """The "torch" inference backend: a registered ONNX model converted to torch (onnx2torch, see
 ``torch_convert``) and run by torch, on CUDA when there is one.
 
-On CUDA each uint8 NHWC batch is copied into a pinned host buffer, sent to the GPU and cropped,
-resized and normalised there (the definition is ``preprocess``'s: ``crop_box``,
-``normalisation``), then run in channels-last under bf16 autocast (or fp32). On CPU it runs in
-fp32 (bf16 on request). Results come back as float32 numpy arrays.
+On CUDA each uint8 NHWC batch is copied into a pinned host buffer, sent to the GPU and
+normalised there (``preprocess``'s ``normalisation``), then run in channels-last under bf16
+autocast (or fp32). Images of another size than the model's are resized on the host first, by
+``preprocess.resize_images`` (PIL), so both backends see the same pixels. On CPU it runs in fp32
+(bf16 on request). Results come back as float32 numpy arrays.
 
 Every torch call of an embedder runs on one thread it owns, whichever thread calls ``embed``
 (the executors run each batch on a fresh thread to time it out): with
@@ -31,7 +32,7 @@ import numpy as np
 from shift.errors import BackendError, ModelFileError, ShiftError
 from shift.inference.embedder import register_backend
 from shift.inference.onnx_backend import OnnxEmbedder, _flatten
-from shift.inference.preprocess import check_batch, crop_box, normalisation
+from shift.inference.preprocess import check_batch, normalisation, resize_images
 from shift.inference.torch_convert import convert_onnx, first_line, import_onnx2torch
 from shift.records import ModelRecord
 
@@ -158,25 +159,20 @@ class TorchEmbedder:
     def model_input(self, images: np.ndarray) -> Any:
         """The float32 model input for a uint8 batch, on the device: what ``preprocess`` makes,
         computed by torch (crop and bilinear resize only when the size differs, as there).
-        Pixels become floats once, in the layout the model reads (channels-last on CUDA, NCHW
-        on CPU), and are normalised in place as ``pixel * scale + shift``."""
+        Images of another size are resized on the host first, by ``resize_images`` (PIL, as
+        for ONNX Runtime: the same pixels, so the same embeddings). Pixels become floats once,
+        on the device, in the layout the model reads (channels-last on CUDA, NCHW on CPU), and
+        are normalised in place as ``pixel * scale + shift``."""
         import torch
-        import torch.nn.functional as F
 
         spec = self.record.input
-        arr = check_batch(images)
-        n, h, w, c = arr.shape
+        arr = resize_images(check_batch(images), spec)
+        c = arr.shape[3]
         u8 = self._upload(arr).permute(0, 3, 1, 2)  # N C H W view of the NHWC batch, 0..255
         if self._channels_last or spec.layout == "NHWC":
             x = u8.float()  # keeps the NHWC memory order: channels-last, one pass
         else:  # NCHW on CPU: convert and transpose in one copy
             x = torch.empty(u8.shape, dtype=torch.float32, device=u8.device).copy_(u8)
-        if (h, w) != (spec.height, spec.width):
-            top, left, ch, cw = crop_box(h, w, spec)
-            x = x[:, :, top : top + ch, left : left + cw]
-            size = (spec.height, spec.width)
-            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
-            x = x.round().clamp(0, 255)  # PIL resizes to uint8
         if c != spec.channels:
             x = x.repeat(1, 3, 1, 1) if spec.channels == 3 else x.mean(dim=1, keepdim=True)
         x = x.mul_(self._scale).add_(self._shift)
