@@ -514,14 +514,14 @@ def test_every_batch_runs_on_the_embedders_own_thread(
     import threading
 
     rec = tiny_models["tiny-a"]
-    emb = torch_cpu(rec)
+    held = [torch_cpu(rec)]
     ran_on: list[int] = []
-    hook = emb.module.register_forward_pre_hook(lambda *_: ran_on.append(threading.get_ident()))
+    hook = held[0].module.register_forward_pre_hook(lambda *_: ran_on.append(threading.get_ident()))
     callers: list[int] = []
 
     def call() -> None:
         callers.append(threading.get_ident())
-        emb.embed(images(2, seed=14))
+        held[0].embed(images(2, seed=14))
 
     threads = [threading.Thread(target=call) for _ in range(3)]
     for t in threads:
@@ -532,8 +532,21 @@ def test_every_batch_runs_on_the_embedders_own_thread(
     assert len(ran_on) == 4 and len(set(ran_on)) == 1
     assert ran_on[0] not in callers
     with pytest.raises(ShiftError, match="uint8"):  # errors cross back to the caller
-        emb.embed(images(2, seed=15).astype(np.float32))
-    emb.close()
+        held[0].embed(images(2, seed=15).astype(np.float32))
+
+    def worker_alive() -> bool:
+        return any(t.ident == ran_on[0] and t.is_alive() for t in threading.enumerate())
+
+    assert worker_alive()
+    held.clear()  # the thread ends with its embedder (a daemon: it never holds the process)
+    import gc
+    import time
+
+    gc.collect()
+    deadline = time.monotonic() + 10
+    while worker_alive() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not worker_alive()
 
 
 # ---- search results unchanged by the backend ------------------------------------------------

@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import threading
-from concurrent.futures import ThreadPoolExecutor
+import weakref
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +72,36 @@ def pick_precision(precision: str | None, device: str) -> str:
             hint=f"use one of {', '.join(PRECISIONS)} (argument or ${PRECISION_ENV})",
         )
     return chosen
+
+
+class _Worker:
+    """One daemon thread that runs the calls handed to it, in order (a daemon, so a call that
+    never returns, abandoned after the inference timeout, cannot keep the process alive)."""
+
+    def __init__(self, name: str) -> None:
+        self._calls: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        thread = threading.Thread(target=self._loop, args=(self._calls,), name=name, daemon=True)
+        thread.start()
+        self.ident = thread.ident
+
+    @staticmethod
+    def _loop(calls: queue.SimpleQueue[Any]) -> None:
+        while (item := calls.get()) is not None:
+            fn, args, fut = item
+            if fut.set_running_or_notify_cancel():
+                try:
+                    fut.set_result(fn(*args))
+                except BaseException as e:  # handed to the caller
+                    fut.set_exception(e)
+            del item, fn, args, fut  # hold nothing of the embedder between calls
+
+    def submit(self, fn: Any, *args: Any) -> Future[Any]:
+        fut: Future[Any] = Future()
+        self._calls.put((fn, args, fut))
+        return fut
+
+    def stop(self) -> None:
+        self._calls.put(None)
 
 
 @register_backend(BACKEND)
@@ -119,8 +151,9 @@ class TorchEmbedder:
         scale, shift = 1.0 / (255.0 * std), -mean / std
         self._scale = torch.from_numpy(scale).to(self._device).view(1, -1, 1, 1)
         self._shift = torch.from_numpy(shift).to(self._device).view(1, -1, 1, 1)
-        self._worker = ThreadPoolExecutor(1, thread_name_prefix=f"shift-torch-{record.name}")
-        self._worker_id = self._worker.submit(threading.get_ident).result()
+        self._worker = _Worker(f"shift-torch-{record.name}")
+        self._worker_id = self._worker.ident
+        weakref.finalize(self, self._worker.stop)  # the thread ends with the embedder
         if verify:
             from shift.inference.torch_check import check_against_onnxruntime
 
@@ -140,7 +173,7 @@ class TorchEmbedder:
 
     def close(self) -> None:
         """Let the embedder's thread end (it also ends when the embedder is collected)."""
-        self._worker.shutdown(wait=False)
+        self._worker.stop()
 
     # ---- input --------------------------------------------------------------------------------
     def _upload(self, arr: np.ndarray) -> Any:
