@@ -190,7 +190,12 @@ def merge(out: str, other: str) -> dict[str, Any]:
     for key in ("torch_threads", "precision"):
         result.setdefault(key, more.get(key))
     for key in ("pairs", "strategies", "models_by_task", "seconds_per_backend"):
-        result.setdefault(key, {}).update(more.get(key, {}))
+        mine = result.setdefault(key, {})
+        for k, v in more.get(key, {}).items():
+            if k in mine and key != "pairs":  # the same task ranked over another pool
+                task = k.split(":")[0]
+                k = f"{k} (pool: {', '.join(more['models_by_task'].get(task, []))})"
+            mine[k] = v
     result["seconds"] = round(result.get("seconds", 0) + more.get("seconds", 0), 1)
     result["summary"] = summarise(result)
     for key in ("benchmark", "machine", "date"):
