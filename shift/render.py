@@ -111,6 +111,10 @@ def print_index_report(task: str, rep: Any, console: Console, errors: Console) -
         f"{len(rep.relabelled)} relabelled, {len(rep.failed)} failed in {rep.seconds:.1f} s"
         + (f" (backend {rep.backend})" if getattr(rep, "backend", "") else "")
     )
+    nodes = getattr(rep, "nodes", {})
+    if len(nodes) > 1:  # a cluster: how the batches spread over its nodes
+        spread = ", ".join(f"{node[:8]} {n}" for node, n in sorted(nodes.items()))
+        console.print(f"batches per Ray node: {spread}", highlight=False)
     for name, e in rep.failed.items():
         errors.print(f"[red]failed:[/red] {name}: {e}", highlight=False)
 

@@ -443,3 +443,19 @@ def test_python_dash_m_shift(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert [m["name"] for m in json.loads(proc.stdout)] == ["birds", "r50", "vit"]
+
+
+def test_index_report_shows_the_spread_over_ray_nodes() -> None:
+    """On a cluster the index report says how many batches each node embedded (one node: none)."""
+    from shift.engine.indexing import IndexReport
+    from shift.render import print_index_report
+
+    rep = IndexReport(embedded={"m": 64}, seconds=1.0, backend="onnxruntime")
+    rep.nodes = {"aaaaaaaaaaaa": 10, "bbbbbbbbbbbb": 6}
+    out, err = Console(width=200, record=True), Console(width=200, record=True)
+    print_index_report("t", rep, out, err)
+    assert "batches per Ray node: aaaaaaaa 10, bbbbbbbb 6" in out.export_text()
+    rep.nodes = {"aaaaaaaaaaaa": 16}
+    out = Console(width=200, record=True)
+    print_index_report("t", rep, out, err)
+    assert "Ray node" not in out.export_text()
