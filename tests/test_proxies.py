@@ -271,3 +271,19 @@ def test_linear_validates_inputs() -> None:
     with pytest.raises(ValueError, match="lrs"):
         linear_probe(x, [0, 1, 0, 1], x, [0, 1, 0, 1], lrs=())
     assert linear_probe_many([]) == []
+
+
+def test_linear_probe_threads_leave_busy_cores_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The probe's default thread count is the idle cores (cores minus the load average), capped,
+    and never below one: spinning OpenMP threads on busy cores cost 10-30x (see idle_cores)."""
+    import os
+
+    from shift.scoring.linear import idle_cores
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5, 6, 7})
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.2, 0.0, 0.0))
+    assert idle_cores(4) == 4
+    monkeypatch.setattr(os, "getloadavg", lambda: (5.7, 0.0, 0.0))
+    assert idle_cores(4) == 3
+    monkeypatch.setattr(os, "getloadavg", lambda: (12.0, 0.0, 0.0))
+    assert idle_cores(4) == 1
