@@ -19,7 +19,7 @@ from shift.catalog.sources.base import registry_name
 from shift.catalog.sources.hf_models import hf_name, infer_architecture
 from shift.catalog.sources.weights import attach_weights
 from shift.cli import app
-from shift.errors import BackendError, ModelFileError, NotFoundError, ShiftError
+from shift.errors import ModelFileError, NotFoundError, ShiftError
 from shift.store.registry import Registry
 
 torch = pytest.importorskip("torch")
@@ -195,10 +195,10 @@ def test_hf_ids_timm_hub_transformers_and_local_folders(tmp_path: Path) -> None:
         hf_folder.mkdir()
         hf_cfg = {"model_type": "vit", "architectures": ["ViTForImageClassification"]}
         (hf_folder / "config.json").write_text(json.dumps(hf_cfg))
-        with pytest.raises(BackendError, match="transformers package is not installed"):
+        with pytest.raises(ModelFileError, match="no weight file in it"):  # config only
             c.add_weights("google__vit-base-patch16-224-in21k", hf_folder)
-        with pytest.raises(BackendError, match="transformers package is not installed"):
-            c.import_models("hf", [str(hf_folder)])
+        (res,) = c.import_models("hf", [str(hf_folder)])
+        assert res.status == "failed" and "no weight file in it" in res.detail
         assert c.model("google__vit-base-patch16-224-in21k").weights == "missing"
 
 

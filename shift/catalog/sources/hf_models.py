@@ -7,12 +7,18 @@ Three kinds of id:
 * a local folder in the Hugging Face layout written by timm (``config.json`` naming an
   ``architecture``, plus ``model.safetensors`` or ``pytorch_model.bin``): registered from its
   config and given its weights at once by :func:`shift.catalog.sources.import_models`.
+* a local folder written by ``transformers`` (``config.json`` naming a ``model_type``): its
+  metadata is read from the folder without loading weights (:mod:`.hf_transformers`: architecture
+  = ``model_type``, params/dim from a ``meta``-device build, input from
+  ``preprocessor_config.json``) and it gets its weights at once.
 * any other id (``google/vit-base-patch16-224``): a ``transformers`` model. Offline, without the
   hub's ``config.json``, only the id is known: the row holds the architecture and upstream data
   the id names (``vit-base-patch16-224-in21k`` → ``vit-base-patch16``, ImageNet-21k; inferred, and
-  said so in ``provenance``), and params/dim stay unknown. Its weights need the ``transformers``
-  package (not installed on these machines): ``AutoModelForImageClassification`` from a local
-  folder, or the hub with ``download``; the embedding is then the input of the last linear layer.
+  said so in ``provenance``), and params/dim stay unknown until its weights are given
+  (``models weights NAME --weights FOLDER``, or ``--download`` when online): then
+  :meth:`HFSource.refine` reads the folder's metadata and ``transformers``' own
+  ``AutoModelForImageClassification`` loads it; the embedding is the input of the classifier's
+  last linear layer (ViT/DeiT: the final layer-normed ``[CLS]`` token).
 
 Registry names: ``/`` becomes ``__`` (what ``meta(vtab1k)`` maps back), other characters a name
 cannot hold become ``-``.
@@ -25,9 +31,10 @@ import re
 from pathlib import Path
 from typing import Any
 
+from shift.catalog.sources import hf_transformers
 from shift.catalog.sources.base import input_spec, metadata_record
 from shift.catalog.sources.timm_models import TimmSource, weight_file
-from shift.errors import BackendError, ModelFileError, ShiftError
+from shift.errors import ModelFileError, ShiftError
 from shift.records import ModelRecord
 
 TIMM_PREFIXES = ("hf-hub:timm/", "timm/")
@@ -95,6 +102,8 @@ class HFSource:
 
     def record(self, model_id: str) -> ModelRecord:
         folder = Path(model_id)
+        if folder.is_dir() and hf_transformers.is_transformers_folder(folder):
+            return self._transformers_local(folder)
         if folder.is_dir():
             return self._local(folder)
         for prefix in TIMM_PREFIXES:
@@ -129,13 +138,33 @@ class HFSource:
             tags=["hf"],
         )
 
+    def _transformers_local(self, folder: Path) -> ModelRecord:
+        where = folder.resolve()
+        return metadata_record(
+            name=hf_name(where.name),
+            **hf_transformers.folder_metadata(where),
+            source="hf",
+            source_id=f"hf:{where}",
+            provenance=f"local transformers folder {where}",
+            tags=["hf", "transformers"],
+        )
+
+    def refine(self, rec: ModelRecord, weights: Path) -> ModelRecord:
+        """``rec`` with what a transformers folder given as its weights states (architecture,
+        params, dim, head, input size and normalisation); other rows as they are."""
+        if not (weights.is_dir() and hf_transformers.is_transformers_folder(weights)):
+            return rec
+        found = hf_transformers.folder_metadata(weights.resolve())
+        found["family"] = rec.family or found["family"]
+        return rec.model_copy(update=found)
+
     def _local(self, folder: Path) -> ModelRecord:
         cfg = read_config(folder)
         if "architecture" not in cfg:
-            raise BackendError(
-                f"{folder}: a transformers checkpoint (config.json has no timm 'architecture'), "
-                "and the transformers package is not installed",
-                hint="pip install transformers, or export the model to ONNX and `models add` it",
+            raise ModelFileError(
+                f"{folder}/config.json names neither a timm 'architecture' nor a transformers "
+                "'model_type'",
+                hint="give a folder written by timm or transformers (save_pretrained)",
             )
         arch = cfg["architecture"]
         pcfg = cfg.get("pretrained_cfg") or {}
@@ -216,30 +245,7 @@ def _timm_from_folder(rec: ModelRecord, folder: Path, cfg: dict[str, Any]) -> An
 
 
 def _transformers(rec: ModelRecord, hub_id: str, weights: Path | None, download: bool) -> Any:
-    """A ``transformers`` image classifier (needs the package): embedding = the input of its last
-    linear layer, logits = that layer's output."""
-    try:
-        from transformers import AutoModelForImageClassification
-    except ImportError:
-        raise BackendError(
-            f"model {rec.name!r} is a transformers checkpoint, and the transformers package is "
-            "not installed",
-            hint="pip install transformers, then give its folder with --weights "
-            "(or --download when online)",
-        ) from None
-    from torch import nn
-
-    from shift.catalog.sources.torchvision_models import Embedder
-
-    where = str(weights) if weights is not None else hub_id
-    net = AutoModelForImageClassification.from_pretrained(where, local_files_only=not download)
-
-    class _Logits(nn.Module):  # transformers returns an output object; keep its logits
-        def __init__(self, net: nn.Module) -> None:
-            super().__init__()
-            self.inner = net
-
-        def forward(self, x: Any) -> Any:
-            return self.inner(pixel_values=x).logits
-
-    return Embedder(_Logits(net)).eval()
+    """A ``transformers`` image classifier from a local folder (or the hub with ``download``)."""
+    if weights is None and not download:
+        raise ShiftError(f"model {rec.name!r}: no weights given")
+    return hf_transformers.load(rec.name, weights if weights is not None else hub_id, download)

@@ -54,6 +54,9 @@ def attach_weights(
     path = Path(weights) if weights is not None else None
     if path is not None and not path.exists():
         raise ShiftError(f"{path}: no such file or folder")
+    refine = getattr(src, "refine", None)  # a weights folder may state more (hf: transformers)
+    if refine is not None and path is not None:
+        rec = refine(rec, path)
     module = src.load(rec, path, download)
     note = ""
     if path is not None and path.is_file():
@@ -67,6 +70,7 @@ def attach_weights(
     with tempfile.TemporaryDirectory(prefix="shift-export-") as d:
         onnx_path = Path(d) / f"{name}.onnx"
         export(module, _Target(name, rec.input), onnx_path, opset=OPSET)
+        _infer_output_shapes(onnx_path)
         new = register_onnx(
             registry,
             onnx_path,
@@ -80,3 +84,27 @@ def attach_weights(
         # (batch norm folded into convolutions by the export)
         new = registry.add_model(new.model_copy(update={"params": rec.params}), replace=True)
     return new
+
+
+def _infer_output_shapes(path: Path) -> None:
+    """Give the graph's outputs the static sizes ONNX's shape inference finds where torch's
+    exporter left them symbolic (transformers' attention reshapes with sizes read at run time, so
+    the embedding's width came out as ``Reshapeembedding_dim_1``); the file is rewritten only
+    when an output changed."""
+    import onnx
+
+    model = onnx.load(str(path))
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except (onnx.shape_inference.InferenceError, ValueError):  # e.g. a graph over 2 GB
+        return
+    changed = False
+    for out, new in zip(model.graph.output, inferred.graph.output, strict=True):
+        for d, n in zip(
+            out.type.tensor_type.shape.dim, new.type.tensor_type.shape.dim, strict=False
+        ):
+            if d.HasField("dim_param") and n.HasField("dim_value"):
+                d.dim_value = n.dim_value  # replaces the symbolic name (a oneof)
+                changed = True
+    if changed:
+        onnx.save(model, str(path))
