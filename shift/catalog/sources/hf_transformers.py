@@ -24,7 +24,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from shift.catalog.sources.base import input_spec, meta_shapes, on_meta, quiet_warnings
+from shift.catalog.sources.base import (
+    LOGITS_OUTPUT,
+    input_spec,
+    meta_shapes,
+    on_meta,
+    quiet_warnings,
+)
 from shift.errors import BackendError, ModelFileError, ShiftError
 from shift.records import InputSpec
 
@@ -171,7 +177,7 @@ def folder_metadata(folder: Path) -> dict[str, Any]:
         "family": config.model_type,
         "params": params,
         "dim": dim,
-        "head_output": "logits" if classes else None,
+        "head_output": LOGITS_OUTPUT if classes else None,
         "head_classes": classes or None,
         "input": spec,
     }
