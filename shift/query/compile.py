@@ -4,21 +4,15 @@ Values never enter the SQL text: every literal becomes a ``?`` parameter."""
 
 from __future__ import annotations
 
-import difflib
 from typing import Any
 
 from shift.errors import QueryError
 from shift.query import ast
 from shift.query.columns import COLUMNS, TASK_COLUMN, Column
+from shift.query.syntax import did_you_mean, error_at
 
 _OPS = {"=", "!=", "<", "<=", ">", ">="}
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # what SQLite can bind
-
-
-def _error(text: str, span: ast.Span, msg: str, hint: str | None) -> QueryError:
-    return QueryError(
-        msg, text=text, line=span.line, column=span.column, length=span.length, hint=hint
-    )
 
 
 def column(
@@ -34,14 +28,13 @@ def column(
     if col is not None:
         return col
     valid = [*columns] if table else [*columns, TASK_COLUMN]
-    close = difflib.get_close_matches(name, valid, n=1)
     hint = (
-        (f"did you mean {close[0]!r}? " if close else "")
+        did_you_mean(name, valid)
         + (f"columns of {table}: " if table else "valid columns: ")
         + ", ".join(valid)
     )
     where = f" in {table}" if table else ""
-    return _raise(_error(text, span, f"unknown column {name!r}{where}", hint))
+    return _raise(error_at(text, span, f"unknown column {name!r}{where}", hint))
 
 
 def _raise(err: QueryError) -> Any:
@@ -53,7 +46,7 @@ def _value(col: Column, lit: ast.Literal, text: str) -> Any:
     if col.type in ("int", "real"):
         if isinstance(v, bool) or not isinstance(v, int | float):
             _raise(
-                _error(
+                error_at(
                     text,
                     lit.pos,
                     f"{col.name} is a number, got {v!r}",
@@ -62,7 +55,7 @@ def _value(col: Column, lit: ast.Literal, text: str) -> Any:
             )
         if isinstance(v, int) and not INT64_MIN <= v <= INT64_MAX:  # SQLite would overflow
             _raise(
-                _error(
+                error_at(
                     text,
                     lit.pos,
                     f"number {v} is out of range",
@@ -73,7 +66,7 @@ def _value(col: Column, lit: ast.Literal, text: str) -> Any:
     if col.type == "bool":
         if not isinstance(v, bool):
             _raise(
-                _error(
+                error_at(
                     text,
                     lit.pos,
                     f"{col.name} is true or false, got {v!r}",
@@ -105,7 +98,7 @@ def compile_condition(
             return f"(NOT {walk(node.expr)})"
         if node.column == TASK_COLUMN and table is None:
             _raise(
-                _error(
+                error_at(
                     text,
                     node.column_pos,
                     "task can only be chosen as task = NAME joined "
@@ -116,11 +109,11 @@ def compile_condition(
         col = column(node.column, node.column_pos, text, columns, table)
         if isinstance(node, ast.Compare):
             if node.op not in _OPS:  # pragma: no cover - grammar guarantees it
-                _raise(_error(text, node.pos, f"unknown operator {node.op}", None))
+                _raise(error_at(text, node.pos, f"unknown operator {node.op}", None))
             if col.type == "tags":
                 if node.op not in ("=", "!="):
                     _raise(
-                        _error(
+                        error_at(
                             text,
                             node.pos,
                             "tag supports only = and != and IN",
@@ -143,7 +136,7 @@ def compile_condition(
         if isinstance(node, ast.Like):
             if col.type not in ("text", "tags"):
                 _raise(
-                    _error(
+                    error_at(
                         text,
                         node.pos,
                         f"LIKE needs a text column; {col.name} is {col.type}",

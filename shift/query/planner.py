@@ -3,17 +3,16 @@ the ranker, and compile filters to SQL. Every semantic error is a positioned ``Q
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from shift.errors import QueryError
 from shift.query import ast
 from shift.query.columns import COLUMNS, TABLES, TASK_COLUMN
 from shift.query.compile import column, compile_condition
 from shift.query.format import expr_text
 from shift.query.parser import parse, parse_condition
 from shift.query.rankers import resolve
+from shift.query.syntax import did_you_mean, error_at
 from shift.records import PoolRecord
 
 
@@ -104,17 +103,6 @@ class Plan:
         return "agnostic"
 
 
-def _err(text: str, span: ast.Span, msg: str, hint: str | None = None) -> QueryError:
-    return QueryError(
-        msg, text=text, line=span.line, column=span.column, length=span.length, hint=hint
-    )
-
-
-def _near(word: str, options: list[str]) -> str:
-    close = difflib.get_close_matches(word, options, n=1)
-    return f"did you mean {close[0]!r}? " if close else ""
-
-
 def check_condition(condition: str) -> str:
     """Validate a pool condition; return it normalised (without a leading WHERE)."""
     text = condition.strip()
@@ -125,7 +113,7 @@ def check_condition(condition: str) -> str:
     expr = parse_condition(text)
     for term in ast.conjuncts(expr):
         if getattr(term, "column", None) == TASK_COLUMN:
-            raise _err(
+            raise error_at(
                 text,
                 term.column_pos,
                 "a pool cannot name a task",
@@ -150,16 +138,18 @@ def plan(select: ast.Select, text: str, registry: Catalog) -> Plan:
     pool = registry.get_pool(select.pool)
     if pool is None:
         names = [p.name for p in registry.pools()]
-        raise _err(
+        raise error_at(
             text,
             select.pool_pos,
             f"unknown pool {select.pool!r}",
-            _near(select.pool, names) + "pools: " + ", ".join(names),
+            did_you_mean(select.pool, names) + "pools: " + ", ".join(names),
         )
     if select.top is not None and select.top < 1:
-        raise _err(text, select.top_pos, "top needs a budget of at least 1", "e.g. SELECT top 2")
+        raise error_at(
+            text, select.top_pos, "top needs a budget of at least 1", "e.g. SELECT top 2"
+        )
     if select.top is not None and select.limit is not None:
-        raise _err(
+        raise error_at(
             text,
             select.limit_pos,
             "LIMIT and top both cap the result",
@@ -181,14 +171,14 @@ def plan(select: ast.Select, text: str, registry: Catalog) -> Plan:
                 (isinstance(term, ast.Compare) and term.op == "=")
                 or (isinstance(term, ast.InList) and not term.negated)
             ):
-                raise _err(
+                raise error_at(
                     text,
                     term.pos,
                     "tasks are chosen with task = NAME or task IN (A, B, ...)",
                     "e.g. WHERE task=flowers, or WHERE task IN (flowers, pets) to rank for both",
                 )
             if task_terms:
-                raise _err(
+                raise error_at(
                     text,
                     term.pos,
                     "a query names its tasks once",
@@ -205,11 +195,11 @@ def plan(select: ast.Select, text: str, registry: Catalog) -> Plan:
             name = str(lit.value)
             if not registry.has_task(name):
                 tasks = registry.task_names()
-                raise _err(
+                raise error_at(
                     text,
                     lit.pos,
                     f"unknown task {name!r}",
-                    _near(name, tasks)
+                    did_you_mean(name, tasks)
                     + (
                         "tasks: " + ", ".join(tasks)
                         if tasks
@@ -223,16 +213,16 @@ def plan(select: ast.Select, text: str, registry: Catalog) -> Plan:
     if select.order is not None:
         column(select.order.column, select.order.pos, text)
         if COLUMNS[select.order.column].type == "tags":
-            raise _err(text, select.order.pos, "cannot sort by tag", "sort by a scalar column")
+            raise error_at(text, select.order.pos, "cannot sort by tag", "sort by a scalar column")
         if select.rank is not None:
-            raise _err(
+            raise error_at(
                 text,
                 select.order.pos,
                 "use either RANK BY or ORDER BY",
                 "RANK BY ranks models for a task; ORDER BY sorts by a column",
             )
         if p.tasks:
-            raise _err(
+            raise error_at(
                 text,
                 select.order.pos,
                 "ORDER BY sorts by a column and ignores the task",
@@ -259,7 +249,7 @@ def plan_table(select: ast.Select, text: str) -> Plan:
     assert select.table is not None
     table = TABLES[select.table]
     if select.rank is not None:
-        raise _err(
+        raise error_at(
             text,
             select.rank.pos,
             f"{select.table} is a table of measurements: sort it with ORDER BY",
@@ -267,9 +257,9 @@ def plan_table(select: ast.Select, text: str) -> Plan:
             + ("accuracy DESC" if select.table == "finetunes" else "score DESC"),
         )
     if select.top is not None and select.top < 1:
-        raise _err(text, select.top_pos, "top needs at least 1 row", "e.g. SELECT top 5")
+        raise error_at(text, select.top_pos, "top needs at least 1 row", "e.g. SELECT top 5")
     if select.top is not None and select.limit is not None:
-        raise _err(
+        raise error_at(
             text,
             select.limit_pos,
             "LIMIT and top both cap the result",

@@ -13,12 +13,11 @@ several tasks, or the task-similarity ranker. Every error is a positioned ``Quer
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
 from typing import Any
 
-from shift.errors import QueryError
 from shift.query import ast
+from shift.query.syntax import did_you_mean, error_at
 
 AGGREGATES = ("avg", "min", "max", "avg_rank")
 #: ``similar``'s settings: neighbours (1 to 100) and the probe model (default: the smallest)
@@ -40,17 +39,6 @@ class Resolved:
     similar: dict[str, Any] = field(default_factory=dict)
 
 
-def _err(text: str, span: ast.Span, msg: str, hint: str | None = None) -> QueryError:
-    return QueryError(
-        msg, text=text, line=span.line, column=span.column, length=span.length, hint=hint
-    )
-
-
-def _near(word: str, options: list[str]) -> str:
-    close = difflib.get_close_matches(word, options, n=1)
-    return f"did you mean {close[0]!r}? " if close else ""
-
-
 def _valid() -> str:
     from shift.scoring.proxies import PROXIES
 
@@ -67,15 +55,15 @@ def _proxy(text: str, r: ast.Ranker) -> tuple[str, dict[str, Any], dict[str, Any
     from shift.scoring.proxies import PROXIES, get_proxy
 
     if r.name not in PROXIES:
-        raise _err(
+        raise error_at(
             text,
             r.pos,
             f"unknown proxy {r.name!r}",
-            _near(r.name, sorted(PROXIES)) + f"valid rankers: {_valid()}",
+            did_you_mean(r.name, sorted(PROXIES)) + f"valid rankers: {_valid()}",
         )
     spec = get_proxy(r.name)
     if r.args:
-        raise _err(
+        raise error_at(
             text,
             r.arg_span(0),
             f"{r.name} takes only named parameters",
@@ -87,7 +75,7 @@ def _proxy(text: str, r: ast.Ranker) -> tuple[str, dict[str, Any], dict[str, Any
     try:
         bound = spec.bind(settings)
     except ArgError as e:
-        raise _err(text, r.kwarg_span(e.arg), e.message, e.hint) from None
+        raise error_at(text, r.kwarg_span(e.arg), e.message, e.hint) from None
     return r.name, settings, bound.params
 
 
@@ -101,7 +89,7 @@ def _example(spec: Any) -> str:
 def _inner(text: str, r: ast.Ranker, what: str) -> ast.Ranker:
     """The one proxy argument of ``hybrid``/``avg``/...: a name or ``PROXY(k=v)``."""
     if len(r.args) != 1 or r.kwargs or not isinstance(r.args[0], str | ast.Ranker):
-        raise _err(text, r.pos, f"{r.name} takes one proxy", f"e.g. RANK BY {r.name}({what})")
+        raise error_at(text, r.pos, f"{r.name} takes one proxy", f"e.g. RANK BY {r.name}({what})")
     a = r.args[0]
     return ast.Ranker(a, pos=r.arg_span(0)) if isinstance(a, str) else a
 
@@ -114,15 +102,15 @@ def resolve(text: str, r: ast.Ranker, n_tasks: int) -> Resolved:
         _no_kwargs(text, r)
         if r.name == "agnostic":
             if r.args:
-                raise _err(text, r.pos, "agnostic takes no arguments", "write RANK BY agnostic")
+                raise error_at(text, r.pos, "agnostic takes no arguments", "write RANK BY agnostic")
             return Resolved("agnostic")
         if len(r.args) > 1 or (
             r.args and (not isinstance(r.args[0], int) or isinstance(r.args[0], bool))
         ):
-            raise _err(text, r.pos, "random takes one integer seed", "e.g. RANK BY random(7)")
+            raise error_at(text, r.pos, "random takes one integer seed", "e.g. RANK BY random(7)")
         return Resolved("random", proxy_args=(r.args[0] if r.args else 0,))
     if n_tasks > 1 and r.name in ("meta", "sh", "hybrid", "similar"):
-        raise _err(
+        raise error_at(
             text,
             r.pos,
             f"RANK BY {r.name} ranks for one task, but the query names {n_tasks}",
@@ -135,7 +123,7 @@ def resolve(text: str, r: ast.Ranker, n_tasks: int) -> Resolved:
         tables = available_tables()
         table = r.args[0] if r.args else "vtab1k"
         if len(r.args) > 1 or table not in tables:
-            raise _err(
+            raise error_at(
                 text,
                 r.pos,
                 f"unknown fine-tuning table {table!r}",
@@ -163,7 +151,7 @@ def resolve(text: str, r: ast.Ranker, n_tasks: int) -> Resolved:
 
 def _no_kwargs(text: str, r: ast.Ranker) -> None:
     if r.kwargs:
-        raise _err(
+        raise error_at(
             text,
             r.kwarg_span(r.kwargs[0][0]),
             f"{r.name} takes no named parameters",
@@ -173,7 +161,7 @@ def _no_kwargs(text: str, r: ast.Ranker) -> None:
 
 def _needs_task(text: str, r: ast.Ranker, n_tasks: int) -> None:
     if n_tasks == 0:
-        raise _err(
+        raise error_at(
             text,
             r.pos,
             f"RANK BY {r} scores models on a task, but the query names none",
@@ -193,14 +181,14 @@ def _halving(text: str, r: ast.Ranker, n_tasks: int) -> Resolved:
         or proxy not in PROXIES
         or any(not (isinstance(a, int) and a > 0) and a != "auto" for a in extra)
     ):
-        raise _err(
+        raise error_at(
             text,
             r.pos,
             "sh takes a proxy and optional budget and chunk",
             "e.g. RANK BY sh(linear) or sh(knn, auto, 50); proxies: " + ", ".join(sorted(PROXIES)),
         )
     if n_tasks == 0:
-        raise _err(
+        raise error_at(
             text,
             r.pos,
             f"RANK BY {r} needs a task",
@@ -214,7 +202,7 @@ def _halving(text: str, r: ast.Ranker, n_tasks: int) -> Resolved:
 
 def _similar(text: str, r: ast.Ranker, n_tasks: int) -> Resolved:
     if r.args:
-        raise _err(
+        raise error_at(
             text,
             r.arg_span(0),
             "similar takes only named parameters",
@@ -225,7 +213,7 @@ def _similar(text: str, r: ast.Ranker, n_tasks: int) -> Resolved:
         sp = r.kwarg_span(key)
         if key == "k":
             if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= SIMILAR_MAX_K:
-                raise _err(
+                raise error_at(
                     text,
                     sp,
                     f"k={v!r} is not valid",
@@ -233,9 +221,9 @@ def _similar(text: str, r: ast.Ranker, n_tasks: int) -> Resolved:
                 )
         elif key == "probe":
             if not isinstance(v, str):
-                raise _err(text, sp, f"probe={v!r} is not a model name", "e.g. probe=resnet18")
+                raise error_at(text, sp, f"probe={v!r} is not a model name", "e.g. probe=resnet18")
         else:
-            raise _err(
+            raise error_at(
                 text,
                 sp,
                 f"similar has no parameter {key!r}",
@@ -244,7 +232,7 @@ def _similar(text: str, r: ast.Ranker, n_tasks: int) -> Resolved:
             )
         opts[key] = v
     if n_tasks == 0:
-        raise _err(
+        raise error_at(
             text,
             r.pos,
             f"RANK BY {r} finds tasks similar to the query's task, but the query names none",

@@ -3,9 +3,11 @@ building the AST, and the ranker node (positional, nested and ``name=value`` arg
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 from typing import Any
 
+from shift.errors import QueryError
 from shift.query import ast
 
 # how terminals are named in "expected ..." hints
@@ -49,6 +51,19 @@ SYNTAX = (
     "[RANK BY agnostic | PROXY[(name=value, ...)] | hybrid(PROXY) | avg(PROXY) | similar(k=N)] "
     "[ORDER BY col [ASC|DESC]] [LIMIT n]"
 )
+
+
+def error_at(text: str, span: ast.Span, msg: str, hint: str | None = None) -> QueryError:
+    """A QueryError pointing at ``span`` of the query ``text``."""
+    return QueryError(
+        msg, text=text, line=span.line, column=span.column, length=span.length, hint=hint
+    )
+
+
+def did_you_mean(word: str, options: list[str]) -> str:
+    """``"did you mean 'x'? "`` for the closest of ``options``, else ``""`` (a hint's prefix)."""
+    close = difflib.get_close_matches(word, options, n=1)
+    return f"did you mean {close[0]!r}? " if close else ""
 
 
 def span_of(meta_or_tok: Any) -> ast.Span:
