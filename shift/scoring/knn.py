@@ -71,6 +71,21 @@ def _matrix(name: str, x: Any) -> np.ndarray:
     return arr
 
 
+def _inputs(train_x: Any, query_x: Any, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """The checked (train, query) matrices; for ``cosine`` their rows L2-normalised (float64).
+    Raises ValueError for an unknown metric, no train rows or mismatched dimensions."""
+    if metric not in ("euclidean", "cosine"):
+        raise ValueError(f"unknown metric {metric!r} (use 'euclidean' or 'cosine')")
+    tx, qx = _matrix("train_x", train_x), _matrix("query_x", query_x)
+    if tx.shape[0] == 0:
+        raise ValueError("train_x has no rows")
+    if tx.shape[1] != qx.shape[1]:
+        raise ValueError(f"dimension mismatch: train {tx.shape[1]} vs query {qx.shape[1]}")
+    if metric == "cosine":
+        return _normalize(tx), _normalize(qx)
+    return tx, qx
+
+
 def _normalize(x: np.ndarray) -> np.ndarray:
     """Rows divided by their L2 norm (float64); all-zero rows stay zero."""
     x = np.asarray(x, dtype=np.float64)
@@ -90,15 +105,7 @@ def nearest_neighbors(
     Returns ``(idx int64 (m,), dist² float64 (m,))``; ties → smallest train index. Work is
     split into (query block × train block) tiles of at most ``block_bytes`` float64 distances.
     """
-    if metric not in ("euclidean", "cosine"):
-        raise ValueError(f"unknown metric {metric!r} (use 'euclidean' or 'cosine')")
-    tx, qx = _matrix("train_x", train_x), _matrix("query_x", query_x)
-    if tx.shape[0] == 0:
-        raise ValueError("train_x has no rows")
-    if tx.shape[1] != qx.shape[1]:
-        raise ValueError(f"dimension mismatch: train {tx.shape[1]} vs query {qx.shape[1]}")
-    if metric == "cosine":
-        tx, qx = _normalize(tx), _normalize(qx)
+    tx, qx = _inputs(train_x, query_x, metric)
     n, m = tx.shape[0], qx.shape[0]
     cells = max(1, block_bytes // 8)
     bq = max(1, min(m, 1024, cells))
@@ -292,15 +299,8 @@ def k_nearest(
     """The ``min(k, n)`` nearest train rows of every query row, nearest first (int64 (m, k));
     equal distances → smaller train index first. Queries go in blocks whose float64 distances
     to all train rows stay under ``block_bytes``."""
-    if metric not in ("euclidean", "cosine"):
-        raise ValueError(f"unknown metric {metric!r} (use 'euclidean' or 'cosine')")
-    tx, qx = _matrix("train_x", train_x), _matrix("query_x", query_x)
-    if tx.shape[0] == 0:
-        raise ValueError("train_x has no rows")
-    if tx.shape[1] != qx.shape[1]:
-        raise ValueError(f"dimension mismatch: train {tx.shape[1]} vs query {qx.shape[1]}")
-    tx = _normalize(tx) if metric == "cosine" else np.asarray(tx, np.float64)
-    qx = _normalize(qx) if metric == "cosine" else np.asarray(qx, np.float64)
+    tx, qx = _inputs(train_x, query_x, metric)
+    tx, qx = np.asarray(tx, np.float64), np.asarray(qx, np.float64)
     n, m = len(tx), len(qx)
     k = min(k, n)
     t_norms = np.einsum("ij,ij->i", tx, tx)
