@@ -10,9 +10,7 @@ from pathlib import Path
 
 import pytest
 from rich.console import Console
-from typer.testing import CliRunner
 
-import shift.cli
 from shift.cli import app
 from shift.records import TaskRecord
 from shift.store.registry import Registry
@@ -27,15 +25,10 @@ try:
 except ImportError:  # tests/ imported as a package
     from tests.onnx_factory import build_tiny_cnn, tiny_torch_model
 
-runner = CliRunner()
-
-
-@pytest.fixture(autouse=True)
-def wide_consoles(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Tables 250 columns wide so cells are not wrapped; output still goes to the runner."""
-    monkeypatch.setattr(shift.cli.base, "out", Console(width=250))
-    monkeypatch.setattr(shift.cli.base, "err", Console(width=250, stderr=True))
-    monkeypatch.delenv("SHIFT_HOME", raising=False)
+try:
+    from cli_runner import cli, runner, wide_consoles  # noqa: F401  (autouse fixture)
+except ImportError:  # tests/ is a package
+    from tests.cli_runner import cli, runner, wide_consoles  # noqa: F401
 
 
 @pytest.fixture(scope="module")
@@ -48,15 +41,6 @@ def onnx_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def home(tmp_path: Path) -> Path:
     return tmp_path / "home"
-
-
-def cli(home: Path, *args: str, env: dict[str, str] | None = None):  # noqa: ANN201
-    result = runner.invoke(app, [*args, "--home", str(home)], env=env)
-    # a ShiftError ends in a clean exit, never in an escaped exception
-    if result.exception is not None:
-        assert isinstance(result.exception, SystemExit), repr(result.exception)
-    assert "Traceback" not in result.output
-    return result
 
 
 def seed_registry(home: Path) -> None:

@@ -29,10 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from rich.console import Console
-from typer.testing import CliRunner
 
-import shift.cli
 from shift.catalog.onnx_import import register_onnx
 from shift.records import Samples
 from shift.store.registry import Registry
@@ -43,23 +40,12 @@ try:
 except ImportError:  # tests/ is a package
     from tests.onnx_factory import build_tiny_cnn
 
-runner = CliRunner()
+try:
+    from cli_runner import cli, runner, wide_consoles  # noqa: F401  (autouse fixture)
+except ImportError:  # tests/ is a package
+    from tests.cli_runner import cli, runner, wide_consoles  # noqa: F401
+
 QUERY = "SELECT top 2 FROM pool all WHERE task=toy"
-
-
-@pytest.fixture(autouse=True)
-def wide_consoles(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(shift.cli.base, "out", Console(width=250))
-    monkeypatch.setattr(shift.cli.base, "err", Console(width=250, stderr=True))
-    monkeypatch.delenv("SHIFT_HOME", raising=False)
-
-
-def cli(home: Path, *args: str):  # noqa: ANN201
-    r = runner.invoke(shift.cli.app, [*args, "--home", str(home)])
-    if r.exception is not None:
-        assert isinstance(r.exception, SystemExit), repr(r.exception)
-    assert "Traceback" not in r.output
-    return r
 
 
 def _samples(n: int, seed: int = 0, side: int = 32) -> Samples:
