@@ -25,11 +25,23 @@ from benchmarks.workloads import blob_task, tiny_cnn, tiny_variants
 QUERY = "SELECT top 3 FROM pool all WHERE task=blobs AND params < 30M RANK BY hybrid(knn)"
 
 
+def add_blobs(c: Any, n: int) -> None:
+    """Register the generated 4-class task ``blobs`` of ``n`` samples (``blob_task``)."""
+    from shift.records import Samples
+    from shift.store.tasks import TaskStore
+
+    x, y = blob_task(n)
+    TaskStore(c.registry).add(
+        "blobs",
+        Samples(x, y, None, ["0", "1", "2", "3"], []),
+        kind="generated",
+        source="benchmarks.workloads.blob_task",
+    )
+
+
 def build_home(home: Path, n_models: int) -> None:
     import shift
     from shift.catalog.onnx_import import register_onnx
-    from shift.records import Samples
-    from shift.store.tasks import TaskStore
 
     files = tiny_variants(tiny_cnn(home.parent / "base.onnx"), home.parent / "models", n_models)
     with shift.connect(home, executor="inprocess") as c:
@@ -41,13 +53,7 @@ def build_home(home: Path, n_models: int) -> None:
                 imagenet_top1=50 + (i % 300) / 10,
                 imagenet_source="synthetic benchmark value",
             )
-        x, y = blob_task(200)
-        TaskStore(c.registry).add(
-            "blobs",
-            Samples(x, y, None, ["0", "1", "2", "3"], []),
-            kind="generated",
-            source="benchmarks.workloads.blob_task",
-        )
+        add_blobs(c, 200)
         t = time.perf_counter()
         c.query(QUERY)  # indexes and scores everything once
         print(f"cold query over {n_models} models: {time.perf_counter() - t:.1f} s")
@@ -141,8 +147,6 @@ def zoo(n_models: int, repeat: int) -> dict[str, Any]:
     import resource
 
     import shift
-    from shift.records import Samples
-    from shift.store.tasks import TaskStore
 
     with tempfile.TemporaryDirectory() as d:
         home = Path(d) / "home"
@@ -167,13 +171,7 @@ def zoo(n_models: int, repeat: int) -> dict[str, Any]:
                     c.registry.add_model(m)
             counts["synthetic"] = len(synth)
             total = c.registry.count_models()
-            x, y = blob_task(100)
-            TaskStore(c.registry).add(
-                "blobs",
-                Samples(x, y, None, ["0", "1", "2", "3"], []),
-                kind="generated",
-                source="benchmarks.workloads.blob_task",
-            )
+            add_blobs(c, 100)
             t = time.perf_counter()
             c.query(ZOO_QUERIES["task_aware_cached"])  # embeds and scores the catalog once
             cold_s = time.perf_counter() - t
