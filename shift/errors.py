@@ -64,6 +64,12 @@ class ModelFileError(ShiftError):
     """An ONNX file that cannot be read, validated or run."""
 
 
+class WeightsFileError(ModelFileError):
+    """A weight file that shift refuses to read: not a regular file, empty, too large for its
+    architecture, truncated, not a plain tensor checkpoint (it holds objects a loader would have
+    to unpickle), weights of another architecture, or non-finite values."""
+
+
 class TaskDataError(ShiftError):
     """Task data that cannot be used: undecodable image, one class, mismatched lengths..."""
 

@@ -8,8 +8,6 @@ torchvision's layout so its checkpoint loads strictly; EfficientNet-Lite comes f
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
 
@@ -99,7 +97,8 @@ def build(builder: str, variant: str | None) -> nn.Module:
 
 
 def load_weights(module: nn.Module, path: str) -> None:
-    """Strictly load a plain state dict (``weights_only=True``: no arbitrary unpickling)."""
-    state: Any = torch.load(path, map_location="cpu", weights_only=True)
-    target = module.net if isinstance(module, EfficientNetLite) else module
-    target.load_state_dict(state, strict=True)
+    """Strictly load a plain state dict, read by :func:`shift.catalog.checkpoint.load_into`
+    (safetensors or ``torch.load(weights_only=True)``, checked first)."""
+    from shift.catalog.checkpoint import load_into
+
+    load_into(module.net if isinstance(module, EfficientNetLite) else module, path)

@@ -3,7 +3,7 @@
 Three kinds of id:
 
 * ``timm/<name>`` (or ``hf-hub:timm/<name>``): a timm model on the hub; its metadata is timm's
-  ``pretrained_cfg`` (offline) and its weights load through timm (:mod:`.timm_models`).
+  ``pretrained_cfg`` (offline) and its weights load as timm's do (:mod:`.timm_models`).
 * a local folder in the Hugging Face layout written by timm (``config.json`` naming an
   ``architecture``, plus ``model.safetensors`` or ``pytorch_model.bin``): registered from its
   config and given its weights at once by :func:`shift.catalog.sources.import_models`.
@@ -17,7 +17,8 @@ Three kinds of id:
   said so in ``provenance``), and params/dim stay unknown until its weights are given
   (``models weights NAME --weights FOLDER``, or ``--download`` when online): then
   :meth:`HFSource.refine` reads the folder's metadata and ``transformers``' own
-  ``AutoModelForImageClassification`` loads it; the embedding is the input of the classifier's
+  ``AutoModelForImageClassification`` builds it from the config and
+  :mod:`shift.catalog.checkpoint` reads its weights; the embedding is the input of the classifier's
   last linear layer (ViT/DeiT: the final layer-normed ``[CLS]`` token).
 
 Registry names: ``/`` becomes ``__`` (what ``meta(vtab1k)`` maps back), other characters a name
@@ -227,20 +228,16 @@ def read_config(folder: Path) -> dict[str, Any]:
 
 
 def _timm_from_folder(rec: ModelRecord, folder: Path, cfg: dict[str, Any]) -> Any:
-    """timm's own loader on a local Hugging Face folder written by timm."""
-    from shift.catalog.sources.timm_models import Embedder, _timm
+    """A local Hugging Face folder written by timm: its architecture, its weight file read by
+    :mod:`shift.catalog.checkpoint`."""
+    from shift.catalog.sources.timm_models import Embedder, build_and_load
 
-    overlay = {**(cfg.get("pretrained_cfg") or {}), "file": str(weight_file(folder))}
-    kw: dict[str, Any] = {"pretrained": True, "pretrained_cfg_overlay": overlay}
-    if cfg.get("num_classes"):
-        kw["num_classes"] = cfg["num_classes"]
-    try:
-        net = _timm().create_model(cfg["architecture"], **kw)
-    except (RuntimeError, KeyError, ValueError) as e:
-        raise ModelFileError(
-            f"model {rec.name!r}: {folder} does not fit timm's {cfg['architecture']} "
-            f"({str(e).splitlines()[0][:300]})"
-        ) from None
+    net = build_and_load(
+        cfg["architecture"],
+        weight_file(folder),
+        params=rec.params,
+        num_classes=cfg.get("num_classes") or None,
+    )
     return Embedder(net).eval()
 
 

@@ -13,8 +13,9 @@ optionally ``preprocessor_config.json``), read without loading any weight:
 
 Embedding = the input of the classifier's last linear layer (:class:`HFEmbedder`): for ViT and
 DeiT the final layer-normed ``[CLS]`` token, for ConvNeXt/Swin/ResNet the pooled features;
-logits = the classifier's output. Weights load through ``transformers``' own
-``AutoModelForImageClassification.from_pretrained`` (``local_files_only`` unless downloading).
+logits = the classifier's output. Weights: ``AutoModelForImageClassification.from_config`` builds
+the classifier and :mod:`shift.catalog.checkpoint` reads its weight file (``from_pretrained``,
+which may unpickle, is never called).
 The package is imported only inside these functions.
 """
 
@@ -184,20 +185,55 @@ def folder_metadata(folder: Path) -> dict[str, Any]:
 
 
 def load(name: str, where: str | Path, download: bool) -> Any:
-    """The ``(embedding, logits)`` module of a local folder (or, with ``download``, a hub id),
-    its weights read by ``transformers``' own loader."""
-    if Path(where).is_dir():
-        from shift.catalog.sources.timm_models import weight_file
+    """The ``(embedding, logits)`` module of a local folder (or, with ``download``, a hub id
+    fetched into the local hub cache first). The weight file is read by
+    :mod:`shift.catalog.checkpoint`; transformers then only maps that state dict's keys (its
+    checkpoint conversions) into the classifier of ``config.json``: it is given no file to read.
+    Missing, unexpected or mis-shaped keys are refused."""
+    from shift.catalog.checkpoint import read_state_dict, size_cap
+    from shift.catalog.sources.timm_models import weight_file
 
-        weight_file(Path(where))  # a clear error when the folder holds no weight file
-    config = load_config(where, download)
-    auto = _classifier_class(config)
+    folder = Path(where) if Path(where).is_dir() else _fetch(str(where), download)
+    path = weight_file(folder)  # a clear error when the folder holds no weight file
+    config = load_config(folder)
+    cls = _classifier_class(config)._model_mapping[type(config)]
+    with quiet_warnings():
+        params = sum(p.numel() for p in on_meta(lambda: cls(config)).parameters())
+    state = read_state_dict(path, max_bytes=size_cap(params))
     with quiet_warnings():
         try:
-            net = auto.from_pretrained(str(where), local_files_only=not download)
-        except (OSError, ValueError, RuntimeError) as e:
-            raise ShiftError(
-                f"model {name!r}: cannot load its transformers weights from {where} "
-                f"({str(e).splitlines()[0][:300]})"
-            ) from None
+            net, info = cls.from_pretrained(
+                None, config=config, state_dict=state, output_loading_info=True
+            )
+        except (OSError, ValueError, RuntimeError, KeyError) as e:
+            raise _misfit(path, cls, str(e).splitlines()[0][:300]) from None
+    bad = {k: v for k, v in info.items() if k != "error_msgs" and v}
+    if bad:
+        detail = "; ".join(
+            f"{len(v)} {k.replace('_', ' ')} (e.g. {sorted(v)[0]})" for k, v in bad.items()
+        )
+        raise _misfit(path, cls, detail)
     return embedder(net)
+
+
+def _misfit(path: Path, cls: Any, detail: str) -> Exception:
+    from shift.errors import WeightsFileError
+
+    return WeightsFileError(
+        f"{path}: the weights do not fit transformers' {cls.__name__} ({detail})",
+        hint="give the folder save_pretrained wrote for this model",
+    )
+
+
+def _fetch(hub_id: str, download: bool) -> Path:
+    """The local snapshot of ``hub_id`` (config, preprocessor config and one weight file),
+    downloaded when ``download`` and online."""
+    if not download:
+        raise ModelFileError(f"{hub_id}: no such folder", hint="give the model's local folder")
+    from huggingface_hub import snapshot_download
+
+    patterns = ["config.json", "preprocessor_config.json", "model.safetensors"]
+    try:
+        return Path(snapshot_download(hub_id, allow_patterns=patterns))
+    except Exception as e:  # noqa: BLE001 - the hub's errors have no common base
+        raise ShiftError(f"cannot download {hub_id} ({type(e).__name__}: {e})") from None

@@ -8,22 +8,26 @@ accuracy in its configs, so ``imagenet_top1`` stays empty (the agnostic ranking 
 upstream dataset's size).
 
 Embedding = ``forward_head(forward_features(x), pre_logits=True)``, logits = ``forward_head``.
-Weights load through timm's own loader: ``create_model(name, pretrained=True,
-pretrained_cfg_overlay={'file': FILE})`` for a local file (``.safetensors``, ``.bin``, ``.pth``)
-or a Hugging Face folder (``model.safetensors``/``pytorch_model.bin`` inside); with ``download``,
-``create_model(name, pretrained=True)`` fetches from the hub when online.
+Weights: ``create_model(name, pretrained=False)`` builds the architecture, and the state dict of a
+local file (``.safetensors``, ``.bin``, ``.pth``) or Hugging Face folder
+(``model.safetensors``/``pytorch_model.bin`` inside) is read by :mod:`shift.catalog.checkpoint`
+(safetensors or ``torch.load(weights_only=True)``, checked first) and passed through the
+architecture's ``checkpoint_filter_fn`` as timm's own pretrained loading does; timm's loader is
+never called. With ``download``, the file is fetched from the hub (or the config's URL) first.
 """
 
 from __future__ import annotations
 
 import functools
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from shift.catalog.checkpoint import fetch_url, load_into
 from shift.catalog.sources.base import (
     IMAGENET1K_TRAIN,
     LOGITS_OUTPUT,
@@ -162,30 +166,63 @@ class TimmSource:
         return params, int(dim), int(net.num_classes)
 
     def load(self, rec: ModelRecord, weights: Path | None, download: bool) -> Any:
+        """timm's architecture built without weights, then the state dict read by
+        :func:`shift.catalog.checkpoint.load_into` (never timm's own loader) and put through the
+        architecture's ``checkpoint_filter_fn``, as timm's pretrained loading does."""
         assert rec.source_id is not None
         model_id = rec.source_id.partition(":")[2].removeprefix("hf-hub:").removeprefix("timm/")
-        timm = _timm()
-        kw: dict[str, Any] = {"pretrained": True}
-        if weights is not None:
-            kw["pretrained_cfg_overlay"] = {"file": str(weight_file(Path(weights)))}
-        elif not download:
+        if weights is None and not download:
             raise ShiftError(f"model {rec.name!r}: no weights given")
-        with quiet_warnings():
+        path = weight_file(Path(weights)) if weights is not None else _fetch(model_id)
+        return Embedder(build_and_load(model_id, path, params=rec.params)).eval()
+
+
+def build_and_load(
+    architecture: str, path: Path, *, params: int | None = None, num_classes: int | None = None
+) -> nn.Module:
+    """timm's ``architecture`` (with ``num_classes`` when given) holding the weights of ``path``."""
+    kw = {} if num_classes is None else {"num_classes": num_classes}
+    with quiet_warnings():
+        try:
+            net = _timm().create_model(architecture, pretrained=False, **kw)
+        except (RuntimeError, KeyError, ValueError) as e:
+            raise ModelFileError(f"timm cannot build {architecture!r} ({e})") from None
+        return load_into(
+            net, path, params=params, adapt=_filter_of(net), what=f"timm's {architecture}"
+        )
+
+
+def _filter_of(net: nn.Module) -> Any:
+    """The ``checkpoint_filter_fn(state_dict, model)`` of ``net``'s timm module, if it has one
+    (it maps original checkpoints' keys to timm's; timm-format keys pass through)."""
+    fn = getattr(sys.modules.get(type(net).__module__), "checkpoint_filter_fn", None)
+    return fn if callable(fn) else None
+
+
+def _fetch(model_id: str) -> Path:
+    """The weight file of ``model_id`` fetched into a local cache: its Hugging Face hub file,
+    else its URL (online only)."""
+    cfg = _timm().models.get_pretrained_cfg(model_id)
+    cfg = cfg.to_dict() if cfg is not None else {}
+    if cfg.get("hf_hub_id"):
+        from huggingface_hub import hf_hub_download
+
+        errors = []
+        for name in HF_WEIGHT_FILES:
             try:
-                net = timm.create_model(model_id, **kw)
-            except (RuntimeError, KeyError, ValueError) as e:
-                raise ModelFileError(
-                    f"model {rec.name!r}: the weights do not fit timm's {model_id} "
-                    f"({str(e).splitlines()[0][:300]})"
-                ) from None
-            except OSError as e:
-                raise ShiftError(f"model {rec.name!r}: cannot get its weights: {e}") from None
-        return Embedder(net).eval()
+                return Path(hf_hub_download(cfg["hf_hub_id"], name))
+            except Exception as e:  # noqa: BLE001 - the hub's errors have no common base
+                errors.append(f"{name}: {type(e).__name__}")
+        raise ShiftError(f"cannot download {cfg['hf_hub_id']} ({'; '.join(errors)})")
+    if cfg.get("url"):
+        return fetch_url(cfg["url"])
+    raise ShiftError(f"timm states no weight file to download for {model_id!r}")
 
 
 def weight_file(path: Path) -> Path:
-    """A weight file, or the weight file inside a Hugging Face folder."""
-    if path.is_file():
+    """A weight file (anything but a folder: :mod:`shift.catalog.checkpoint` checks it is a
+    regular file), or the weight file inside a Hugging Face folder."""
+    if path.exists() and not path.is_dir():
         return path
     if path.is_dir():
         for name in HF_WEIGHT_FILES:

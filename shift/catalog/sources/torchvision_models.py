@@ -10,25 +10,26 @@ ImageNet classifier, replaced by an identity): e.g. ResNet-50's 2048-d pooled fe
 logits are that linear layer's output. SqueezeNet has no linear head: its embedding is the
 global average of ``features`` and its logits the classifier's.
 
-Weights load through torchvision's own builder (``get_model(builder, weights=enum)``) from a
-torch hub cache folder (``<dir>/checkpoints/<file of the weights URL>``), a file given directly
-(linked into a private cache folder under the URL's file name), or, with ``download``, the real
-hub cache (torch downloads the file when online).
+Weights: the builder makes the architecture without weights (with the arguments it sets itself
+for them), and the state dict is read by :mod:`shift.catalog.checkpoint` (safetensors or
+``torch.load(weights_only=True)``, checked before reading) from a file given directly, a torch hub
+cache folder (``<dir>/checkpoints/<file of the weights URL>``), or, with ``download``, the file
+torch.hub downloads into its cache (sha256 prefix checked). torchvision's own loader is never
+called: it unpickles with ``weights_only=False``.
 """
 
 from __future__ import annotations
 
 import functools
 import os
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+import re
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from shift.catalog.checkpoint import StateDict, fetch_url, load_into
 from shift.catalog.sources.base import (
     IMAGENET1K_TRAIN,
     LOGITS_OUTPUT,
@@ -183,23 +184,34 @@ class TorchvisionSource:
         )
 
     def load(self, rec: ModelRecord, weights: Path | None, download: bool) -> Any:
+        """torchvision's architecture built without weights (the builder's own arguments for
+        them), then the state dict read by :func:`shift.catalog.checkpoint.load_into`: never
+        through ``torch.hub``'s loader, which unpickles with ``weights_only=False``."""
         tvm = _tv()
         assert rec.source_id is not None
         builder, w = _enum(rec.source_id.partition(":")[2])
         if weights is None and not download:
             raise ShiftError(f"model {rec.name!r}: no weights given")
-        with quiet_warnings(), _hub_dir(weights, w.url) if weights is not None else _nothing():
-            try:
-                net = tvm.get_model(builder, weights=w)
-            except (RuntimeError, KeyError, ValueError) as e:  # a state dict that does not fit
-                raise ModelFileError(
-                    f"model {rec.name!r}: the weights do not fit torchvision's {builder} "
-                    f"({str(e).splitlines()[0][:300]})",
-                    hint=f"give the file torchvision downloads for {w}: {w.url}",
-                ) from None
-            except OSError as e:  # no network, or an unreadable file
-                raise ShiftError(f"model {rec.name!r}: cannot get its weights: {e}") from None
+        path = fetch_url(w.url) if weights is None else Path(weights)
+        if path.is_dir():
+            path = find_in_hub_dir(path, w.url)
+        with quiet_warnings():
+            net = tvm.get_model(builder, weights=None, **builder_kwargs(builder, w))
+        adapt = _densenet_keys if builder.startswith("densenet") else None
+        load_into(net, path, params=rec.params, adapt=adapt, what=f"torchvision's {builder}")
         return Embedder(net).eval()
+
+
+def _densenet_keys(state: StateDict, _: nn.Module) -> StateDict:
+    """DenseNet's published files name ``norm.1`` what the module calls ``norm1``: the renaming
+    torchvision's own ``densenet._load_state_dict`` does."""
+    layer = r"^(.*denselayer\d+\.(?:norm|relu|conv))\."
+    pattern = re.compile(layer + r"((?:[12])\.(?:weight|bias|running_mean|running_var))$")
+    out: StateDict = {}
+    for key, value in state.items():
+        m = pattern.match(key)
+        out[m.group(1) + m.group(2) if m else key] = value
+    return out
 
 
 def find_in_hub_dir(folder: Path, url: str) -> Path:
@@ -214,32 +226,6 @@ def find_in_hub_dir(folder: Path, url: str) -> Path:
         f"{folder}: no {name} in it (looked in {', '.join(str(t.parent) for t in tried)})",
         hint="give the folder torch.hub uses (~/.cache/torch/hub) or the weight file itself",
     )
-
-
-@contextmanager
-def _hub_dir(weights: Path, url: str) -> Iterator[None]:
-    """torch.hub's cache pointed at a private folder holding only ``url``'s file name, linked to
-    the local weights: torchvision's own loader then reads it and never downloads."""
-    import torch.hub
-
-    weights = Path(weights)
-    if not weights.exists():
-        raise ModelFileError(f"{weights}: no such file or folder")
-    src = find_in_hub_dir(weights, url) if weights.is_dir() else weights
-    before = torch.hub.get_dir()
-    with tempfile.TemporaryDirectory(prefix="shift-hub-") as d:
-        (Path(d) / "checkpoints").mkdir()
-        os.symlink(src.resolve(), Path(d) / "checkpoints" / os.path.basename(url))
-        torch.hub.set_dir(d)
-        try:
-            yield
-        finally:
-            torch.hub.set_dir(before)
-
-
-@contextmanager
-def _nothing() -> Iterator[None]:
-    yield
 
 
 def _version() -> str:
