@@ -164,12 +164,15 @@ class Timings(BaseModel):
 
 
 class Result(BaseModel):
-    """What a query returns: rows in rank order, the per-model scores, the plan, and timings."""
+    """What a query returns: rows in rank order, the per-model scores, the plan, and timings.
+    ``failed``: the models that failed (could not be loaded, embedded or scored), each with the
+    reason; they are left out of the rows and the scores (the CLI then exits 1)."""
 
     query: str
     columns: list[str]
     rows: list[dict[str, Any]]
     scores: dict[str, float | None] = Field(default_factory=dict)
+    failed: dict[str, str] = Field(default_factory=dict)
     plan: dict[str, Any] = Field(default_factory=dict)
     timings: Timings = Field(default_factory=Timings)
 

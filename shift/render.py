@@ -67,7 +67,11 @@ def result_table(res: Result, title: str | None = None) -> Table:
     return t
 
 
-def print_result(res: Result, console: Console | None = None) -> None:
+def print_result(
+    res: Result, console: Console | None = None, errors: Console | None = None
+) -> None:
+    """The ranking as a table, then one line per model that failed (not ranked) on ``errors``
+    (default: ``console``), then the row count and timings."""
     console = console or Console()
     console.print(result_table(res))
     near = res.plan.get("neighbours")
@@ -77,10 +81,19 @@ def print_result(res: Result, console: Console | None = None) -> None:
             + ", ".join(f"{n['task']} (distance {n['distance']:.4f})" for n in near),
             highlight=False,
         )
+    print_failed(res, errors or console)
     tm = res.timings
+    failed = f", {len(res.failed)} failed (not ranked)" if res.failed else ""
     console.print(
-        f"[dim]{len(res.rows)} rows · {tm.total_ms:.1f} ms (score {tm.score_ms:.1f} ms)[/dim]"
+        f"[dim]{len(res.rows)} rows{failed} · {tm.total_ms:.1f} ms "
+        f"(score {tm.score_ms:.1f} ms)[/dim]"
     )
+
+
+def print_failed(res: Result, errors: Console) -> None:
+    """One line per model of ``res`` that failed, with the reason (as ``index`` prints them)."""
+    for name, why in res.failed.items():
+        errors.print(f"[red]failed:[/red] {name}: {why}", highlight=False)
 
 
 def records_table(rows: list[dict[str, Any]], columns: list[str], title: str = "") -> Table:

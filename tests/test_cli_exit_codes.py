@@ -66,3 +66,50 @@ def test_a_pool_with_a_number_beyond_64_bits_is_refused(home: Path) -> None:
     assert r.exit_code == 0 and "huge" not in r.output
     r = cli(home, "query", "SELECT * FROM models WHERE dim > -99999999999999999999")
     assert r.exit_code == 1 and "out of range" in r.output and "column 34" in r.output
+
+
+def _break(home: Path, name: str) -> None:
+    """Overwrite ``name``'s file in the home with bytes that are no ONNX model."""
+    with Registry.open(home) as reg:
+        path = reg.model_file(reg.get_model(name))
+    path.chmod(0o644)
+    path.write_bytes(b"not an onnx model")
+
+
+@pytest.mark.parametrize("ranker", ["knn", "hybrid(knn)", "sh(knn)", "avg(knn)"])
+def test_a_query_leaves_failed_models_out_names_them_and_exits_non_zero(
+    home: Path, ranker: str
+) -> None:
+    """Issue 20, item 5: a model that fails is not ranked ("#2 by knn" with no score), it is
+    named under failed, on the console and in --json, and the query exits 1 as index does."""
+    import json
+
+    with Registry.open(home) as reg:
+        rng = np.random.default_rng(1)
+        y = np.arange(24) % 3
+        x = rng.integers(0, 256, (24, 32, 32, 3), dtype=np.uint8)
+        TaskStore(reg).add("toy2", Samples(x, y, None, ["a", "b", "c"], []), kind="npz", source="t")
+    _break(home, "tiny1")
+    where = "task IN (toy, toy2)" if ranker.startswith("avg") else "task=toy"
+    q = f"SELECT top 2 FROM pool all WHERE {where} RANK BY {ranker}"
+    r = cli(home, "query", q, "--executor", "inprocess")
+    assert r.exit_code == 1, r.output
+    table, _, after = r.output[r.output.index("┏") :].partition("failed:")  # past progress bars
+    assert "tiny0" in table and "tiny1" not in table, r.output
+    assert after.startswith(" tiny1: model 'tiny1'"), r.output  # with the reason
+    assert "1 rows, 1 failed (not ranked)" in after, r.output
+    r = cli(home, "query", q, "--executor", "inprocess", "--json")
+    assert r.exit_code == 1, r.output
+    out = json.loads(r.stdout)
+    assert [row["name"] for row in out["rows"]] == ["tiny0"]
+    assert list(out["failed"]) == ["tiny1"] and "tiny1" in out["failed"]["tiny1"]
+
+
+def test_the_client_result_names_the_failed_models(home: Path) -> None:
+    import shift
+
+    _break(home, "tiny0")
+    with shift.connect(home, executor="inprocess") as c:
+        res = c.query("SELECT top 2 FROM pool all WHERE task=toy RANK BY linear")
+    assert res.names == ["tiny1"] and set(res.failed) == {"tiny0"}
+    assert "'tiny0'" in res.failed["tiny0"]

@@ -146,3 +146,50 @@ def test_several_tasks_use_the_fake_engine_per_task_and_refuse_weightless_models
         ex.run("SELECT * FROM models WHERE task IN (toy, toy2)", registry, factory(made))
     assert "meta-only" in info.value.message and len(made) == 1  # before any engine
     registry.remove_task("toy2")
+
+
+class FailingEngine(FakeEngine):
+    """Scores like FakeEngine, but ``failing`` models fail as the engine reports a failure: no
+    score, and the reason in ``last_report.failed`` (issue 20, item 5)."""
+
+    def __init__(self, failing: set[str]) -> None:
+        super().__init__()
+        self.failing = failing
+        self.last_report: Any = None
+
+    def scores(self, task: str, models: list[ModelRecord], proxy: str) -> dict[str, float | None]:
+        from shift.engine.indexing import IndexReport
+
+        out: dict[str, float | None] = dict(super().scores(task, models, proxy))
+        failed = {
+            m.name: f"model {m.name!r}: cannot load" for m in models if m.name in self.failing
+        }
+        out.update(dict.fromkeys(failed))
+        self.last_report = IndexReport(failed=failed)
+        return out
+
+
+@pytest.mark.parametrize("ranker", ["knn", "hybrid(knn)", "avg(knn)", "avg_rank(knn)", "min(knn)"])
+def test_failed_models_are_left_out_of_the_ranking_and_named(
+    registry: Registry, ranker: str
+) -> None:
+    """'big' (the best score, and the task-agnostic pick of hybrid) fails: it is neither ranked
+    nor given a row, and the result names it under ``failed`` with the engine's reason."""
+    registry.put_task(fake_task("toy2"))
+    tasks = (
+        "task IN (toy, toy2)" if "(" in ranker and not ranker.startswith("hybrid") else "task=toy"
+    )
+    engine = FailingEngine({"big"})
+    res = ex.run(
+        f"SELECT top 3 FROM pool all WHERE {tasks} RANK BY {ranker}", registry, lambda: engine
+    )
+    assert res.names == ["mid", "small"]
+    assert [r["rank"] for r in res.rows] == [1, 2]
+    assert "big" not in res.scores
+    assert res.failed == {"big": "model 'big': cannot load"}
+    assert all("big" not in str(r["why"]) for r in res.rows)
+
+
+def test_a_result_with_no_failure_says_so(registry: Registry) -> None:
+    res = ex.run("SELECT top 3 FROM pool all WHERE task=toy RANK BY knn", registry, factory([]))
+    assert res.failed == {} and res.names == ["big", "mid", "small"]

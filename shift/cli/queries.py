@@ -32,15 +32,19 @@ def query(
     ray_address: RayOpt = None,
     backend: BackendOpt = "onnxruntime",
 ) -> None:
-    """Run a query and print the ranked models."""
-    from shift.render import print_result
+    """Run a query and print the ranked models; exit 1 if any model failed (each is named under
+    "failed", on stderr and in --json, and left out of the ranking)."""
+    from shift.render import print_failed, print_result
 
     with _client(home, executor, ray_address, progress=not as_json, backend=backend) as c:
         res = c.query(text)
     if as_json:
         sys.stdout.write(res.model_dump_json(indent=2) + "\n")
+        print_failed(res, ui.err)
     else:
-        print_result(res, ui.out)
+        print_result(res, ui.out, ui.err)
+    if res.failed:
+        raise typer.Exit(1)
 
 
 @command(app)

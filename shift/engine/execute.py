@@ -12,7 +12,13 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Protocol
 
-from shift.engine.multitask import engine_scores, engine_status, explain_multi, run_multi
+from shift.engine.multitask import (
+    engine_failures,
+    engine_scores,
+    engine_status,
+    explain_multi,
+    run_multi,
+)
 from shift.engine.similarity import explain_similar, run_similar
 from shift.engine.tables import explain_table, run_table
 from shift.query import ast
@@ -30,7 +36,9 @@ log = logging.getLogger(__name__)
 
 
 class ScoreSource(Protocol):
-    """What the executor needs from the engine."""
+    """What the executor needs from the engine. After ``scores``, an engine may say which models
+    failed (no score) and why in ``last_report.failed`` (``{name: reason}``): those are left out
+    of the ranking and named in the result's ``failed``."""
 
     def status(self, task: str, models: list[ModelRecord], proxy: str) -> dict[str, Any]:
         """Which embeddings and scores exist and what must be computed (for EXPLAIN)."""
@@ -281,7 +289,8 @@ def execute(
     timings: Timings | None = None,
 ) -> Result:
     """Run a checked plan: SQL filters, then the plan's strategy (ORDER BY, agnostic, a proxy,
-    hybrid, successive halving, meta or random); the engine is made only for task-aware ones."""
+    hybrid, successive halving, meta or random); the engine is made only for task-aware ones.
+    Models the engine reports failed are not ranked: ``Result.failed`` names them, with why."""
     timings = timings or Timings()
     t0 = time.perf_counter()
     if plan.select.explain:
@@ -314,6 +323,7 @@ def execute(
 
     models = registry.models(where, params)
     scores: dict[str, float | None] = {}
+    failed: dict[str, str] = {}  # models that failed (not ranked), with the reason
     strategy, label = plan.strategy, (plan.proxy_label if plan.proxy else None)
     check_heads(plan, models)  # before any work: sh and plain proxies alike
     check_weights(plan, models)
@@ -350,7 +360,12 @@ def execute(
         }
         # the race's outcome is the order: rank by position (scores of different rounds, on
         # different amounts of data, are never compared); rows show each model's last score
-        ranked = res.ranking()
+        failed = {
+            n: a.error or f"model {n!r} failed while embedding"
+            for n, a in res.arms.items()
+            if a.eliminated_in == -1
+        }
+        ranked = [a for a in res.ranking() if a.model.name not in failed]
         scores = {a.model.name: float(len(ranked) - i) for i, a in enumerate(ranked)}
         strategy, label = "proxy", plan.ranker
         race_scores = {n: (a.scores[-1] if a.scores else None) for n, a in res.arms.items()}
@@ -360,6 +375,10 @@ def execute(
         ts = time.perf_counter()
         scores = engine_scores(eng, plan.task, models, plan)
         timings.score_ms += (time.perf_counter() - ts) * 1000
+        failed = engine_failures(eng, models, scores)
+    if failed:  # never ranked (hybrid's task-agnostic pick included): named in the result
+        log.warning("not ranked, failed: %s", ", ".join(sorted(failed)))
+        models = [m for m in models if m.name not in failed]
     picks = rank(models, plan.budget, strategy, label, scores)
     rows = []
     for i, p in enumerate(picks):
@@ -373,12 +392,10 @@ def execute(
             arm = race.arms[p.model.name]
             row["score"] = race_scores[p.model.name]
             row["samples"] = arm.train_seen
-            row["why"] = (
+            row["why"] = (  # failed arms (eliminated_in -1) are not ranked
                 "sh: survived every round"
                 if arm.eliminated_in is None
                 else f"sh: dropped after round {arm.eliminated_in + 1}"
-                if arm.eliminated_in >= 0
-                else "sh: model failed"
             )
         rows.append(row)
     if plan.strategy == "sh":
@@ -394,6 +411,7 @@ def execute(
         columns=cols,
         rows=rows,
         scores={r["name"]: r.get("score") for r in rows} if "score" in cols else {},
+        failed=failed,
         plan=plan_info,
         timings=timings,
     )

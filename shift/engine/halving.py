@@ -27,7 +27,8 @@ class Arm:
     model: ModelRecord
     scores: list[float] = field(default_factory=list)  # one per round survived or played
     train_seen: int = 0
-    eliminated_in: int | None = None  # round index, None for the survivors
+    eliminated_in: int | None = None  # round index, None for the survivors; -1: failed
+    error: str | None = None  # why the model failed (eliminated_in == -1)
 
 
 @dataclass
@@ -100,6 +101,8 @@ def embed_prefix(
             continue
         if w.mode == "append":  # an older index plus new samples: finishing it is cheap
             idx = engine.index(task, [w.model]).get(name)
+            if engine.last_report is not None:
+                report.failed.update(engine.last_report.failed)
             if idx is not None:
                 sel = idx.rows(prefix)
                 lg = idx.logits
@@ -168,8 +171,8 @@ def successive_halving(
     for k in range(rounds):
         seen = min(n_train, seen + per_round[k] * c)
         data = embed_prefix(engine, task, active, n_val + seen)
-        for name in engine.last_report.failed if engine.last_report else {}:
-            arms[name].eliminated_in = -1
+        for name, why in (engine.last_report.failed if engine.last_report else {}).items():
+            arms[name].eliminated_in, arms[name].error = -1, why
         active = [m for m in active if m.name in data]
         problems = []
         for m in active:

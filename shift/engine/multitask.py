@@ -5,13 +5,15 @@ and cached); the models are then ranked by an aggregate over the tasks (SHiFT's 
 aggregation, for choosing one backbone for a suite of tasks):
 
 * ``avg(P)`` / ``min(P)`` / ``max(P)``: mean / lowest / highest score of proxy ``P``; a model
-  without a score on some task (it failed there) gets none and ranks last;
+  without a score on some task gets none and ranks last;
 * ``avg_rank(P)`` (the default): the mean of the model's per-task ranks, rank 1 best; per task
   the models are ranked by score (ties → the task-agnostic order) and a model without a score
   ranks after every scored one. Ranks need no common scale across tasks, scores do.
 
 Ties of the aggregate go to the task-agnostic order. The rows show each task's score
 (``score:<task>``) beside the aggregate (``score``, or ``mean_rank`` for ``avg_rank``).
+A model that failed on some task (the engine reports it, e.g. its file does not load) is not
+ranked at all: the result names it under ``failed``, with the reason.
 """
 
 from __future__ import annotations
@@ -29,6 +31,19 @@ def engine_scores(eng: Any, task: str, models: list[ModelRecord], plan: Plan) ->
     """``eng.scores`` with the plan's proxy settings (passed only when there are any)."""
     extra = {"args": plan.settings} if plan.settings else {}
     return eng.scores(task, models, plan.proxy, **extra)
+
+
+def engine_failures(
+    eng: Any, models: list[ModelRecord], scores: dict[str, float | None]
+) -> dict[str, str]:
+    """The models of ``models`` that failed in the engine's last call (its
+    ``last_report.failed``, e.g. a file that does not load) and got no score, with the reason."""
+    failed = getattr(getattr(eng, "last_report", None), "failed", None) or {}
+    return {
+        m.name: str(failed[m.name])
+        for m in models
+        if m.name in failed and scores.get(m.name) is None
+    }
 
 
 def engine_status(eng: Any, task: str, models: list[ModelRecord], plan: Plan) -> dict:
@@ -78,10 +93,15 @@ def run_multi(
     """Score every task, aggregate, rank; rows as described in the module doc."""
     eng = engine()
     per_task: dict[str, dict[str, float | None]] = {}
+    failed: dict[str, str] = {}
     for task in plan.tasks:
         ts = time.perf_counter()
         per_task[task] = engine_scores(eng, task, models, plan)
         timings.score_ms += (time.perf_counter() - ts) * 1000
+        for name, why in engine_failures(eng, models, per_task[task]).items():
+            failed.setdefault(name, why)
+    # a model that failed on any task is not ranked: it is named in the result's ``failed``
+    models = [m for m in models if m.name not in failed]
     agg = aggregate(models, per_task, plan.aggregate or "avg_rank")
     by_rank = plan.aggregate == "avg_rank"
     key = {n: (None if v is None else (-v if by_rank else v)) for n, v in agg.items()}
@@ -116,6 +136,7 @@ def run_multi(
         columns=["rank", "name", "imagenet_top1", "agnostic_rank", *task_cols, agg_col, "why"],
         rows=rows,
         scores={r["name"]: r[agg_col] for r in rows},
+        failed=failed,
         plan=info,
         timings=timings,
     )
