@@ -125,3 +125,23 @@ def write_corrupt_model(path: str | Path, *, name: str | None = None, seed: int 
         input=InputSpec(height=32, width=32),
         source="test",
     )
+
+
+def with_custom_op(src: str | Path, out: str | Path, *, domain: str = "com.example") -> Path:
+    """``src`` (a ``build_tiny_cnn`` file) with its embedding passed through a node of a custom
+    operator (``domain``:Foo) that ONNX Runtime does not have: the graph is valid ONNX
+    (``onnx.checker`` accepts it) but no session can load it."""
+    import onnx
+    from onnx import helper
+
+    model = onnx.load(str(src))
+    for node in model.graph.node:
+        for names in (node.input, node.output):
+            for i, n in enumerate(names):
+                if n == "embedding":
+                    names[i] = "before_foo"
+    model.graph.node.append(helper.make_node("Foo", ["before_foo"], ["embedding"], domain=domain))
+    model.opset_import.append(helper.make_opsetid(domain, 1))
+    onnx.checker.check_model(model)
+    onnx.save(model, str(out))
+    return Path(out)

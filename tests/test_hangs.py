@@ -150,7 +150,8 @@ def test_a_query_over_an_endless_model_reports_it_and_scores_the_others(tmp_path
     d = tmp_path / "onnx"
     d.mkdir()
     with shift.connect(tmp_path / "home", executor="inprocess", batch_timeout_s=0.5) as c:
-        register_onnx(c.registry, build_endless_loop(d / "endless.onnx").path, "endless")
+        endless = build_endless_loop(d / "endless.onnx")  # `models add` would refuse it
+        c.registry.add_model(endless, src_file=endless.path)  # (issue 20, item 6): in directly
         register_onnx(c.registry, build_tiny_cnn(d / "ok.onnx", seed=0, size=SIZE).path, "ok")
         y = np.arange(40) % 2
         x = (imgs(40) // 2 + y[:, None, None, None] * 100).astype(np.uint8)

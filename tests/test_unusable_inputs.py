@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import warnings
 from collections.abc import Iterator
@@ -32,9 +33,11 @@ from shift.store.registry import Registry
 from shift.store.tasks import TaskStore
 
 try:
-    from onnx_factory import tiny_torch_model
+    from cli_runner import cli, wide_consoles  # noqa: F401  (autouse fixture)
+    from onnx_factory import build_tiny_cnn, tiny_torch_model, with_custom_op
 except ImportError:  # tests/ is a package
-    from tests.onnx_factory import tiny_torch_model
+    from tests.cli_runner import cli, wide_consoles  # noqa: F401
+    from tests.onnx_factory import build_tiny_cnn, tiny_torch_model, with_custom_op
 
 
 @pytest.fixture
@@ -113,6 +116,84 @@ def test_a_model_without_outputs_says_so(tmp_path: Path, reg: Registry) -> None:
     before = _models(reg)
     with pytest.raises(ModelFileError, match=r"n\.onnx: the graph has no outputs"):
         register_onnx(reg, tmp_path / "n.onnx", "n")
+    assert _models(reg) == before
+
+
+# ---- models that cannot run (issue 20, item 6): run once before they are registered ----------
+
+
+def test_a_custom_op_model_is_refused_at_add_by_name(tmp_path: Path, reg: Registry) -> None:
+    """A valid graph with an operator ONNX Runtime does not have passed `models add` and failed
+    only at index: it is run once (a batch of 2) and refused, naming the model, the file, the
+    operator and ONNX Runtime's reason; nothing is written to the registry or models/."""
+    good = build_tiny_cnn(tmp_path / "good.onnx", seed=0).path
+    bad = with_custom_op(good, tmp_path / "foo.onnx")
+    before = _models(reg)
+    with pytest.raises(ModelFileError) as err:
+        register_onnx(reg, bad, "foo")
+    msg, hint = str(err.value), err.value.hint or ""
+    assert "model 'foo'" in msg and "foo.onnx" in msg and "cannot run" in msg, msg
+    assert "com.example:Foo" in msg + hint and "not a registered function/op" in msg, (msg, hint)
+    assert _models(reg) == before
+    assert register_onnx(reg, good, "good").dim == 16  # a model that runs is registered
+
+
+def test_models_add_refuses_a_model_that_cannot_run(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    good = build_tiny_cnn(tmp_path / "good.onnx", seed=0).path
+    assert cli(home, "models", "add", str(good), "--name", "good").exit_code == 0
+    files = sorted(p.name for p in (home / "models").iterdir())
+    bad = with_custom_op(good, tmp_path / "foo.onnx")
+    r = cli(home, "models", "add", str(bad), "--name", "foo")
+    assert r.exit_code == 1, r.output
+    assert "model 'foo'" in r.output and "cannot run" in r.output, r.output
+    assert sorted(p.name for p in (home / "models").iterdir()) == files
+    r = cli(home, "models", "list", "--json")
+    assert [m["name"] for m in json.loads(r.stdout)] == ["good"]
+
+
+def test_a_model_whose_output_is_not_what_the_graph_declares_is_refused(
+    tmp_path: Path, reg: Registry
+) -> None:
+    """The graph declares a 16-wide embedding but computes 8 values: indexing would fail on
+    the first batch, so add refuses it, saying which output and what shape it gave."""
+    import onnx
+
+    model = onnx.load(str(build_tiny_cnn(tmp_path / "t.onnx", seed=0, classes=None).path))
+    for node in model.graph.node:
+        for i, n in enumerate(node.output):
+            if n == "embedding":
+                node.output[i] = "wide"
+    starts = onnx.helper.make_tensor("starts", onnx.TensorProto.INT64, [1], [0])
+    ends = onnx.helper.make_tensor("ends", onnx.TensorProto.INT64, [1], [8])
+    axes = onnx.helper.make_tensor("axes", onnx.TensorProto.INT64, [1], [1])
+    model.graph.initializer.extend([starts, ends, axes])
+    model.graph.node.append(
+        onnx.helper.make_node("Slice", ["wide", "starts", "ends", "axes"], ["embedding"])
+    )
+    onnx.save(model, str(tmp_path / "narrow.onnx"))
+    before = _models(reg)
+    with pytest.raises(ModelFileError) as err:
+        register_onnx(reg, tmp_path / "narrow.onnx", "narrow")
+    msg = str(err.value)
+    assert "model 'narrow'" in msg and "'embedding'" in msg and "(2, 8)" in msg, msg
+    assert _models(reg) == before
+
+
+def test_a_model_that_does_not_finish_one_batch_is_refused(
+    tmp_path: Path, reg: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run at add is bounded by the inference batch timeout ($SHIFT_BATCH_TIMEOUT_S)."""
+    try:
+        from test_hangs import build_endless_loop
+    except ImportError:  # tests/ is a package
+        from tests.test_hangs import build_endless_loop
+
+    monkeypatch.setenv("SHIFT_BATCH_TIMEOUT_S", "0.5")
+    endless = build_endless_loop(tmp_path / "endless.onnx").path
+    before = _models(reg)
+    with pytest.raises(ModelFileError, match=r"model 'endless'.*within 0\.5 s"):
+        register_onnx(reg, endless, "endless")
     assert _models(reg) == before
 
 

@@ -1,4 +1,5 @@
-"""Register an ONNX file: read what the graph says, validate the rest, copy it into the home."""
+"""Register an ONNX file: read what the graph says, validate the rest, run it once, copy it into
+the home."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from shift.catalog.onnx_inspect import describe_onnx, image_input, pick_outputs
+from shift.catalog.onnx_inspect import check_runs, describe_onnx, image_input, pick_outputs
 from shift.errors import ModelFileError, ShiftError
 from shift.fsutil import sha256_file
 from shift.records import InputSpec, ModelRecord
@@ -32,8 +33,10 @@ def register_onnx(
     replace: bool = False,
     **meta: Any,
 ) -> ModelRecord:
-    """Inspect ``path`` and register it as ``name``. ``meta`` holds the ModelRecord fields the graph
-    cannot tell (imagenet_top1, imagenet_source, family, upstream_dataset, tags, ...)."""
+    """Inspect ``path``, run it once (:func:`~shift.catalog.onnx_inspect.check_runs`: a model
+    that cannot run is refused by name, with nothing written) and register it as ``name``.
+    ``meta`` holds the ModelRecord fields the graph cannot tell (imagenet_top1, imagenet_source,
+    family, upstream_dataset, tags, ...)."""
     info = describe_onnx(path)
     emb, head = pick_outputs(info, output, head_output)
     tensor, layout, channels, h, w = image_input(info, input_size)
@@ -64,4 +67,8 @@ def register_onnx(
         )
     except ValidationError as e:
         raise ShiftError(f"model {name!r}: {validation_message(e)}") from None
+    registry.require_writable()  # what add_model would refuse, refused before the run
+    if not replace:
+        registry.ensure_new("models", name)
+    check_runs(path, record, info)
     return registry.add_model(record, src_file=path, replace=replace)
