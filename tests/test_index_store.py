@@ -55,6 +55,16 @@ def assert_same(index: EmbeddingIndex, data: tuple) -> None:
     assert index.meta.count == len(ids) and index.meta.dim == DIM
 
 
+@pytest.fixture(autouse=True)
+def persisted_graphs(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Commit hnsw graphs at every size, so the tests of graph files (tamper, resume, append,
+    lazy load) see them; tests marked ``lazy_graphs`` keep the real threshold."""
+    from shift.scoring import knn
+
+    if "lazy_graphs" not in request.keywords:
+        monkeypatch.setattr(knn, "HNSW_MIN_TRAIN", 0)
+
+
 @pytest.fixture
 def store(tmp_path: Path) -> IndexStore:
     return IndexStore(tmp_path / "indexes" / "task" / "model")
@@ -165,9 +175,8 @@ def test_resume_after_killed_build(store: IndexStore) -> None:
     for b in (0, 1):
         w.add_batch(f"b{b}", [ids[i] for i in chunks[b]], emb[chunks[b]], logits[chunks[b]])
     # batch 2 died half-way: its arrays were written, its marker never was
-    stem = w._stem("b2")
-    np.save(w.parts_dir / f"{stem}.emb.npy", emb[chunks[2]])
-    (w.parts_dir / f".{stem}.json.tmp-deadbeef").write_text("{")
+    np.save(w.part_path("b2"), emb[chunks[2]])
+    (w.parts_dir / f"{w.part_path('b2').stem}.json").write_text('{"batch_id": "b2", "sampl')
     del w  # the process is killed: nothing is finalized
 
     assert store.open(key) is None
@@ -189,7 +198,7 @@ def test_damaged_part_is_dropped_from_done_batches(store: IndexStore) -> None:
     w = store.begin(key, DIM, NCLS)
     w.add_batch("b0", ids[:10], emb[:10], logits[:10])
     w.add_batch("b1", ids[10:20], emb[10:20], logits[10:20])
-    part = w.parts_dir / f"{w._stem('b1')}.emb.npy"
+    part = w.part_path("b1")
     raw = bytearray(part.read_bytes())
     raw[-1] ^= 0xFF
     part.write_bytes(bytes(raw))
@@ -445,3 +454,29 @@ def test_lazy_graph_load_notices_a_later_commit(store: IndexStore) -> None:
         reader.hnsw("l2")
     # the memory-mapped vectors of the old view still read the old rows
     assert reader.vectors.shape == (N, DIM)
+
+
+@pytest.mark.lazy_graphs
+def test_small_indexes_commit_no_graph_and_build_it_on_first_use(
+    store: IndexStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Below the kNN proxies' graph threshold no graph is written (each cost ~0.75 s per 2k
+    rows); a query builds the same graph in memory; an append that crosses the threshold
+    commits both graphs."""
+    from shift.scoring import knn
+
+    index, (ids, emb, _, _) = build(store, make_key())
+    assert index.meta.spaces == [] and not list(store.root.glob("hnsw-*.bin"))
+    reopened = store.open(make_key())
+    for space in ("l2", "cosine"):
+        rows, dist = reopened.knn_query(emb[:5], k=3, space=space)
+        assert rows[:, 0].tolist() == list(range(5)) and np.allclose(dist[:, 0], 0, atol=1e-4)
+    monkeypatch.setattr(knn, "HNSW_MIN_TRAIN", N + 2)
+    new_ids, new_emb, new_logits, new_labels = make_data(3, seed=9)
+    grown = store.append(reopened, new_ids, new_emb, new_logits, new_labels, key=make_key("v2"))
+    assert grown.meta.spaces == ["l2", "cosine"]
+    again = store.open(make_key("v2"))
+    assert again.meta.spaces == ["l2", "cosine"] and sorted(
+        p.name for p in store.root.glob("hnsw-*")
+    )
+    assert again.knn_query(new_emb[:1], k=1)[0][0, 0] == N

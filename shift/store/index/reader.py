@@ -11,8 +11,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from shift.store.index.arrays import as_matrix
-from shift.store.index.graphs import load_graph
-from shift.store.index.meta import HnswConfig, IndexKey, IndexMeta, IndexStoreError, hnsw_file
+from shift.store.index.graphs import build_graph, load_graph
+from shift.store.index.meta import (
+    SPACES,
+    HnswConfig,
+    IndexKey,
+    IndexMeta,
+    IndexStoreError,
+    hnsw_file,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     import hnswlib
@@ -93,9 +100,14 @@ class EmbeddingIndex:
         return np.asarray(self.logits[self.rows(sample_ids)], dtype=np.float32)
 
     def hnsw(self, space: str = "l2") -> hnswlib.Index:
-        """The hnswlib graph of ``space`` (``"l2"`` or ``"cosine"``), loaded lazily."""
-        if space not in self.meta.spaces:
-            raise IndexStoreError(f"no {space!r} graph in this index (has {self.meta.spaces})")
+        """The hnswlib graph of ``space`` (``"l2"`` or ``"cosine"``): loaded lazily when the
+        index was committed with it, else built in memory from the vectors on first use (what
+        the store would have built: the same settings and insertion order)."""
+        if space not in SPACES:
+            raise IndexStoreError(f"no {space!r} graph: the spaces are {list(SPACES)}")
+        if space not in self._graphs and space not in self.meta.spaces:
+            g = build_graph(np.asarray(self.vectors, np.float32), space, self.hnsw_config)
+            self._graphs[space] = g
         if space not in self._graphs:
             path = self.root / hnsw_file(space)
             if file_stamp(path) != self._stamps.get(space):

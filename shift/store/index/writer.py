@@ -1,14 +1,20 @@
 """Incremental, resumable builds of one index (``IndexWriter``).
 
-Each batch is durable as soon as ``add_batch`` returns: its files are written atomically under
-``parts-<keydigest>/`` and a marker naming them with their sha256 is written last. A killed build
-resumes from the batches whose markers and files check out (``done_batches``); ``finalize``
-assembles the rows and hands them to the store's commit.
+Each batch survives the process as soon as ``add_batch`` returns: one data file under
+``parts-<keydigest>/`` (embeddings and logits side by side) and then a marker naming its sample
+ids and the data file's sha256. Neither is fsynced nor renamed: a batch counts only when its
+marker parses and its data file matches that sha256, so a torn write (a kill, or a power loss
+before the page cache reached the disk) reads as a batch never stored and is embedded again.
+Durability comes once per index: ``finalize`` hands the rows to the store's commit (staged,
+fsynced, renamed). Two files per batch instead of three staged, fsynced and renamed ones: 812
+fsyncs and 548 unlinks took 4.6 of 23.4 s of a 4-model zero-cost build on the 2-core box.
+A killed build resumes from the batches that check out (``done_batches``).
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import shutil
 from collections.abc import Iterator, Mapping, Sequence
@@ -17,10 +23,23 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from shift.fsutil import TMP_MARK, put_staged, sha256_bytes, sha256_file, stage_bytes
-from shift.store.index.arrays import as_matrix, atomic_npy, check_array, check_ids, load_npy
+from shift.fsutil import (
+    TMP_MARK,
+    named_write_errors,
+    put_staged,
+    sha256_bytes,
+    sha256_file,
+    stage_bytes,
+)
+from shift.store.index.arrays import as_matrix, check_array, check_ids, load_npy
 from shift.store.index.meta import IndexCorruptError, IndexKey, IndexStoreError
 from shift.store.index.reader import EmbeddingIndex
+
+
+def write_part(path: Path, data: bytes) -> None:
+    """Write a batch's data file in place (no temp file, no fsync: its marker's sha256 decides
+    whether it counts)."""
+    path.write_bytes(data)
 
 
 class IndexTarget(Protocol):
@@ -43,11 +62,15 @@ class IndexTarget(Protocol):
 
 
 class IndexWriter:
-    """Builds one index batch by batch; each batch is durable as soon as ``add_batch`` returns.
+    """Builds one index batch by batch; a batch is kept as soon as ``add_batch`` returns.
 
-    A batch is ``<stem>.emb.npy`` (+ ``<stem>.logits.npy``) plus a ``<stem>.json`` marker
-    written last (sample ids and file sha256s); a batch without a valid marker does not exist.
+    A batch is ``<stem>.npy`` (float32 rows: the embedding, then the logits when there are any)
+    plus a ``<stem>.json`` marker written after it (sample ids and the data file's sha256); a
+    batch without a valid marker, or whose data file fails the sha256, does not exist.
     """
+
+    #: the parts layout; parts of another layout (an older shift) are discarded, not misread
+    FORMAT = 2
 
     def __init__(
         self,
@@ -68,6 +91,7 @@ class IndexWriter:
 
     def _prepare(self) -> None:
         manifest = {
+            "format": self.FORMAT,
             "key": self.key.model_dump(),
             "dim": self.dim,
             "logits_dim": self.logits_dim,
@@ -107,16 +131,25 @@ class IndexWriter:
                 f"batch {batch_id!r}: logits must be given iff the writer has logits_dim "
                 f"(logits_dim={self.logits_dim})"
             )
+        rows = emb
+        if logits is not None:
+            lg = as_matrix(f"logits of batch {batch_id!r}", logits, self.logits_dim, len(ids))
+            rows = np.concatenate([emb, lg], axis=1)
         stem = self._stem(batch_id)
         marker = self.parts_dir / f"{stem}.json"
         marker.unlink(missing_ok=True)  # a replaced batch is absent until its new marker lands
-        files = {f"{stem}.emb.npy": atomic_npy(self.parts_dir / f"{stem}.emb.npy", emb)}
-        if logits is not None:
-            lg = as_matrix(f"logits of batch {batch_id!r}", logits, self.logits_dim, len(ids))
-            files[f"{stem}.logits.npy"] = atomic_npy(self.parts_dir / f"{stem}.logits.npy", lg)
-        record = {"batch_id": batch_id, "sample_ids": ids, "files": files}
-        put_staged(marker, stage_bytes(marker, json.dumps(record).encode()))
+        buf = io.BytesIO()
+        np.save(buf, np.ascontiguousarray(rows, np.float32), allow_pickle=False)
+        data = buf.getvalue()
+        record = {"batch_id": batch_id, "sample_ids": ids, "sha256": sha256_bytes(data)}
+        with named_write_errors(self.parts_dir):
+            write_part(self.part_path(batch_id), data)
+            marker.write_text(json.dumps(record))
         self._verified.add(batch_id)
+
+    def part_path(self, batch_id: str) -> Path:
+        """The data file of ``batch_id``."""
+        return self.parts_dir / f"{self._stem(batch_id)}.npy"
 
     def _markers(self) -> Iterator[tuple[Path, dict[str, Any]]]:
         for marker in sorted(self.parts_dir.glob("b-*.json")):
@@ -127,7 +160,7 @@ class IndexWriter:
                     and isinstance(rec.get("batch_id"), str)
                     and self._stem(rec["batch_id"]) == marker.stem
                     and isinstance(rec.get("sample_ids"), list)
-                    and isinstance(rec.get("files"), dict)
+                    and isinstance(rec.get("sha256"), str)
                 )
             except (OSError, ValueError):
                 ok = False
@@ -144,10 +177,7 @@ class IndexWriter:
             bid = rec["batch_id"]
             if bid not in self._verified:
                 try:
-                    good = all(
-                        sha256_file(self.parts_dir / name) == sha
-                        for name, sha in rec["files"].items()
-                    )
+                    good = sha256_file(self.part_path(bid)) == rec["sha256"]
                 except OSError:
                     good = False
                 if not good:
@@ -157,17 +187,19 @@ class IndexWriter:
             done.add(bid)
         return done
 
-    def _load_part(self, name: str, sha: str, cols: int | None, n: int) -> np.ndarray:
-        path = self.parts_dir / name
+    def _load_part(self, rec: dict[str, Any]) -> tuple[np.ndarray, np.ndarray | None]:
+        """(embeddings, logits) of a marker's batch, its data file sha256-checked."""
+        path = self.part_path(rec["batch_id"])
         try:
             data = path.read_bytes()
         except OSError as e:
             raise IndexCorruptError(f"missing part file {path}", path=path) from e
-        if sha256_bytes(data) != sha:
+        if sha256_bytes(data) != rec.get("sha256"):
             raise IndexCorruptError(f"part file {path} fails its sha256 check", path=path)
         arr = load_npy(path, data)
-        check_array(path, arr, np.float32, (n, cols or 0))
-        return arr
+        n, cols = len(rec["sample_ids"]), self.dim + (self.logits_dim or 0)
+        check_array(path, arr, np.float32, (n, cols))
+        return arr[:, : self.dim], (arr[:, self.dim :] if self.logits_dim else None)
 
     def read_batches(
         self, batch_ids: Sequence[str]
@@ -182,15 +214,11 @@ class IndexWriter:
         embs, logits = [], []
         for b in batch_ids:
             rec = recs[b]
-            stem = self._stem(b)
-            n = len(rec["sample_ids"])
             ids += rec["sample_ids"]
-            embs.append(
-                self._load_part(f"{stem}.emb.npy", rec["files"][f"{stem}.emb.npy"], self.dim, n)
-            )
-            if self.logits_dim is not None:
-                name = f"{stem}.logits.npy"
-                logits.append(self._load_part(name, rec["files"][name], self.logits_dim, n))
+            emb, lg = self._load_part(rec)
+            embs.append(emb)
+            if lg is not None:
+                logits.append(lg)
         emb = np.concatenate(embs) if embs else np.zeros((0, self.dim), np.float32)
         lg = np.concatenate(logits) if logits else None
         return ids, emb, lg
@@ -218,15 +246,9 @@ class IndexWriter:
             if not src:
                 continue
             dst = np.fromiter((wanted[ids[j]] for j in src), np.int64, len(src))
-            stem = self._stem(rec["batch_id"])
-            emb_name = f"{stem}.emb.npy"
-            emb = self._load_part(emb_name, rec["files"].get(emb_name, ""), self.dim, len(ids))
+            emb, lg = self._load_part(rec)
             vectors[dst] = emb[src]
-            if logits is not None:
-                lg_name = f"{stem}.logits.npy"
-                lg = self._load_part(
-                    lg_name, rec["files"].get(lg_name, ""), self.logits_dim, len(ids)
-                )
+            if logits is not None and lg is not None:
                 logits[dst] = lg[src]
             filled[dst] = True
         if not filled.all():
