@@ -173,3 +173,53 @@ def test_weights_that_do_not_fit_are_refused(
     with pytest.raises(ShiftError, match="no such file or folder"):
         client.add_weights(MNV3, tmp_path / "nope.pth")
     assert client.model(MNV3).weights == "missing"
+
+
+def test_rerunning_weights_replaces_the_model_cleanly(
+    client: shift.Client,
+    weight_files: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 20, item 4: `models weights NAME --weights FILE` run again with other weights left
+    the previous ONNX file in models/ and the scores cached under it, so `doctor` exited 1 on a
+    healthy home. The registry moves to the new file, then the old one and its scores go; a
+    re-run that fails leaves the model as it was."""
+    try:
+        from cli_runner import cli
+    except ImportError:  # tests/ is a package
+        from tests.cli_runner import cli
+
+    torch.manual_seed(1)
+    other = tmp_path / "mnv3-other.pth"
+    torch.save(tvm.mobilenet_v3_small().state_dict(), other)
+    query = "SELECT top 1 FROM models WHERE task=toy AND weights = 'present' RANK BY knn"
+
+    def files() -> list[str]:
+        return sorted(p.name for p in client.home.models_dir.iterdir())
+
+    first = client.add_weights(MNV3, weight_files[MNV3])
+    client.query(query)  # an index and a cached score under the first weights
+    second = client.add_weights(MNV3, other)
+    assert second.sha256 != first.sha256
+    assert files() == [f"{second.sha256}.onnx"]
+    r = cli(client.home.registry_dir, "doctor")
+    assert r.exit_code == 0, r.output  # no orphan file, no orphan scores
+    assert client.query(query).scores[MNV3] is not None  # the new weights index and score
+
+    assert client.add_weights(MNV3, other).sha256 == second.sha256  # the same again: kept
+    assert files() == [f"{second.sha256}.onnx"]
+
+    import shift.catalog.onnx_import as onnx_import
+    from shift.errors import ModelFileError as Refused
+
+    def refuse(*a: object, **k: object) -> None:
+        raise Refused("model cannot run")
+
+    monkeypatch.setattr(onnx_import, "check_runs", refuse)
+    with pytest.raises(Refused):
+        client.add_weights(MNV3, weight_files[MNV3])
+    assert client.model(MNV3).sha256 == second.sha256 and files() == [f"{second.sha256}.onnx"]
+    assert client.registry.model_file(client.model(MNV3)).is_file()
+    r = cli(client.home.registry_dir, "doctor")
+    assert r.exit_code == 0, r.output

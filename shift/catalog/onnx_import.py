@@ -71,4 +71,27 @@ def register_onnx(
     if not replace:
         registry.ensure_new("models", name)
     check_runs(path, record, info)
-    return registry.add_model(record, src_file=path, replace=replace)
+    old = registry.get_model(name) if replace and registry.has_model(name) else None
+    new = registry.add_model(record, src_file=path, replace=replace)
+    if old is not None and old.has_weights and old.sha256 != new.sha256:
+        retire_weights(registry, old)
+    return new
+
+
+def retire_weights(registry: Registry, old: ModelRecord) -> None:
+    """What ``old`` (a model's record before it was replaced by other weights) leaves behind,
+    removed once the registry points at the new file: its ONNX file in the home's models folder
+    and the scores cached under its weights, unless a registered model still has those weights.
+    One write transaction; a crash before it leaves an orphan ``doctor --repair`` removes."""
+    path = registry.model_file(old)
+    with registry.transaction():
+        used = registry.db.execute("SELECT 1 FROM models WHERE sha256 = ?", [old.sha256]).fetchone()
+        if used:
+            return
+        # score keys are "<sha256>+<preprocessing and backend digest>"
+        registry.db.execute(
+            "DELETE FROM scores WHERE substr(model_sha, 1, ?) = ?",
+            [len(old.sha256) + 1, old.sha256 + "+"],
+        )
+        if path.parent == registry.home.models_dir:  # never a file outside the home
+            path.unlink(missing_ok=True)
