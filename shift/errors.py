@@ -114,3 +114,8 @@ class DiskFullError(ShiftError):
 class ReadOnlyHomeError(ShiftError):
     """A write to a home whose folder or registry cannot be written (a read-only mount, or no
     write permission). Reading what is stored there (cached query results) still works."""
+
+
+class NonFiniteScoreError(ShiftError):
+    """A proxy score that is NaN or infinite. It is never cached or ranked: the proxy and the
+    models it failed on are named instead."""

@@ -161,6 +161,7 @@ class Engine(Indexer):
         indexes holding exactly those samples and labels and cached under that record's hash:
         if the task changes while its indexes are updated, the query reads it again."""
         from shift.scoring.proxies import get_proxy
+        from shift.scoring.registry import check_finite
 
         spec = get_proxy(proxy).bind(args or {})
         pkey = proxy_params_key(spec.params)
@@ -205,6 +206,7 @@ class Engine(Indexer):
         train = [r["sample_id"] for r in rows if r["split"] == "train"]
         val = [r["sample_id"] for r in rows if r["split"] == "val"]
         scored = [m for m in missing if m.name in indexes]
+        names = [m.name for m in scored]
         t0 = time.perf_counter()
         path = spec.index_path(len(train))
         self.last_score_path = path or "arrays"
@@ -213,11 +215,13 @@ class Engine(Indexer):
         else:
             values = (
                 spec.score_many(
-                    [self._problem(indexes[m.name], train, val, spec.needs_logits) for m in scored]
+                    [self._problem(indexes[m.name], train, val, spec.needs_logits) for m in scored],
+                    names,
                 )
                 if scored
                 else []
             )
+        values = check_finite(proxy, values, names)  # NonFiniteScoreError: nothing is cached
         secs = (time.perf_counter() - t0) / max(1, len(scored))
         if not pool_relative:
             self.registry.put_scores(

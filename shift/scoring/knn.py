@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 import numpy as np
 
 from shift.scoring.registry import Arg, proxy
+from shift.scoring.scale import unit_scale
 
 if TYPE_CHECKING:  # pragma: no cover
     import hnswlib
@@ -72,8 +73,10 @@ def _matrix(name: str, x: Any) -> np.ndarray:
 
 
 def _inputs(train_x: Any, query_x: Any, metric: str) -> tuple[np.ndarray, np.ndarray]:
-    """The checked (train, query) matrices; for ``cosine`` their rows L2-normalised (float64).
-    Raises ValueError for an unknown metric, no train rows or mismatched dimensions."""
+    """The checked (train, query) matrices, both divided by one power of two when beyond
+    float32's range (:func:`~shift.scoring.scale.unit_scale`: the nearest rows do
+    not change, and distances no longer overflow); for ``cosine`` their rows L2-normalised
+    (float64). Raises ValueError for an unknown metric, no train rows or mismatched dimensions."""
     if metric not in ("euclidean", "cosine"):
         raise ValueError(f"unknown metric {metric!r} (use 'euclidean' or 'cosine')")
     tx, qx = _matrix("train_x", train_x), _matrix("query_x", query_x)
@@ -81,6 +84,7 @@ def _inputs(train_x: Any, query_x: Any, metric: str) -> tuple[np.ndarray, np.nda
         raise ValueError("train_x has no rows")
     if tx.shape[1] != qx.shape[1]:
         raise ValueError(f"dimension mismatch: train {tx.shape[1]} vs query {qx.shape[1]}")
+    [tx, qx], _ = unit_scale(tx, qx)
     if metric == "cosine":
         return _normalize(tx), _normalize(qx)
     return tx, qx

@@ -3,10 +3,13 @@ regression on frozen features, trained by mini-batch SGD at each learning rate; 
 the best validation accuracy over the learning rates.
 
 Per problem: features are standardised with the train mean/std (``(x - μ) / σ``, σ = 1 for
-constant features), train labels are remapped to ``0..C-1`` (validation labels unseen in
-training can never be predicted, so they count as errors), weights start at zero, and the
-mini-batches are drawn from epoch-wise permutations of a ``numpy`` generator seeded with
-``seed`` alone, so the same task gets the same batches for every model and every lr.
+constant features: ``σ_j ≤ 1e-8·max(|μ_j|, max_k σ_k)``, relative to the features' own scale, so
+the same embeddings at any magnitude get the same probe; train and validation features beyond
+float32's range are first divided by one power of two, which standardising undoes), train
+labels are remapped to ``0..C-1`` (validation labels unseen in training can never be predicted,
+so they count as errors), weights start at zero, and the mini-batches are drawn from epoch-wise
+permutations of a ``numpy`` generator seeded with ``seed`` alone, so the same task gets the
+same batches for every model and every lr.
 
 ``linear_probe_many`` trains all (problem, lr) pairs in one batched torch program: features are
 zero-padded to the largest dimension, classes padded and masked out, and the weights of every
@@ -27,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from shift.scoring.registry import Arg, proxy
+from shift.scoring.scale import unit_scale
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -48,6 +52,7 @@ DEFAULT_MOMENTUM = 0.9
 _NEG = -1e9  # logit given to padded classes
 _DEFAULT_MAX_BYTES = 1 << 30
 _SMALL_WORK = 5_000_000  # multiply-adds per SGD step below which one thread is fastest
+_CONSTANT_RTOL = 1e-8  # a feature whose std is at most this of the feature scale is constant
 
 
 @dataclass
@@ -79,9 +84,8 @@ def _prepare(i: int, problem: Problem) -> _Prepared:
         raise ValueError(f"problem {i}: needs at least one train row, one val row, one feature")
     if not (np.isfinite(xtr).all() and np.isfinite(xva).all()):
         raise ValueError(f"problem {i}: features contain NaN or infinite values")
-    mu = xtr.mean(axis=0)
-    sd = xtr.std(axis=0)
-    sd = np.where(sd > 1e-8 * np.maximum(1.0, np.abs(mu)), sd, 1.0)
+    [xtr, xva], _ = unit_scale(xtr, xva)
+    mu, sd = _standardiser(xtr)
     classes, ytr_idx = np.unique(ytr, return_inverse=True)
     pos = np.clip(np.searchsorted(classes, yva), 0, len(classes) - 1)
     yva_idx = np.where(classes[pos] == yva, pos, -1)
@@ -92,6 +96,16 @@ def _prepare(i: int, problem: Problem) -> _Prepared:
         yva=yva_idx.astype(np.int64),
         classes=len(classes),
     )
+
+
+def _standardiser(xtr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(μ, σ)`` of the train features, σ = 1 where a feature is constant: its std at most
+    ``_CONSTANT_RTOL·max(|μ_j|, max_k σ_k)`` (rounding around its mean, or negligible beside the
+    most varying feature; never an absolute threshold, which depends on the features' scale)."""
+    mu = xtr.mean(axis=0)
+    sd = xtr.std(axis=0)
+    ref = np.maximum(np.abs(mu), float(sd.max()))
+    return mu, np.where(sd > _CONSTANT_RTOL * ref, sd, 1.0)
 
 
 def _batch_indices(n: int, steps: int, batch: int, seed: int) -> np.ndarray:

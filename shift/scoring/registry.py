@@ -7,10 +7,13 @@ together). Keyword arguments are bound to the function and recorded in ``params`
 of the score-cache key, so the same proxy always gets the same ``params``. The decorators return
 the function unchanged (it stays importable and picklable by name). Registering the same name
 twice is an error. The lookup side (``PROXIES``, ``get_proxy``) is ``shift.scoring.proxies``.
+A registered proxy never returns a NaN or infinite score: ``ProxySpec`` raises
+:class:`~shift.errors.NonFiniteScoreError` instead (:func:`check_finite`).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -18,6 +21,7 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
+from shift.errors import NonFiniteScoreError
 from shift.scoring.args import Arg, check_args, inferred
 
 __all__ = [
@@ -25,6 +29,7 @@ __all__ = [
     "IndexScorer",
     "ProxyFn",
     "ProxySpec",
+    "check_finite",
     "estimator",
     "proxy",
     "register",
@@ -37,6 +42,23 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 #: seconds per 1,000 training samples for a proxy registered without ``cost_per_1k``
 DEFAULT_COST_PER_1K = 0.2
+
+
+def check_finite(
+    proxy: str, values: Sequence[Any], names: Sequence[str] | None = None
+) -> list[float]:
+    """``values`` as floats, or :class:`~shift.errors.NonFiniteScoreError` naming ``proxy`` and
+    the problems (``names``, else their positions) whose score is NaN or infinite."""
+    out = [float(v) for v in values]
+    bad = [i for i, v in enumerate(out) if not math.isfinite(v)]
+    if not bad:
+        return out
+    which = ", ".join(names[i] if names is not None else f"#{i}" for i in bad)
+    raise NonFiniteScoreError(
+        f"proxy {proxy!r} gave a non-finite score ({out[bad[0]]}) for {which}; "
+        "it is neither cached nor ranked",
+        hint="rank with another proxy, or leave these models out of the pool",
+    )
 
 
 class IndexScorer(Protocol):
@@ -94,15 +116,21 @@ class ProxySpec:
         return bool(self.params.get("pool_relative"))
 
     def __call__(self, train_x: Any, train_y: Any, val_x: Any, val_y: Any) -> float:
+        """The score of one problem (finite, else NonFiniteScoreError)."""
         if self.fn is None:
             raise NotImplementedError(f"proxy {self.name!r} has no single-problem function")
-        return self.fn(train_x, train_y, val_x, val_y)
+        return check_finite(self.name, [self.fn(train_x, train_y, val_x, val_y)])[0]
 
-    def score_many(self, problems: Sequence[tuple[Any, Any, Any, Any]]) -> list[float]:
-        """Scores of several problems: the batched ``many`` if set, else ``fn`` per problem."""
+    def score_many(
+        self, problems: Sequence[tuple[Any, Any, Any, Any]], names: Sequence[str] | None = None
+    ) -> list[float]:
+        """Scores of several problems: the batched ``many`` if set, else ``fn`` per problem;
+        all finite, else NonFiniteScoreError naming the problems (``names``, else positions)."""
         if self.many is not None:
-            return self.many(problems)
-        return [self(*p) for p in problems]
+            return check_finite(self.name, self.many(problems), names)
+        if self.fn is None:
+            raise NotImplementedError(f"proxy {self.name!r} has no single-problem function")
+        return check_finite(self.name, [self.fn(*p) for p in problems], names)
 
     def index_path(self, n_train: int) -> str | None:
         """The ``from_index`` hook's path name if it runs for ``n_train`` samples, else None."""

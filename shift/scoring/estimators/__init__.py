@@ -27,6 +27,9 @@ numpy (no scipy, torch or scikit-learn).
 
 from __future__ import annotations
 
+# knn and linear register first, also when this package is imported before the proxies module
+from shift.scoring import proxies as _proxies  # noqa: F401
+
 # Importing a module registers its proxies (``@estimator``); this order is PROXIES' order.
 # isort: off
 from shift.scoring.estimators.logme import logme

@@ -16,6 +16,12 @@ code does, evaluates the log-determinant term on the scalar variances, **not mul
 keeps v_c per dimension: the exact Bhattacharyya distance of diagonal Gaussians (the paper's
 other variant). The registered proxy ``gbc`` is the spherical one; ``gbc(covariance=diagonal)``
 selects the other.
+
+GBC does not change under a global scale of the features except through the absolute 1e-4
+floor. Features beyond float32's range are divided by a power of two ``2^e`` first
+(:func:`~shift.scoring.scale.unit_scale`) and the floor with them (``1e-4·2^−2e``),
+so the value is the formula's at the original scale (clamped to float64's normal range, where a
+floored class's coefficients are 0 either way).
 """
 
 from __future__ import annotations
@@ -27,12 +33,22 @@ import numpy as np
 from shift.scoring.args import Arg
 from shift.scoring.estimators._common import check_xy, class_means, one_hot, pca
 from shift.scoring.registry import estimator
+from shift.scoring.scale import SAFE_EXP2, scaled, unit_scale
 
 __all__ = ["DEFAULT_COVARIANCE", "DEFAULT_PCA_DIM", "bhattacharyya_distances", "gbc"]
 
 DEFAULT_PCA_DIM = 64
 DEFAULT_COVARIANCE: Literal["spherical"] = "spherical"  # google-research's default
 _VAR_FLOOR = 1e-4
+_TINY = float(np.finfo(np.float64).tiny)
+
+
+def variance_floor(exp2: int) -> float:
+    """``1e-4`` in units of features divided by ``2^exp2``: ``1e-4·2^(−2·exp2)``, clamped to
+    ``[tiny, 2^SAFE_EXP2]`` (at either end the coefficients are the same to float64 precision:
+    a class floored at ``tiny`` has coefficient 0, and with a floor of ``2^SAFE_EXP2`` every
+    variance of the unit-scale features is floored, as at the original scale)."""
+    return min(max(scaled(_VAR_FLOOR, -2 * exp2), _TINY), 2.0**SAFE_EXP2)
 
 
 def bhattacharyya_distances(means: np.ndarray, variances: np.ndarray) -> np.ndarray:
@@ -78,12 +94,13 @@ def gbc(
     if covariance not in ("diagonal", "spherical"):
         raise ValueError("covariance must be 'diagonal' or 'spherical'")
     F, y, c = check_xy(features, labels)
+    [F], e = unit_scale(F)
     P, _ = pca(F, pca_dim)
     if P.shape[1] == 0:
         P = np.zeros((F.shape[0], 1))
     means, counts = class_means(P, y, c)
     resid = P - means[y]  # two-pass population variance, floored
-    var = np.maximum((one_hot(y, c).T @ resid**2) / counts[:, None], _VAR_FLOOR)
+    var = np.maximum((one_hot(y, c).T @ resid**2) / counts[:, None], variance_floor(e))
     if covariance == "spherical":
         var = var.mean(axis=1, keepdims=True)
     dist = bhattacharyya_distances(means, var)

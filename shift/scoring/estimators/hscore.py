@@ -26,6 +26,10 @@ principal components (exact PCA of the centred features), the same k for every m
 the task; PARC's benchmark does the same for H-score (f = 32: mean Pearson −5.4 → 55.9).
 ``pca_dim=None`` is the raw H-score (tllib's, to compare with published numbers when N ≫ D).
 The shrinkage version needs no reduction (its Ledoit–Wolf covariance is well conditioned).
+
+Both are invariant to a global scale of the features; features beyond float32's range are
+divided by a power of two first (:func:`~shift.scoring.scale.unit_scale`), so
+``‖x‖⁴`` and ``σ²`` never overflow.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ import numpy as np
 
 from shift.scoring.estimators._common import check_xy, class_means, reduce_features, spectrum
 from shift.scoring.registry import estimator
+from shift.scoring.scale import rescaled
 
 __all__ = ["hscore", "ledoit_wolf_shrinkage", "shrinkage_hscore"]
 
@@ -54,7 +59,7 @@ def hscore(features: Any, labels: Any, *, pca_dim: int | None = DEFAULT_PCA_DIM)
     """H-score ``tr(cov_f⁺ cov_g)`` (≥ 0, at most C − 1; higher is better) on features reduced
     to ``min(pca_dim, N − C − 1)`` principal components (``pca_dim=None``: raw features)."""
     F, y, c = check_xy(features, labels)
-    F = reduce_features(F, c, pca_dim)
+    F = reduce_features(rescaled(F), c, pca_dim)
     Fc = F - F.mean(axis=0)
     sp = spectrum(Fc)
     k = sp.rank(rcond=_RCOND)
@@ -92,6 +97,7 @@ def ledoit_wolf_shrinkage(Fc: np.ndarray, sigma_sq_sum: float | None = None) -> 
 def shrinkage_hscore(features: Any, labels: Any) -> float:
     """Ledoit–Wolf-regularised H-score ``tr(cov_α⁻¹ (1−α) cov_g)`` (≥ 0; higher is better)."""
     F, y, c = check_xy(features, labels)
+    F = rescaled(F)
     n, d = F.shape
     Fc = F - F.mean(axis=0)
     sp = spectrum(Fc)

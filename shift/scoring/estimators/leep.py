@@ -2,12 +2,14 @@
 model's own source-classifier outputs on the target data (no features needed).
 
 LEEP, with θ the source-head probabilities (N × C_s): ``softmax(logits)`` computed stably, or the
-rows as given when they already are probabilities. ``probabilities=None`` (the default) decides
-per call: rows that are all non-negative and each sum to 1 within ``PROB_ATOL = 1e-4`` (a float32
-softmax over thousands of classes is within ~1e-5) are taken as probabilities, anything else as
-logits — real logits pass that test only by accident, while a second softmax of probabilities
-(the old behaviour) silently flattens θ towards uniform. ``True`` insists on probabilities
-(``ValueError`` otherwise), ``False`` forces the softmax. Then
+rows as given (divided by their sums) when they already are probabilities.
+``probabilities=None`` (the default) decides per call: rows that are all non-negative and each
+sum to 1 within the tolerance of their dtype, ``max(PROB_ATOL, C_s·eps(dtype))``
+(:func:`probability_tolerance`: 1e-4 for float32/float64, about 1e-2 for a float16 softmax over
+10 classes), are taken as probabilities, anything else as logits — real logits pass that test
+only by accident, while a second softmax of probabilities (the old behaviour) silently flattens
+θ towards uniform (LEEP → log(1/C)). ``True`` insists on probabilities and renormalises rows
+within that tolerance (``ValueError`` beyond it), ``False`` forces the softmax. Then
 ``P̂(y, z) = (1/N)·Σ_{i: y_i = y} θ_iz``, ``P̂(y|z) = P̂(y, z)/P̂(z)``,
 ``LEEP = (1/N)·Σ_i log Σ_z P̂(y_i|z)·θ_iz`` — with the log (SFDA/NCTI/ETran copies drop it).
 A source class with ``P̂(z) = 0`` (softmax underflow) contributes nothing. The inner sum is
@@ -30,23 +32,40 @@ from shift.scoring.registry import estimator
 __all__ = ["leep", "nce"]
 
 
-#: rows within this of summing to 1 (and non-negative) are probabilities
+#: the least row-sum tolerance: float32 probabilities upcast to float64 keep float32's rounding
 PROB_ATOL = 1e-4
 
 
-def looks_like_probabilities(X: np.ndarray) -> bool:
-    """Every row non-negative and summing to 1 within ``PROB_ATOL``."""
-    return bool((X >= 0).all() and np.all(np.abs(X.sum(axis=1) - 1.0) <= PROB_ATOL))
+def probability_tolerance(dtype: Any, classes: int) -> float:
+    """How far from 1 a row of ``classes`` probabilities stored as ``dtype`` may sum:
+    ``max(PROB_ATOL, classes·eps(dtype))`` for a float dtype (each rounded entry and a
+    normaliser summed at that precision move the sum by at most about that), else PROB_ATOL."""
+    dt = np.dtype(dtype)
+    if not np.issubdtype(dt, np.floating):
+        return PROB_ATOL
+    return max(PROB_ATOL, classes * float(np.finfo(dt).eps))
+
+
+def looks_like_probabilities(X: np.ndarray, tol: float = PROB_ATOL) -> bool:
+    """Every row non-negative and summing to 1 within ``tol``."""
+    return bool((X >= 0).all() and np.all(np.abs(X.sum(axis=1) - 1.0) <= tol))
 
 
 def _probabilities(outputs: Any, probabilities: bool | None) -> np.ndarray:
-    X = as_matrix(outputs, "source outputs", min_rows=1)
+    """θ: the rows divided by their sums if they are (or are declared) probabilities within
+    their dtype's :func:`probability_tolerance`, else their softmax."""
+    raw = np.asarray(outputs)
+    X = as_matrix(raw, "source outputs", min_rows=1)
+    tol = probability_tolerance(raw.dtype, X.shape[1])
     if probabilities is None:
-        probabilities = looks_like_probabilities(X)
+        probabilities = looks_like_probabilities(X, tol)
     if not probabilities:
         return np.exp(log_softmax(X, axis=1))
-    if not looks_like_probabilities(X):
-        raise ValueError("probabilities must be non-negative rows summing to 1")
+    if not looks_like_probabilities(X, tol):
+        raise ValueError(
+            f"probabilities must be non-negative rows summing to 1 (within {tol:.2g} for "
+            f"{raw.dtype} over {X.shape[1]} classes)"
+        )
     return X / X.sum(axis=1, keepdims=True)
 
 

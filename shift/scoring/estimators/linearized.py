@@ -12,7 +12,9 @@ correlation). LFC: ``Θ = F Fᵀ`` on the penultimate features. LGC: ``Θ = G G�
 G per-sample gradients of the network output w.r.t. the last convolutional layer's weights,
 randomly projected to 10,000 dimensions in the paper. The target is first subsampled to at most
 25 samples per class (seeded). Θ is formed block by block (O(N·block) memory). A constant Θ
-(e.g. all rows identical) carries no information and scores 0.
+(e.g. all rows identical) carries no information and scores 0. A correlation does not change
+under a global scale of the rows: rows beyond float32's range are divided by a power of two
+first (:func:`~shift.scoring.scale.unit_scale`), so ``Θ``'s squares never overflow.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import numpy as np
 
 from shift.scoring.estimators._common import as_matrix, check_xy, per_class_cap, softmax
 from shift.scoring.registry import estimator
+from shift.scoring.scale import rescaled
 
 __all__ = [
     "MAX_PER_CLASS",
@@ -70,7 +73,7 @@ def lfc(
     """Label-Feature Correlation in [−1, 1] (higher is better)."""
     F, y, _ = check_xy(features, labels)
     keep = per_class_cap(y, max_per_class, seed)
-    return kernel_label_correlation(F[keep], y[keep])
+    return kernel_label_correlation(rescaled(F[keep]), y[keep])
 
 
 def project(gradients: Any, dim: int = LGC_PROJECTION_DIM, seed: int = 0) -> np.ndarray:
@@ -125,7 +128,7 @@ def lgc(
     ``projection_dim=10_000`` reproduces the paper's random projection."""
     G, y, _ = check_xy(gradients, labels, "gradients")
     keep = per_class_cap(y, max_per_class, seed)
-    G, y = G[keep], y[keep]
+    G, y = rescaled(G[keep]), y[keep]
     if projection_dim is not None:
         G = project(G, projection_dim, seed)
     return kernel_label_correlation(G, y)

@@ -25,6 +25,19 @@ The spectrum comes from the smaller Gram matrix (``FFᵀ`` if N ≤ D else ``F�
 reference does for N > D). Singular values ``s ≤ 1e-10`` (the reference's cut) or at the Gram
 rounding-noise floor (``σ ≤ σ_max·max(N, D)·eps``) are treated as zero; their part of ``t``
 enters through ``‖t‖² − ‖z‖²``. Features are not centred (as the reference).
+
+**Scale.** Without the two 1e-5 terms the maximum evidence would not change under a global
+scale s of the features (α absorbs it); with them it does: for large s the 1e-5 dominates
+``M2 = ‖m‖² ∝ 1/s²``, α → γ·1e5/s², and LogME falls by about ``(k/N)·log s`` (k: rank, N > D) or
+``log s`` (N ≤ D). That is the formula's value, and it is what is computed at every magnitude:
+features beyond float32's range are divided by a power of two ``2^e``
+(:func:`~shift.scoring.scale.unit_scale`), the α regulariser becomes ``1e-5·2^2e`` and the
+``s ≤ 1e-10`` cut ``1e-10·2^−e``. The iteration runs in the log domain (α and β are carried as
+logs, ``N − γ = (N − k) + Σ λ/(σ + λ)``, ``log(1 + βσ/α)`` as a softplus): the same values at
+normal magnitudes (to ~1e-15), and no under/overflow elsewhere (N ≤ D with features from about
+1e9 gave ``N − γ = 0``, β = 0 and NaN; from about 1e154, α underflowed). For N ≤ D and large
+features the MacKay steps 2-cycle in β (the evidence barely depends on it) and stop at
+``max_iter``, within about 1e-3 of the maximum, as before.
 """
 
 from __future__ import annotations
@@ -35,49 +48,103 @@ import numpy as np
 
 from shift.scoring.estimators._common import as_matrix, check_xy, one_hot, spectrum
 from shift.scoring.registry import estimator
+from shift.scoring.scale import scaled, unit_scale
 
 __all__ = ["log_evidence", "logme"]
 
 _LOG_2PI = float(np.log(2 * np.pi))
+_LOG_2 = float(np.log(2.0))
+_REG = 1e-5  # the reference's regulariser of both updates (M2 + 1e-5, R2 + 1e-5)
 _S_MIN = 1e-10  # singular values at or below this are zero (reference: s > 1e-10)
 MAX_ITER = 100  # fixed-point steps at most
 TOL = 1e-6  # relative change of α and β that counts as converged
 
 
+def _logsumexp(a: np.ndarray) -> np.ndarray:
+    """``log Σ exp(a)`` over axis 0 (−inf for an empty or all −inf column)."""
+    if a.shape[0] == 0:
+        return np.full(a.shape[1:], -np.inf)
+    top = a.max(axis=0)
+    shift = np.where(np.isfinite(top), top, 0.0)
+    return shift + np.log(np.exp(a - shift).sum(axis=0))
+
+
+def _update(
+    log_s: np.ndarray,
+    log_z2: np.ndarray,
+    r0: np.ndarray,
+    log_free: float,
+    log_alpha: np.ndarray,
+    log_beta: np.ndarray,
+    log_reg: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """One MacKay step in the log domain: with ``λ = α/β``, ``p = σ/(σ+λ)``, ``q = λ/(σ+λ)``:
+    ``γ = Σp``, ``N − γ = (N − k) + Σq``, ``M2 = Σ z²p²/σ``, ``R2 = Σ z²q² + r0``,
+    ``α ← γ/(M2 + reg)``, ``β ← (N − γ)/(R2 + 1e-5)``. Returns ``(log α, log β, M2, R2)``."""
+    log_lam = (log_alpha - log_beta)[None, :]
+    log_p = -np.logaddexp(0.0, log_lam - log_s)
+    log_q = -np.logaddexp(0.0, log_s - log_lam)
+    log_m2 = _logsumexp(log_z2 + 2 * log_p - log_s)
+    r2 = np.exp(log_z2 + 2 * log_q).sum(axis=0) + r0
+    log_rest = np.logaddexp(log_free, _logsumexp(log_q))
+    log_a = _logsumexp(log_p) - np.logaddexp(log_m2, log_reg)
+    return log_a, log_rest - np.log(r2 + _REG), np.exp(log_m2), r2
+
+
 def _fixed_point(
-    sigma: np.ndarray, z2: np.ndarray, r0: np.ndarray, n: int, max_iter: int, tol: float
+    sigma: np.ndarray,
+    z2: np.ndarray,
+    r0: np.ndarray,
+    n: int,
+    max_iter: int,
+    tol: float,
+    exp2: int = 0,
 ) -> np.ndarray:
-    """Evidence/N for every target column at once (each column stops on its own)."""
+    """Evidence/N for every target column at once (each column stops on its own), for
+    features divided by ``2^exp2`` (``sigma``: their squared singular values): α's regulariser
+    is ``1e-5·2^(2·exp2)``, and α, β are carried as logs (module docstring, "Scale")."""
     k_targets = z2.shape[1]
-    s = sigma[:, None]
-    alpha = np.ones(k_targets)
-    beta = np.ones(k_targets)
-    m2 = np.zeros(k_targets)
-    r2 = r0.copy()
-    active = np.ones(k_targets, bool)
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore", under="ignore"):
+        log_s, log_z2 = np.log(sigma)[:, None], np.log(z2)
+        log_free = float(np.log(n - len(sigma)))
+        log_reg = float(np.log(_REG)) + 2 * exp2 * _LOG_2
+        log_alpha, log_beta = np.zeros(k_targets), np.zeros(k_targets)
+        m2, r2 = np.zeros(k_targets), r0.copy()
+        active = np.ones(k_targets, bool)
         for _ in range(max_iter):
             if not active.any():
                 break
-            lam = alpha / beta
-            den = s + lam
-            gamma = (s / den).sum(axis=0)
-            m2_new = (s * z2 / den**2).sum(axis=0)
-            r2_new = (z2 * (lam / den) ** 2).sum(axis=0) + r0
-            a_new = gamma / (m2_new + 1e-5)
-            b_new = (n - gamma) / (r2_new + 1e-5)
-            # relative change of α and β; NaN (λ = 0: no signal) compares False, i.e. converged
-            moved = (np.abs(a_new - alpha) > tol * np.abs(alpha)) | (
-                np.abs(b_new - beta) > tol * np.abs(beta)
+            la, lb, m2_new, r2_new = _update(
+                log_s, log_z2, r0, log_free, log_alpha, log_beta, log_reg
             )
-            alpha = np.where(active, a_new, alpha)
-            beta = np.where(active, b_new, beta)
+            # relative change of α and β; NaN (α = 0: no signal) compares False, i.e. converged
+            moved = (np.abs(np.expm1(la - log_alpha)) > tol) | (
+                np.abs(np.expm1(lb - log_beta)) > tol
+            )
+            log_alpha = np.where(active, la, log_alpha)
+            log_beta = np.where(active, lb, log_beta)
             m2 = np.where(active, m2_new, m2)
             r2 = np.where(active, r2_new, r2)
             active &= moved
-        ratio = np.where(alpha > 0, beta / alpha, 0.0)
-        logdet = np.log1p(ratio[None, :] * s).sum(axis=0) if len(sigma) else 0.0
-    evidence = 0.5 * n * np.log(beta) - 0.5 * logdet - 0.5 * beta * r2 - 0.5 * alpha * m2
+        return _evidence(log_s, log_alpha, log_beta, m2, r2, n)
+
+
+def _evidence(
+    log_s: np.ndarray,
+    log_alpha: np.ndarray,
+    log_beta: np.ndarray,
+    m2: np.ndarray,
+    r2: np.ndarray,
+    n: int,
+) -> np.ndarray:
+    """``L/N`` at (α, β), with ``log(1 + βσ/α) = softplus(log β + log σ − log α)``."""
+    logdet = np.logaddexp(0.0, log_s + (log_beta - log_alpha)[None, :]).sum(axis=0)
+    evidence = (
+        0.5 * n * log_beta
+        - 0.5 * logdet
+        - 0.5 * np.exp(log_beta) * r2
+        - 0.5 * np.exp(log_alpha) * m2
+    )
     return (evidence - 0.5 * n * _LOG_2PI) / n
 
 
@@ -86,7 +153,7 @@ def log_evidence(
 ) -> np.ndarray:
     """Maximum log evidence / N of every column of ``targets`` (N × K, real-valued) given
     ``features`` (N × D), by the fixed point of the module docstring; float64 array (K,)."""
-    F = as_matrix(features)
+    [F], e = unit_scale(as_matrix(features))
     T = np.asarray(targets, dtype=np.float64)
     if T.ndim == 1:
         T = T[:, None]
@@ -94,12 +161,12 @@ def log_evidence(
         raise ValueError("targets must be finite, (N,) or (N, K) with N = rows of features")
     n = F.shape[0]
     sp = spectrum(F)
-    k = sp.rank(abs_floor=_S_MIN**2)
+    k = sp.rank(abs_floor=scaled(_S_MIN**2, -2 * e))
     sigma = sp.sigma[:k]
     z = sp.left_vectors(F, k).T @ T  # (k, K)
     z2 = z**2
     r0 = np.maximum((T**2).sum(axis=0) - z2.sum(axis=0), 0.0)
-    return _fixed_point(sigma, z2, r0, n, max_iter, tol)
+    return _fixed_point(sigma, z2, r0, n, max_iter, tol, e)
 
 
 @estimator(

@@ -17,6 +17,11 @@ Across the candidate pool (``ncti_scores``): min–max normalise each component 
 being ranked, then ``NCTI = S̃_ncc + S̃_seli − S̃_vc``. The score is **pool-relative**: adding or
 removing a model changes every score. A component that is constant over the pool (including a
 pool of one model) normalises to 0 instead of dividing by zero.
+
+Given s, the components do not change under a global scale of the features; s itself does.
+Features beyond float32's range are divided by a power of two ``2^e`` first
+(:func:`~shift.scoring.scale.unit_scale`) and s is taken from the explained
+variance times ``2^2e``: the formula's value at the original scale.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import numpy as np
 
 from shift.scoring.estimators._common import EPS, check_xy, class_means, pca, softmax
 from shift.scoring.registry import estimator
+from shift.scoring.scale import scaled, unit_scale
 
 __all__ = ["NCTIComponents", "lda_fit", "ncti", "ncti_components", "ncti_scores"]
 
@@ -122,11 +128,13 @@ def lda_fit(X: Any, y: Any, shrinkage: float | None = None) -> tuple[np.ndarray,
 def ncti_components(features: Any, labels: Any) -> NCTIComponents:
     """The three per-model NCTI components (steps 1–5 of the module docstring)."""
     F, y, c = check_xy(features, labels)
+    [F], e = unit_scale(F)
     n = F.shape[0]
     X, explained = pca(F, PCA_DIM)
     if X.shape[1] == 0:
         X = np.zeros((n, 1))
-    s = max(float(np.exp(-explained[:VAR_COMPONENTS].sum())), _S_MIN)
+    variance = scaled(float(explained[:VAR_COMPONENTS].sum()), 2 * e)  # at the original scale
+    s = max(float(np.exp(-variance)), _S_MIN)
     if s == _S_MIN:
         fit, solver = _lda_svd(X, y, c), "svd"
     else:

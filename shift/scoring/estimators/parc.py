@@ -13,6 +13,8 @@
 
 A row whose reduced vector is constant (possible only with f = 1) has no defined correlation;
 it gets correlation 0 (distance 1) with every other row. Cost O(n²·f) time, O(n²) memory.
+PARC does not change under a global scale of the features; features beyond float32's range are
+divided by a power of two first (:func:`~shift.scoring.scale.unit_scale`).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from shift.scoring.estimators._common import (
     pearson,
 )
 from shift.scoring.registry import estimator
+from shift.scoring.scale import rescaled
 
 __all__ = ["DEFAULT_MAX_SAMPLES", "DEFAULT_PCA_DIM", "parc"]
 
@@ -55,6 +58,7 @@ def parc(
 ) -> float:
     """PARC × 100 (in [−100, 100], higher is better). ``pca_dim=None`` skips the PCA."""
     F, y, _ = check_xy(features, labels)
+    F = rescaled(F)
     if max_samples < 2:
         raise ValueError("max_samples must be >= 2")
     idx = balanced_subsample(y, max_samples, seed)

@@ -20,6 +20,11 @@ separates the training set perfectly and the score saturates at 1.0 for every mo
 reduces features with more than ``k = min(pca_dim, N − C − 1)`` columns to their top k principal
 components (:func:`~shift.scoring.estimators._common.discriminant_dim`; the same k for every
 model on a task); ``pca_dim=None`` runs on the raw features, as the reference.
+
+Given s, the posteriors do not change under a global scale of the features; s itself does
+(through ``λ_max``). Features beyond float32's range are divided by a power of two ``2^e``
+first (:func:`~shift.scoring.scale.unit_scale`) and ``λ_max·2^2e`` gives s, so the
+score is the formula's at the original scale (s = 1e-10 for huge features, 1 for tiny ones).
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from shift.scoring.estimators._common import (
     spd_solve,
 )
 from shift.scoring.registry import estimator
+from shift.scoring.scale import scaled, unit_scale
 
 __all__ = ["lda_posterior", "power_lambda_max", "sfda"]
 
@@ -62,16 +68,18 @@ def power_lambda_max(A: np.ndarray, iterations: int = 3) -> float:
 
 
 def lda_posterior(
-    X: np.ndarray, y: np.ndarray, c: int, shrinkage: float | None = None
+    X: np.ndarray, y: np.ndarray, c: int, shrinkage: float | None = None, exp2: int = 0
 ) -> tuple[np.ndarray, float]:
-    """``(p(c|x) for every row (N × C), s)`` of the regularised LDA of the module docstring."""
+    """``(p(c|x) for every row (N × C), s)`` of the regularised LDA of the module docstring;
+    ``X`` is features divided by ``2^exp2`` (the adaptive s uses the original ``λ_max``)."""
     n, d = X.shape
     means, counts = class_means(X, y, c)
     priors = counts / n
     Xw = X - means[y]
     Sw = Xw.T @ Xw / n
     if shrinkage is None:
-        shrinkage = max(float(np.exp(-5.0 * power_lambda_max(Sw))), _S_MIN)
+        lam = scaled(power_lambda_max(Sw), 2 * exp2)  # at the original scale; may be inf
+        shrinkage = max(float(np.exp(-5.0 * lam)), _S_MIN)
     s = float(shrinkage)
     mu = float(np.trace(Sw)) / d
     St = (1.0 - s) * Sw
@@ -96,9 +104,10 @@ def sfda(features: Any, labels: Any, *, pca_dim: int | None = DEFAULT_PCA_DIM) -
     """SFDA score ``mean_i P′(y_i | x_i)`` in (0, 1] (higher is better) on features reduced to
     ``min(pca_dim, N − C − 1)`` principal components (``pca_dim=None``: raw features)."""
     X, y, c = check_xy(features, labels)
+    [X], e = unit_scale(X)
     X = reduce_features(X, c, pca_dim)
     n = X.shape[0]
-    P, s = lda_posterior(X, y, c)
+    P, s = lda_posterior(X, y, c, exp2=e)
     q = softmax(P, axis=1)[np.arange(n), y]
     means, _ = class_means(X, y, c)
     others = (means.sum(axis=0) - means) / (c - 1)
