@@ -122,34 +122,36 @@ def temp_path(target: Path) -> Path:
 class HashingWriter(io.RawIOBase):
     """A write-only binary file that feeds every byte written into a sha256."""
 
-    def __init__(self, f: Any, tmp: Path) -> None:
+    def __init__(self, f: Any, tmp: Path, *, hashed: bool = True) -> None:
         self._f = f
         self.tmp = tmp
-        self._sha = hashlib.sha256()
+        self._sha = hashlib.sha256() if hashed else None
 
     def writable(self) -> bool:
         return True
 
     def write(self, b: Any) -> int:
         mv = memoryview(b).cast("B")
-        self._sha.update(mv)
+        if self._sha is not None:
+            self._sha.update(mv)
         self._f.write(mv)
         return mv.nbytes
 
     def hexdigest(self) -> str:
-        """sha256 of everything written so far."""
-        return self._sha.hexdigest()
+        """sha256 of everything written so far ("" for an unhashed writer)."""
+        return self._sha.hexdigest() if self._sha is not None else ""
 
 
 @contextmanager
-def staging(target: Path) -> Iterator[HashingWriter]:
+def staging(target: Path, *, hashed: bool = True) -> Iterator[HashingWriter]:
     """Yield a hashing writer on a new temp file beside ``target``; on a clean exit the file is
     flushed and fsynced (``Staged(writer.tmp, writer.hexdigest())``); on any error it is removed.
+    ``hashed=False`` skips the sha256 (a cache file nobody checks it against).
     """
     tmp = temp_path(target)
     try:
         with named_write_errors(target.parent), open(tmp, "xb") as f:
-            w = HashingWriter(f, tmp)
+            w = HashingWriter(f, tmp, hashed=hashed)
             yield w
             f.flush()
             os.fsync(f.fileno())
@@ -209,20 +211,26 @@ def discard(staged: Iterable[Staged]) -> None:
 
 
 @contextmanager
-def atomic_open(path: str | os.PathLike[str]) -> Iterator[HashingWriter]:
+def atomic_open(path: str | os.PathLike[str], *, hashed: bool = True) -> Iterator[HashingWriter]:
     """A binary file whose content replaces ``path`` atomically when the block ends without
     error (``staging`` + ``put_staged``); the parent directory is created if needed."""
     target = Path(path)
     with named_write_errors(target.parent):
         target.parent.mkdir(parents=True, exist_ok=True)
-    with staging(target) as f:
+    with staging(target, hashed=hashed) as f:
         yield f
     put_staged(target, Staged(f.tmp, f.hexdigest()))
 
 
-def atomic_write(path: str | os.PathLike[str], write: Callable[[HashingWriter], object]) -> str:
-    """Atomically replace ``path`` with what ``write(f)`` writes; returns its sha256."""
-    with atomic_open(path) as f:
+def atomic_write(
+    path: str | os.PathLike[str],
+    write: Callable[[HashingWriter], object],
+    *,
+    hashed: bool = True,
+) -> str:
+    """Atomically replace ``path`` with what ``write(f)`` writes; returns its sha256 (""
+    with ``hashed=False``)."""
+    with atomic_open(path, hashed=hashed) as f:
         write(f)
     return f.hexdigest()
 

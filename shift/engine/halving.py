@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
-from shift.engine.indexing import _batch_id, embed_order
 from shift.engine.scoring import Engine
 from shift.records import ModelRecord
 
@@ -69,83 +67,11 @@ def schedule(
 def embed_prefix(
     engine: Engine, task: str, models: list[ModelRecord], n: int
 ) -> dict[str, tuple[list[str], np.ndarray, np.ndarray | None]]:
-    """Embeddings of the first ``n`` samples of the embedding order for each model, embedding
-    only batches not stored yet (complete indexes are read directly). Failed models are left out
-    and listed in ``engine.last_report.failed``."""
-    from shift.engine.indexing import IndexReport
-    from shift.inference.jobs import EmbedJob
-
-    rec = engine.registry.get_task(task)
-    rows = engine.registry.samples(task)
-    rows_by_id = {r["sample_id"]: r for r in rows}
-    order = embed_order(rows)
-    prefix = order[:n]
-    bs = engine.batch_size
-    aligned = order[: math.ceil(n / bs) * bs]
-    needed = [_batch_id(i // bs, aligned[i : i + bs]) for i in range(0, len(aligned), bs)]
-    out: dict[str, tuple[list[str], np.ndarray, np.ndarray | None]] = {}
-    report = IndexReport()
-    writers: dict[str, Any] = {}
-    jobs = []
-    for w in engine._plan(rec, models, rows):
-        name = w.model.name
-        if w.mode in ("ready", "relabel"):
-            lg = w.index.logits
-            sel = w.index.rows(prefix)
-            out[name] = (
-                prefix,
-                np.asarray(w.index.vectors)[sel],
-                None if lg is None else np.asarray(lg)[sel],
-            )
-            report.reused.append(name)
-            continue
-        if w.mode == "append":  # an older index plus new samples: finishing it is cheap
-            idx = engine.index(task, [w.model]).get(name)
-            if engine.last_report is not None:
-                report.failed.update(engine.last_report.failed)
-            if idx is not None:
-                sel = idx.rows(prefix)
-                lg = idx.logits
-                out[name] = (
-                    prefix,
-                    np.asarray(idx.vectors)[sel],
-                    None if lg is None else np.asarray(lg)[sel],
-                )
-            continue
-        writer = w.store.begin(w.key, w.model.dim, w.model.head_classes)
-        writers[name] = writer
-        done = writer.done_batches()
-        todo = [b for b in needed if b not in done]
-        if todo:
-            jobs.append(
-                EmbedJob(
-                    name,
-                    str(engine.registry.model_file(w.model)),
-                    w.model,
-                    engine._batches(task, rows_by_id, aligned, set(done)),
-                    total_batches=len(todo),
-                    backend=engine.backend,
-                )
-            )
-            report.embedded[name] = min(n, len(todo) * bs)
-
-    def on_result(r: Any) -> None:
-        i = next(k for k, b in enumerate(needed) if b == r.batch_id)
-        ids = aligned[i * bs : (i + 1) * bs]
-        writers[r.model_name].add_batch(r.batch_id, ids, r.embeddings, r.logits)
-
-    def on_failure(f: Any) -> None:
-        report.failed[f.model_name] = f.error
-
-    if jobs:
-        engine.executor.run(jobs, on_result, on_failure, progress=engine.progress)
-    for name, writer in writers.items():
-        if name in report.failed:
-            continue
-        ids, emb, lg = writer.read_batches(needed)
-        out[name] = (ids[:n], emb[:n], None if lg is None else lg[:n])
-    engine.last_report = report
-    return out
+    """Embeddings of the first ``n`` samples of the embedding order for each model: the
+    indexer's own prefix path (:meth:`~shift.engine.indexing.Indexer.index_prefix`: build
+    locks, the model file's sha256 check, prepared inputs, stored batches reused). Failed models
+    are left out and listed in ``engine.last_report.failed``."""
+    return engine.index_prefix(task, models, n)
 
 
 def successive_halving(

@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from shift.engine.feeder import prefetched
+from shift.engine.prepared import Geometry, PreparedInputs
 from shift.fsutil import sha256_file
 from shift.records import ModelRecord, TaskRecord
 from shift.store.index.lock import build_lock
@@ -27,6 +29,8 @@ from shift.store.tasks import TaskStore
 
 log = logging.getLogger(__name__)
 DEFAULT_BATCH = 64
+#: batches read (and prepared) ahead of the model, per job
+PREFETCH_BATCHES = 2
 
 
 @dataclass
@@ -52,10 +56,21 @@ class IndexReport:
     nodes: dict[str, int] = field(default_factory=dict)  # Ray node id -> batches it embedded
     seconds: float = 0.0
     backend: str = ""  # the concrete backend, with why when "auto" chose it
+    prepared: int = 0  # images cropped/resized to a model geometry by this run
+    #: wall seconds per phase: prepare (resize once per geometry), embed (models run, batches
+    #: read ahead and written behind), commit (indexes assembled and committed, registry rows)
+    phases: dict[str, float] = field(default_factory=dict)
 
 
 def _batch_id(i: int, ids: list[str]) -> str:
     return f"b{i:05d}-" + hashlib.sha256("\n".join(ids).encode()).hexdigest()[:10]
+
+
+def _batches_of(ids: list[str], size: int) -> dict[str, list[str]]:
+    """The batches ``ids`` is embedded in, by batch id, in order."""
+    return {
+        _batch_id(i // size, ids[i : i + size]): ids[i : i + size] for i in range(0, len(ids), size)
+    }
 
 
 def embed_order(rows: list[dict[str, Any]]) -> list[str]:
@@ -83,6 +98,7 @@ class Indexer:
         backend: str = "onnxruntime",
         batch_timeout_s: float | None = None,
         lock_timeout_s: float | None = None,
+        prepare_inputs: bool = True,
     ) -> None:
         from shift.inference.backend_auto import resolve_backend
 
@@ -100,6 +116,8 @@ class Indexer:
         self._executor: Any = None
         self.last_report: IndexReport | None = None
         self._sha_cache: dict[tuple[Any, ...], str] = {}  # file identity -> sha256
+        self.prepared = PreparedInputs(self.tasks)
+        self.prepare_inputs = prepare_inputs
 
     @property
     def executor(self) -> Any:
@@ -160,14 +178,44 @@ class Indexer:
 
     # ---- indexing ---------------------------------------------------------------------------
     def _batches(
-        self, task: str, rows_by_id: dict[str, dict[str, Any]], ids: list[str], skip: set[str]
+        self,
+        task: str,
+        rows_by_id: dict[str, dict[str, Any]],
+        ids: list[str],
+        skip: set[str],
+        geom: Geometry | None,
     ) -> Iterator[tuple[str, np.ndarray]]:
-        for i in range(0, len(ids), self.batch_size):
-            part = ids[i : i + self.batch_size]
-            bid = _batch_id(i // self.batch_size, part)
-            if bid in skip:
-                continue
-            yield bid, self.tasks.load(task, [rows_by_id[s] for s in part])
+        """The batches of ``ids`` not in ``skip``, read ahead on a thread (``prefetched``): the
+        prepared images at ``geom`` when the task was prepared for it, else the stored ones."""
+
+        def read() -> Iterator[tuple[str, np.ndarray]]:
+            for bid, part in _batches_of(ids, self.batch_size).items():
+                if bid in skip:
+                    continue
+                rows = [rows_by_id[s] for s in part]
+                if geom is None:
+                    yield bid, self.tasks.load(task, rows)
+                else:
+                    yield bid, self.prepared.load(rows, geom)
+
+        return prefetched(read(), depth=PREFETCH_BATCHES)
+
+    def _prepare(
+        self, task: str, rows: list[dict[str, Any]], todo: list[tuple[_Work, set[str]]]
+    ) -> tuple[dict[str, Geometry | None], int]:
+        """Crop/resize, once per geometry, the samples the models of ``todo`` will embed
+        (``shift.engine.prepared``); returns each model's geometry (None: the task is not
+        prepared, its images have several sizes) and the number of images resized."""
+        if not todo or not self.prepare_inputs or not self.prepared.uniform(task, rows):
+            return {w.model.name: None for w, _ in todo}, 0
+        by_id = {r["sample_id"]: r for r in rows}
+        need: dict[Geometry, set[str]] = {}
+        for w, _ in todo:
+            need.setdefault(Geometry.of(w.model.input), set()).update(w.sample_ids)
+        resized = sum(
+            self.prepared.ensure(task, [by_id[s] for s in ids], g) for g, ids in need.items()
+        )
+        return {w.model.name: Geometry.of(w.model.input) for w, _ in todo}, resized
 
     def _check_model_file(self, m: ModelRecord) -> str | None:
         """None if ``m``'s file matches its recorded sha256, else why it is refused."""
@@ -200,9 +248,33 @@ class Indexer:
         read-only home (or one whose disk was too full to open) it refuses by name first."""
         self.registry.require_writable()
         with ExitStack() as locks:
-            return self._index(task, models, locks)
+            return self._index(task, models, locks)[0]
 
-    def _index(self, task: str, models: list[ModelRecord], locks: ExitStack) -> dict[str, Any]:
+    def index_prefix(
+        self, task: str, models: list[ModelRecord], n: int
+    ) -> dict[str, tuple[list[str], np.ndarray, np.ndarray | None]]:
+        """``(sample ids, embeddings, logits)`` of the first ``n`` samples of the embedding order
+        (``embed_order``) for each model, through the same path as :meth:`index` (build locks,
+        sha256 check of the model file, prepared inputs, feeder): a model without an index
+        embeds only the batches of that prefix not stored yet and keeps them for its full build
+        (finishing it when the prefix is everything); complete or appendable indexes are read or
+        finished. Failed models are left out, listed in ``last_report.failed``."""
+        self.registry.require_writable()
+        with ExitStack() as locks:
+            out, partial = self._index(task, models, locks, prefix=n)
+        ids = embed_order(self.registry.samples(task))[:n]
+        for name, idx in out.items():
+            if name not in partial:
+                sel = idx.rows(ids)
+                lg = None if idx.logits is None else np.asarray(idx.logits)[sel]
+                partial[name] = (ids, np.asarray(idx.vectors)[sel], lg)
+        return {m.name: partial[m.name] for m in models if m.name in partial}
+
+    def _index(
+        self, task: str, models: list[ModelRecord], locks: ExitStack, prefix: int | None = None
+    ) -> tuple[dict[str, Any], dict[str, tuple[list[str], np.ndarray, np.ndarray | None]]]:
+        """Indexes by model name, and (with ``prefix``) the prefix arrays of builds left
+        unfinished (see :meth:`index_prefix`)."""
         from shift.inference.jobs import EmbedJob
         from shift.store.index.reader import index_entry
 
@@ -213,7 +285,10 @@ class Indexer:
         order = [r["sample_id"] for r in rows]
         report = IndexReport(backend=self.backend_choice.describe())
         out: dict[str, Any] = {}
-        jobs, writers, pending = [], {}, {}
+        partial: dict[str, tuple[list[str], np.ndarray, np.ndarray | None]] = {}
+        todo: list[tuple[_Work, set[str]]] = []
+        writers, pending = {}, {}
+        bs = self.batch_size
         entries = self.registry.index_entries(task)
         for w in self._lock_work(rec, rows, self._plan(rec, models, rows), locks):
             name = w.model.name
@@ -228,33 +303,37 @@ class Indexer:
                 log.warning("%s", problem)
             else:
                 skip: set[str] = set()
+                ids = w.sample_ids
                 if w.mode == "full":
                     writers[name] = w.store.begin(w.key, w.model.dim, w.model.head_classes)
                     skip = writers[name].done_batches()
+                    if prefix is not None:  # whole batches: they are the full build's first
+                        ids = ids[: -(-prefix // bs) * bs]
                 else:
                     pending[name] = {"w": w, "emb": {}, "logits": {}}
-                n_batches = -(-len(w.sample_ids) // self.batch_size)
-                jobs.append(
-                    EmbedJob(
-                        name,
-                        str(self.registry.model_file(w.model)),
-                        w.model,
-                        self._batches(task, rows_by_id, w.sample_ids, skip),
-                        total_batches=n_batches - len(skip),
-                        backend=self.backend,
-                    )
-                )
+                todo.append((w, skip))
                 pending.setdefault(name, {"w": w})
-                report.embedded[name] = len(w.sample_ids)
-        batch_ids: dict[str, dict[str, list[str]]] = {}
-        for job_name in pending:
-            ids = pending[job_name]["w"].sample_ids
-            batch_ids[job_name] = {
-                _batch_id(i // self.batch_size, ids[i : i + self.batch_size]): ids[
-                    i : i + self.batch_size
-                ]
-                for i in range(0, len(ids), self.batch_size)
-            }
+                pending[name]["ids"] = ids
+                batches = _batches_of(ids, bs)
+                pending[name]["batches"] = batches
+                report.embedded[name] = sum(len(v) for b, v in batches.items() if b not in skip)
+        t_prep = time.perf_counter()
+        geoms, report.prepared = self._prepare(task, rows, todo)
+        report.phases["prepare"] = time.perf_counter() - t_prep
+        jobs = [
+            EmbedJob(
+                w.model.name,
+                str(self.registry.model_file(w.model)),
+                w.model,
+                self._batches(
+                    task, rows_by_id, pending[w.model.name]["ids"], skip, geoms[w.model.name]
+                ),
+                total_batches=len(set(pending[w.model.name]["batches"]) - skip),
+                backend=self.backend,
+            )
+            for w, skip in todo
+        ]
+        batch_ids = {name: p["batches"] for name, p in pending.items()}
 
         def on_result(r: Any) -> None:
             ids = batch_ids[r.model_name][r.batch_id]
@@ -272,13 +351,24 @@ class Indexer:
             report.failed[f.model_name] = f.error
             log.warning("model %s failed: %s", f.model_name, f.error)
 
+        t_run = time.perf_counter()
         if jobs:
             self.executor.run(jobs, on_result, on_failure, progress=self.progress)
+        t_commit = time.perf_counter()
+        report.phases["embed"] = t_commit - t_run
         for name, p in pending.items():
             if name in report.failed:
                 report.embedded.pop(name, None)
                 continue
             w = p["w"]
+            if name in writers and len(p["ids"]) < len(w.sample_ids):  # a prefix: kept unfinished
+                got_ids, emb, lg = writers[name].read_batches(list(p["batches"]))
+                partial[name] = (
+                    got_ids[:prefix],
+                    emb[:prefix],
+                    None if lg is None else lg[:prefix],
+                )
+                continue
             if name in writers:
                 idx = writers[name].finalize(order, labels)
             else:
@@ -304,7 +394,10 @@ class Indexer:
             out[name] = idx
         for name, idx in out.items():  # new indexes, and entries a killed run left behind
             e = entries.get(name) or {}
-            if name in pending or (e.get("key_digest"), e.get("count")) != (
+            if (name in pending and name not in partial) or (
+                e.get("key_digest"),
+                e.get("count"),
+            ) != (
                 idx.key.digest(),
                 len(idx),
             ):
@@ -312,5 +405,6 @@ class Indexer:
                     index_entry(task, name, idx, report.providers.get(name))
                 )
         report.seconds = time.perf_counter() - t0
+        report.phases["commit"] = time.perf_counter() - t_commit
         self.last_report = report
-        return out
+        return out, partial
