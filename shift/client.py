@@ -45,7 +45,10 @@ class Client:
     ``backend`` ("onnxruntime", "torch" or "auto": see ``shift.inference.backend_auto``),
     ``batch_timeout_s`` (per inference batch; ``$SHIFT_BATCH_TIMEOUT_S``, else 600)
     and ``lock_timeout_s`` (wait for another build of an index; ``$SHIFT_LOCK_TIMEOUT_S``, else
-    1800) configure the engine, made on the first query that needs embeddings."""
+    1800) configure the engine, made on the first query that needs embeddings. ``create``: the
+    home is created on first use where there is none yet, in a folder that does not exist or is
+    empty (or shift's default one); False: ``NotAHomeError`` there instead, nothing written. A
+    folder that holds other files becomes a home only through :func:`init` with ``force``."""
 
     def __init__(
         self,
@@ -57,8 +60,10 @@ class Client:
         backend: str = "onnxruntime",
         batch_timeout_s: float | None = None,
         lock_timeout_s: float | None = None,
+        create: bool = True,
     ) -> None:
         self.home = Home.resolve(home)
+        self.create = create
         self.progress = progress
         self._engine_opts: dict[str, Any] = {
             "executor": executor,
@@ -69,13 +74,14 @@ class Client:
             "lock_timeout_s": lock_timeout_s,
         }
         self._engine: ScoreSource | None = None
+        self.created = False  # set by init(): the home was created by that call
 
     @cached_property
     def registry(self) -> Registry:
-        """The home's registry, opened (and created) on first use."""
+        """The home's registry, opened (and created, where ``create`` allows) on first use."""
         from shift.store.registry import Registry
 
-        return Registry(self.home)
+        return Registry(self.home, create=self.create)
 
     @property
     def engine(self) -> Any:
@@ -89,7 +95,11 @@ class Client:
     # ---- queries ------------------------------------------------------------------------------
     def query(self, query: str | Select, *, explain: bool = False) -> Result:
         """Parse, plan and run one query (``explain=True``: its plan). Raises ``QueryError`` on
-        a malformed query."""
+        a malformed query (before the home is opened: also where there is none)."""
+        if isinstance(query, str) and "registry" not in self.__dict__:
+            from shift.query.parser import parse
+
+            parse(query)  # a typo is named first, whatever the state of the home
         return run(query, self.registry, lambda: self.engine, explain=explain)
 
     def run_select(self, select: Select) -> Result:
@@ -353,7 +363,7 @@ class Client:
 
     def doctor(self, *, repair: bool = False, grace_s: float | None = None) -> DoctorReport:
         """Check this home (registry, model and task files, indexes, leftovers); ``repair``
-        removes what is safe to remove. ``NotFoundError`` where the home has no registry."""
+        removes what is safe to remove. ``NotAHomeError`` where there is no registry."""
         from shift.tools.doctor import DEFAULT_GRACE_S, doctor
 
         grace = DEFAULT_GRACE_S if grace_s is None else grace_s
@@ -402,5 +412,23 @@ def _read_labels(path: Path) -> np.ndarray:
 
 
 def connect(home: str | Path | None = None, **options: Any) -> Client:
-    """Open the shift home at ``home`` (default: ``$SHIFT_HOME``, the checkout, or ``~/.shift``)."""
+    """Open the shift home at ``home`` (default: ``$SHIFT_HOME``, the checkout, or ``~/.shift``).
+    Where there is none yet, it is created on first use in a folder that does not exist or is
+    empty; a folder holding other files is refused (``NotAHomeError``: see :func:`init`)."""
     return Client(home, **options)
+
+
+def init(home: str | Path | None = None, *, force: bool = False, **options: Any) -> Client:
+    """Create a shift home at ``home`` (``shift-cli init``) and return a client of it; a home
+    already there is kept as it is. A folder that is not empty and not a home needs ``force``
+    (shift adds its marker, ``registry.db``, ``models/``, ``tasks/`` and ``indexes/`` beside the
+    folder's own files, which it never moves); another program's ``registry.db`` is refused.
+    ``client.created`` says whether it was created now."""
+    from shift.store.registry import Registry
+
+    h = Home.resolve(home)
+    created = h.init(force=force)
+    Registry(h).close()  # the registry file, migrated
+    c = Client(home, **options)
+    c.created = created
+    return c

@@ -7,6 +7,13 @@ Resolution order for the home: an explicit ``home`` argument, then ``$SHIFT_HOME
 A home is marked as one by a ``.shift-home`` file in its registry folder, written when the home is
 created. A home from before the marker gets it the first time it is opened, if its
 ``registry.db`` holds shift's tables. ``shift doctor --repair`` changes only marked homes.
+
+Homes are created only on purpose (:meth:`Home.check`): reading a folder that is not a home
+raises :class:`~shift.errors.NotAHomeError` and writes nothing; a write creates a home only in a
+folder that does not exist yet, an empty one, or shift's own default folder (the checkout's
+``registry/``, ``~/.shift``); ``shift-cli init PATH --force`` makes any other folder one (its
+files stay where they are). A folder whose ``registry.db`` is another program's database never
+becomes a home.
 """
 
 from __future__ import annotations
@@ -17,13 +24,12 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
-from shift.errors import InvalidNameError, ShiftError
+from shift.errors import InvalidNameError, NotAHomeError, ShiftError
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-]{0,127}")
 _QUERY_NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_\-]{0,127}")
 CATALOG_FILE = "catalog.yaml"
 HOME_MARKER = ".shift-home"
-QUARANTINE_DIR = "quarantine"
 _SHIFT_TABLES = frozenset({"models", "tasks", "samples", "scores"})
 
 
@@ -119,11 +125,6 @@ class Home:
         """The file that marks this folder as a shift home (see the module docstring)."""
         return self.registry_dir / HOME_MARKER
 
-    @property
-    def quarantine_dir(self) -> Path:
-        """Where ``doctor --repair`` moves files it does not recognise (never deleted)."""
-        return self.registry_dir / QUARANTINE_DIR
-
     def is_marked(self) -> bool:
         return self.marker_path.is_file()
 
@@ -138,14 +139,96 @@ class Home:
             return False
         return True
 
-    def ensure(self) -> Home:
-        """Create the home's folders; mark it as a home if it is new (no ``registry.db`` yet) or
-        its ``registry.db`` is a shift registry (a home from before the marker)."""
+    def is_home(self) -> bool:
+        """Whether this is a shift home: marked, or its ``registry.db`` holds shift's tables (a
+        home from before the marker). Looks only: writes nothing."""
+        return self.is_marked() or is_shift_registry(self.db_path)
+
+    def is_default(self) -> bool:
+        """Whether the registry folder is shift's own default one (the checkout's ``registry/``,
+        which holds the tracked catalog, or ``~/.shift``): a write may create a home there."""
+        root = _checkout_root()
+        own = [Path.home() / ".shift", *([root / "registry"] if root is not None else [])]
+        return any(self.registry_dir == p.resolve() for p in own)
+
+    def _empty(self) -> bool:
+        try:
+            return self.registry_dir.is_dir() and next(self.registry_dir.iterdir(), None) is None
+        except OSError:
+            return False
+
+    def check(self, *, create: bool) -> None:
+        """Raise :class:`NotAHomeError` where this folder may not be opened as a home, before
+        anything is written. ``create=False`` (a command that reads): it must be a home with a
+        registry. ``create=True`` (a command that writes): a home, or a folder shift may create
+        one in: one that does not exist yet, an empty one, or shift's default folder. A folder
+        whose ``registry.db`` is another program's database is refused either way."""
+        if self.db_path.is_file() and not self.is_home():
+            raise self._foreign_db()
+        if not create:
+            if not (self.db_path.is_file() and self.is_home()):
+                raise self.no_home()
+            return
+        if self.is_home() or not self.registry_dir.exists() or self._empty():
+            return
+        if self.is_default() and self.registry_dir.is_dir():
+            return
+        raise NotAHomeError(
+            f"{self.registry_dir} is not a shift home and is not empty: shift creates a home "
+            "only in a new or empty folder, or when asked",
+            hint=f"`shift-cli init {self.registry_dir} --force` makes it a home (its files stay "
+            "where they are); or point --home / SHIFT_HOME at a new or empty folder",
+        )
+
+    def no_home(self) -> NotAHomeError:
+        """The error of a command that reads where there is no home."""
+        return NotAHomeError(
+            f"no shift home at {self.registry_dir}: there is no shift registry "
+            f"({self.db_path.name}) there",
+            hint=f"create one with `shift-cli init {self.registry_dir}` (or by adding a model or "
+            "a task there), or point --home / SHIFT_HOME at an existing home",
+        )
+
+    def _foreign_db(self) -> NotAHomeError:
+        return NotAHomeError(
+            f"{self.db_path} is not a shift registry (another program's database): "
+            f"{self.registry_dir} is not a shift home and shift will not make it one",
+            hint="point --home / SHIFT_HOME at a shift home, or at a new or empty folder",
+        )
+
+    def init(self, *, force: bool = False) -> bool:
+        """Make this folder a home (``shift-cli init``): folders, marker. A non-empty folder that
+        is not a home needs ``force``; another program's ``registry.db`` is always refused
+        (:class:`NotAHomeError`). False if it was a home already."""
+        if self.is_home() and self.db_path.is_file():
+            return False
+        if self.db_path.is_file():
+            raise self._foreign_db()
+        if not force:
+            try:
+                self.check(create=True)
+            except NotAHomeError as e:
+                raise NotAHomeError(
+                    f"{self.registry_dir} is not empty and is not a shift home",
+                    hint=f"`shift-cli init {self.registry_dir} --force` makes it one: shift adds "
+                    f"{HOME_MARKER}, registry.db, models/, tasks/ and indexes/ and leaves the "
+                    "folder's own files where they are",
+                ) from e
+        self.ensure(mark=True)
+        return True
+
+    def ensure(self, *, mark: bool = False) -> Home:
+        """Create the home's folders; mark it as a home if it is new (no ``registry.db`` yet),
+        its ``registry.db`` is a shift registry (a home from before the marker), or ``mark``.
+        The marker is written right after the registry folder, before anything else, so that a
+        process creating the same home at the same moment sees a home, never a foreign folder.
+        Callers check first (:meth:`check`): this creates wherever it is asked to."""
         fresh = not self.db_path.exists()
-        for d in (self.registry_dir, self.index_dir, self.models_dir, self.tasks_dir):
-            d.mkdir(parents=True, exist_ok=True)
-        if not self.is_marked() and (fresh or is_shift_registry(self.db_path)):
+        self.registry_dir.mkdir(parents=True, exist_ok=True)
+        if not self.is_marked() and (mark or fresh or is_shift_registry(self.db_path)):
             self.mark()
+        for d in (self.index_dir, self.models_dir, self.tasks_dir):
+            d.mkdir(parents=True, exist_ok=True)
         return self
 
     @classmethod

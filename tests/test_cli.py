@@ -237,6 +237,9 @@ def test_pools_list_add_remove(home: Path) -> None:
 
 
 def test_tasks_list(home: Path) -> None:
+    r = cli(home, "tasks", "list")  # no home yet: a read says so and creates none
+    assert r.exit_code == 1 and "no shift home" in r.stderr and not home.exists()
+    assert cli(home, "init").exit_code == 0
     r = cli(home, "tasks", "list")
     assert r.exit_code == 0 and "0 tasks" in r.stdout
     seed_registry(home)
@@ -345,6 +348,7 @@ def test_malformed_query(
 
 
 def test_explain_error_positions_refer_to_the_users_text(home: Path) -> None:
+    assert cli(home, "init").exit_code == 0  # the pools are looked up in a home
     r = cli(home, "explain", "SELECT top 2 FROM pool nope")
     assert r.exit_code == 1
     assert "(line 1, column 24)" in r.stderr

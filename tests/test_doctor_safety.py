@@ -1,5 +1,6 @@
 """``shift doctor --repair`` never deletes what it does not recognise (issue 12, item 4): a home is
-marked as one, repair refuses an unmarked folder, and foreign files go to quarantine."""
+marked as one, repair refuses an unmarked folder, and foreign files are listed and left where
+they are, never moved (issue 20, item 3)."""
 
 from __future__ import annotations
 
@@ -106,7 +107,9 @@ def test_repair_of_an_old_unmarked_home_marks_it(tmp_path: Path, onnx_files: lis
     assert rep.ok and rep.findings == [] and (home / HOME_MARKER).is_file()
 
 
-def test_repair_quarantines_what_it_does_not_know(tmp_path: Path, onnx_files: list[Path]) -> None:
+def test_repair_leaves_what_it_does_not_know_where_it_is(
+    tmp_path: Path, onnx_files: list[Path]
+) -> None:
     home = indexed_home(tmp_path / "home", onnx_files)
     with Registry.open(home) as reg:
         rec, m = reg.get_task("toy"), reg.get_model("tiny0")
@@ -134,23 +137,26 @@ def test_repair_quarantines_what_it_does_not_know(tmp_path: Path, onnx_files: li
 
     rep = doctor(home, grace_s=0)
     assert not rep.ok and not rep.corrupt
-    flagged = {Path(f.path).relative_to(home).as_posix() for f in rep.findings if f.path}
+    listed = {Path(f.path).relative_to(home).as_posix() for f in rep.findings if f.path}
     for rel in ["models/resnet50.pt", "tasks/notes.md", "tasks/experiment1", "indexes/run3"]:
-        assert rel in flagged, (rel, flagged)
+        assert rel in listed, (rel, listed)
+    assert all(f.severity == "foreign" for f in rep.findings if "tiny1/keep-me" in str(f.path))
     assert all(f.action for f in rep.problems), rep.problems
+    assert all(not f.repairable for f in rep.findings if f.severity == "foreign")
 
     rep = doctor(home, repair=True, grace_s=0)
     assert rep.ok, rep.problems
-    quarantined = list((home / "quarantine").iterdir())
-    assert len(quarantined) == 1  # one folder per run
-    moved = tree(quarantined[0])
+    assert not (home / "quarantine").exists()  # nothing is moved anywhere
     for rel, data in foreign.items():
-        assert not (home / rel).exists(), rel
-        assert moved[rel] == data, rel  # same path inside the quarantine, same bytes
+        assert (home / rel).read_bytes() == data, rel  # same place, same bytes
     assert not (idx_dir / "gone").exists()
     assert not (idx_dir / "toy" / "tiny0" / "parts-00000000000000cd").exists()
-    assert "indexes/toy/tiny1/meta.json" in moved  # an orphan folder holding foreign files
-    assert doctor(home).findings == []
+    # the orphan index of tiny1 lost shift's files; the folder stays for the file it holds
+    assert sorted(p.name for p in (idx_dir / "toy" / "tiny1").iterdir()) == ["keep-me.txt"]
+    after = doctor(home, grace_s=0)
+    assert after.ok and {f.severity for f in after.findings} == {"foreign"}, [
+        (f.severity, f.path, f.message) for f in after.findings
+    ]
     # nothing registered was touched: the model, the task and its index are all there
     with Registry.open(home) as reg:
         assert (reg.model_names(), reg.task_names(), len(reg.samples("toy"))) == names
@@ -159,11 +165,14 @@ def test_repair_quarantines_what_it_does_not_know(tmp_path: Path, onnx_files: li
     assert IndexStore(idx_dir / "toy" / "tiny0").open(key) is not None
 
 
-def test_young_foreign_files_are_left_alone(tmp_path: Path, onnx_files: list[Path]) -> None:
+def test_foreign_files_of_any_age_are_listed_not_problems(
+    tmp_path: Path, onnx_files: list[Path]
+) -> None:
     home = indexed_home(tmp_path / "home", onnx_files)
     notes = home / "tasks" / "notes.md"
     notes.write_text("being written")
-    rep = doctor(home, repair=True)  # default grace: 300 s
-    assert notes.read_text() == "being written"
-    assert [f.path for f in rep.problems] == [str(notes)]
-    assert "left alone" in rep.problems[0].message
+    for grace in (300.0, 0.0):
+        rep = doctor(home, repair=True, grace_s=grace)
+        assert notes.read_text() == "being written"
+        assert rep.ok and [(f.severity, f.path) for f in rep.findings] == [("foreign", str(notes))]
+        assert "left where it is" in rep.findings[0].message

@@ -179,6 +179,7 @@ def test_a_build_lock_wait_gives_up_naming_the_holder(tmp_path: Path) -> None:
         assert os.uname().nodename in msg and "SHIFT_LOCK_TIMEOUT_S" in msg
     with build_lock(root, timeout_s=0.3) as got:  # released: taken at once
         assert got
+        (root / "meta.json").write_text("{}")  # a build was stored: the folder stays
     assert (root / ".build.lock").read_bytes() == b""  # no stale holder left behind
 
 

@@ -141,7 +141,8 @@ def test_doctor_finds_and_repairs_leftovers(tmp_path: Path, onnx_files: list[Pat
     (store.root / "parts-0000000000000000").mkdir()  # an abandoned build
     (idx_dir / "gone" / "tiny0").mkdir(parents=True)  # index of a removed task
     (models_dir / ".x.onnx.abc.tmp").write_bytes(b"partial copy")
-    shutil.copy(onnx_files[4], models_dir / "unused.onnx")
+    unused = models_dir / f"{'ab' * 32}.onnx"  # a model file by name that no model uses
+    shutil.copy(onnx_files[4], unused)
 
     rep = doctor(home)
     assert not rep.ok and not rep.corrupt
@@ -153,11 +154,11 @@ def test_doctor_finds_and_repairs_leftovers(tmp_path: Path, onnx_files: list[Pat
 
     # young files outside index dirs are left alone by default (may be an add in progress)
     rep = doctor(home, repair=True)
-    assert (models_dir / "unused.onnx").exists()
+    assert unused.exists()
     assert not rep.ok and all(f.check == "model_file" for f in rep.problems)
     rep = doctor(home, repair=True, grace_s=0)
     assert rep.ok, rep.problems
-    assert not (models_dir / "unused.onnx").exists()
+    assert not unused.exists()
     assert not (idx_dir / "toy" / "tiny2").exists() and not (idx_dir / "gone").exists()
     after = doctor(home)
     assert after.ok and after.findings == []
@@ -239,8 +240,9 @@ def test_doctor_unreadable_registry(tmp_path: Path, onnx_files: list[Path]) -> N
     db.write_bytes(b"this is not a database" * 100)
     rep = doctor(home)
     assert [(f.severity, f.check) for f in rep.findings] == [("corrupt", "registry")]
-    with pytest.raises(shift.errors.NotFoundError):
+    with pytest.raises(shift.errors.NotAHomeError, match="no shift home"):
         doctor(tmp_path / "nowhere")
+    assert not (tmp_path / "nowhere").exists()
 
 
 def test_doctor_cli(

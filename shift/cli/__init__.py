@@ -6,6 +6,7 @@ ray, torch and onnxruntime load only inside the commands that need them."""
 from __future__ import annotations
 
 from shift.cli import (  # noqa: F401  (they register commands)
+    homes,
     models,
     pools,
     queries,

@@ -85,11 +85,22 @@ def _client(
     ray_address: str | None = None,
     progress: bool = True,
     backend: str = "onnxruntime",
+    *,
+    create: bool = False,
 ) -> Client:
+    """The client of the home a command works on. ``create``: only for the commands that add
+    something (models add / import, tasks add, pools add): they may create the home in a folder
+    that does not exist yet or is empty. Every other command needs an existing home and says
+    there is none (``NotAHomeError``) without writing anything."""
     from shift.client import Client
 
     return Client(
-        home, executor=executor, ray_address=ray_address, progress=progress, backend=backend
+        home,
+        executor=executor,
+        ray_address=ray_address,
+        progress=progress,
+        backend=backend,
+        create=create,
     )
 
 

@@ -44,7 +44,7 @@ def models_add(
     home: HomeOpt = None,
 ) -> None:
     """Register an ONNX model; parameters and output sizes are read from the graph."""
-    with _client(home) as c:
+    with _client(home, create=True) as c:
         rec = c.add_model(
             file,
             name,
@@ -82,7 +82,7 @@ def models_import_catalog(
     """Export the shipped catalog's real models to ONNX and register them."""
     from shift.render import records_table
 
-    with _client(home) as c:
+    with _client(home, create=True) as c:
         results = c.import_catalog(name, catalog=catalog, force=force)
     rows = [r.__dict__ for r in results]
     ui.out.print(

@@ -51,7 +51,7 @@ def pools_add(
     home: HomeOpt = None,
 ) -> None:
     """Save a pool as a named condition."""
-    with _client(home) as c:
+    with _client(home, create=True) as c:
         p = c.add_pool(name, condition, description, replace=replace)
     ui.out.print(f"pool [bold]{p.name}[/bold]: {p.filter}")
 

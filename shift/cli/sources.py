@@ -29,7 +29,7 @@ def _import(
     from shift.render import records_table
 
     t0 = time.perf_counter()
-    with _client(home) as c:
+    with _client(home, create=True) as c:
         results = c.import_models(source, names, all=all, replace=replace)
     seconds = time.perf_counter() - t0
     rows = [r.__dict__ for r in results]

@@ -68,7 +68,7 @@ def tasks_add(
 ) -> None:
     """Register a labelled dataset as a task."""
     data, kind = _data(images, npz)
-    with _client(home) as c:
+    with _client(home, create=True) as c:
         rec = c.add_task(
             name,
             data,

@@ -6,7 +6,9 @@ versioned by :mod:`shift.store.migrations`. All SQL is parameterised.
 A home whose registry folder or ``registry.db`` cannot be written (a read-only mount, no write
 permission) is opened read-only (``mode=ro``, else ``immutable=1`` when SQLite cannot even read
 the WAL there): everything can be read, cached query results included, and every write raises
-:class:`~shift.errors.ReadOnlyHomeError` before it starts. A write that fails because the disk
+:class:`~shift.errors.ReadOnlyHomeError` before it starts; where such a registry needs a
+migration (it was written by an older shift), a migrated copy in memory is read and the file is
+left as it is. A write that fails because the disk
 is full raises :class:`~shift.errors.DiskFullError` after its transaction is rolled back; a home
 whose disk is too full for SQLite to open its WAL is opened read-only too, every write raising
 ``DiskFullError``."""
@@ -26,7 +28,13 @@ from typing import Any
 from sqlite_utils import Database
 
 from shift.config import Home, validate_name
-from shift.errors import AlreadyExistsError, DiskFullError, NotFoundError, ShiftError
+from shift.errors import (
+    AlreadyExistsError,
+    DiskFullError,
+    NotFoundError,
+    ReadOnlyHomeError,
+    ShiftError,
+)
 from shift.fsutil import atomic_copy, named_write_errors, read_only, sha256_file
 from shift.records import InputSpec, ModelRecord, PoolRecord, TaskRecord, utcnow
 from shift.store.pools import BUILTIN_POOLS
@@ -101,16 +109,35 @@ def row_to_model(row: dict[str, Any]) -> ModelRecord:
     return ModelRecord.model_validate(data)
 
 
-class Registry:
-    """One shift home's registry. Cheap to open; use one per thread."""
+def _no_registry_yet(home: Home) -> ReadOnlyHomeError:
+    """A read-only folder where a home would be created: there is nothing to read either."""
+    return ReadOnlyHomeError(
+        f"home {home.registry_dir} is read-only and holds no registry yet: a home cannot be "
+        "created there",
+        hint="point --home / SHIFT_HOME at a writable folder",
+    )
 
-    def __init__(self, home: Home) -> None:
-        with named_write_errors(home.registry_dir):
-            self.home = home.ensure()
+
+class Registry:
+    """One shift home's registry. Cheap to open; use one per thread.
+
+    ``create``: whether the home may be created here if it does not exist yet (in a missing or
+    empty folder, or shift's default one; see :meth:`Home.check`). A command that only reads
+    passes False: where there is no home it raises :class:`NotAHomeError` and writes nothing."""
+
+    def __init__(self, home: Home, *, create: bool = True) -> None:
+        home.check(create=create)  # before anything is written
+        try:
+            with named_write_errors(home.registry_dir):
+                self.home = home.ensure()
+        except ReadOnlyHomeError:
+            if not home.db_path.is_file():
+                raise _no_registry_yet(home) from None
+            raise
         self.read_only = not writable(home)
         self._refusal: ShiftError | None = read_only(home.registry_dir) if self.read_only else None
         if self.read_only and not home.db_path.is_file():
-            raise read_only(home.registry_dir)
+            raise _no_registry_yet(home)
         try:
             with named_write_errors(home.registry_dir):
                 conn = (
@@ -130,16 +157,48 @@ class Registry:
         self._model_cache_version: tuple[int, int] | None = None
         from shift.store.migrations import migrations
 
-        if migrations.pending(self.db):
+        try:
+            if not migrations.pending(self.db):
+                return
+            if self.read_only:  # cannot migrate on disk: read a migrated copy in memory
+                self._migrate_in_memory()
+                return
             # IMMEDIATE, then look again: processes opening a fresh home at once wait for the
             # first one's migrations instead of failing with "database is locked"
             with self.transaction():
                 if migrations.pending(self.db):
                     migrations.apply(self.db)
+        except BaseException:
+            self.db.conn.close()
+            raise
+
+    def _migrate_in_memory(self) -> None:
+        """A read-only home whose registry needs a migration (written by an older shift): copy
+        the registry into memory and migrate the copy, so that every read (listing, cached
+        query results) sees the current schema. Nothing on disk changes; writes stay refused."""
+        from shift.store.migrations import migrations
+
+        mem = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+        try:
+            self.db.conn.backup(mem)
+        except sqlite3.Error:
+            mem.close()
+            raise
+        self.db.conn.close()
+        mem.execute("PRAGMA foreign_keys = ON")
+        self.db = Database(mem)
+        mem.execute("BEGIN IMMEDIATE")
+        try:
+            migrations.apply(self.db)
+            mem.execute("COMMIT")
+        except BaseException:
+            if mem.in_transaction:
+                mem.execute("ROLLBACK")
+            raise
 
     @classmethod
-    def open(cls, home: str | Path | None = None) -> Registry:
-        return cls(Home.resolve(home))
+    def open(cls, home: str | Path | None = None, *, create: bool = True) -> Registry:
+        return cls(Home.resolve(home), create=create)
 
     def close(self) -> None:
         self.db.conn.close()
@@ -207,7 +266,8 @@ class Registry:
         """Register ``rec``. With ``src_file`` the ONNX file is copied (atomically) into the home,
         content-addressed as ``models/<sha256>.onnx``, and ``rec.path`` points there. The name
         check and the insert are one write transaction: of writers racing for one name, exactly
-        one wins and the others get :class:`AlreadyExistsError`."""
+        one wins and the others get :class:`AlreadyExistsError`. ``replace`` deletes the file
+        of the weights it replaces unless another entry uses them."""
         self.require_writable()
         if not replace:
             self.ensure_new("models", rec.name)  # early, before copying a file
@@ -216,17 +276,22 @@ class Registry:
             dst = self.home.models_dir / f"{rec.sha256}.onnx"
             created = self._copy_model_file(rec, src_file, dst)
             rec = rec.model_copy(update={"path": str(dst.relative_to(self.home.registry_dir))})
+        old = None
         try:
             with self.transaction():
                 if not replace:
                     self.ensure_new("models", rec.name)
                 if src_file is not None and not dst.exists():  # removed meanwhile by a remove
                     self._copy_model_file(rec, src_file, dst)
+                old = self.get_model(rec.name) if replace and self.has_model(rec.name) else None
                 self._write_row("models", model_to_row(rec), replace)
         except AlreadyExistsError:
             if created:
                 self._drop_unused_model_file(dst, rec.sha256)
             raise
+        if old is not None and old.has_weights and old.sha256 != rec.sha256:
+            # the replaced weights' file, once committed, unless another entry uses it
+            self._drop_unused_model_file(self.model_file(old), old.sha256)
         return rec
 
     def _copy_model_file(self, rec: ModelRecord, src_file: str | Path, dst: Path) -> bool:

@@ -185,14 +185,20 @@ class TaskStore:
             with contextlib.suppress(FileNotFoundError):
                 os.utime(self.task_dir(name) / chunk)
 
-    def _drop_unused(self, name: str, chunks: set[str]) -> None:
-        """Delete chunks this writer created but did not commit, unless a sample uses them."""
-        if not chunks:
+    def _drop_unused(self, name: str, chunks: set[str], *, folder: bool = False) -> None:
+        """Delete chunks this writer created but did not commit, unless a sample uses them;
+        ``folder``: also the task's folder when no task of that name is registered and nothing
+        is left in it (a failed add leaves no empty folder behind). Inside a write transaction:
+        a writer staging there meanwhile re-writes its chunks inside its own."""
+        if not chunks and not folder:
             return
         with self.registry.transaction():
             used = self._chunks_used(name)
             for chunk in chunks - used:
                 (self.task_dir(name) / chunk).unlink(missing_ok=True)
+            if folder and not self.registry.has_task(name):
+                with contextlib.suppress(OSError):  # absent, or holds another writer's chunk
+                    self.task_dir(name).rmdir()
 
     def _chunks_used(self, name: str) -> set[str]:
         sql = "SELECT DISTINCT chunk FROM samples WHERE task = ?"
@@ -248,9 +254,9 @@ class TaskStore:
                 self._ensure_chunks(name, samples, set(staged.chunks), staged)
                 self.registry.put_task(rec, rows, replace_samples=True, create=not replace)
                 self._gc_chunks(name, replaced)
-        except BaseException:  # refused or failed: leave no chunk behind
+        except BaseException:  # refused or failed: leave no chunk (and no empty folder) behind
             with contextlib.suppress(ShiftError, OSError, sqlite3.Error):
-                self._drop_unused(name, staged.created)
+                self._drop_unused(name, staged.created, folder=True)
             raise
         return rec
 

@@ -23,9 +23,9 @@ through a read-only connection; ``--repair`` refuses such a home (``ReadOnlyHome
 
 Each finding has a severity: ``corrupt`` (damaged data), ``unwritable`` (see above),
 ``orphan`` (unused files),
-``leftover`` (temp files and parts a killed run left behind) — these are *problems* — and
+``leftover`` (temp files and parts a killed run left behind) — these are *problems* —,
 ``resumable`` (a half-built index the next query resumes, an entry the next index run rewrites):
-expected after a crash, not a problem.
+expected after a crash, not a problem, and ``foreign`` (files shift never writes: listed only).
 
 ``repair=True`` removes only what is safe: temp files, orphaned parts, index directories of
 removed tasks or models, corrupt indexes (rebuilt on the next query), orphaned model files and
@@ -36,10 +36,11 @@ registry row or a model file in use, and skips an index directory another proces
 orphan.
 
 It deletes only files whose names shift writes where they lie (:mod:`shift.tools.doctor_files`):
-anything else is reported and moved to ``<home>/quarantine/<time>/``, never deleted, and a
-folder holding any such file is quarantined whole instead of removed. It repairs only a marked
-home (``.shift-home``, see :mod:`shift.config`): a home from before the marker is marked when
-its ``registry.db`` holds shift's tables; any other folder is refused (``NotAHomeError``).
+anything else is listed (severity ``foreign``: not a problem) and left where it is — never
+moved, never deleted — and so is a folder of shift's that holds such a file. It repairs only a
+marked home (``.shift-home``, see :mod:`shift.config`): a home from before the marker is marked
+when its ``registry.db`` holds shift's tables; any other folder is refused (``NotAHomeError``).
+Where there is no registry it raises ``NotAHomeError`` and writes nothing.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ import time
 from pathlib import Path
 
 from shift.config import Home, is_shift_registry
-from shift.errors import DiskFullError, NotAHomeError, NotFoundError, ReadOnlyHomeError, ShiftError
+from shift.errors import DiskFullError, NotAHomeError, ReadOnlyHomeError, ShiftError
 from shift.fsutil import read_only
 from shift.tools.doctor_checks import DEFAULT_GRACE_S, _Doctor
 from shift.tools.doctor_report import DoctorReport, Finding, print_report
@@ -67,11 +68,11 @@ def doctor(
 ) -> DoctorReport:
     """Check the shift home ``home`` (default: as ``shift`` resolves it); ``repair`` removes
     what is safe to remove (on a marked home only: ``NotAHomeError`` otherwise). Raises
-    ``NotFoundError`` if there is no registry there."""
+    ``NotAHomeError`` if there is no registry there."""
     t0 = time.perf_counter()
     h = home if isinstance(home, Home) else Home.resolve(home)
     if not h.db_path.is_file():
-        raise NotFoundError(f"no shift registry at {h.db_path}")
+        raise h.no_home()  # and nothing is written: a mistyped home is not created
     ours = h.is_marked() or is_shift_registry(h.db_path)
     if ours:
         h.mark()  # a home from before the marker (best effort: a read-only home stays unmarked)

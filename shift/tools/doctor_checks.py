@@ -21,6 +21,7 @@ from shift.tools.doctor_files import (
     child_kind,
     foreign,
     is_temp_file,
+    owned,
     remove_known,
 )
 
@@ -316,7 +317,7 @@ class _Doctor(Recorder):
             yield True
             return
         try:
-            cm = build_lock(d, blocking=False)
+            cm = build_lock(d, blocking=False, tidy_on_release=False)
             mine = cm.__enter__()
         except OSError as e:
             if write_error(e, d) is None:
@@ -461,6 +462,8 @@ class _Doctor(Recorder):
                         "remove",
                     )
                 continue
+            if foreign(p, "parts") and not owned(p, "parts"):
+                continue  # only files shift never writes there: listed by index(), left alone
             why = (
                 "of a finished build"
                 if meta is not None and digest == meta.key.digest()

@@ -3,8 +3,9 @@
 Every removal of doctor goes through :func:`remove_known`, which deletes only entries shift
 writes there (``models/<sha256>…``, ``tasks/<task>/chunk-<sha16>.npy``, an index folder's files
 and ``parts-*``, temp files of atomic writes). Anything else is *foreign*: :func:`foreign` lists
-it, doctor reports it, and ``--repair`` moves it to ``<home>/quarantine/<time>/`` with
-:func:`quarantine` — never deletes it.
+it, doctor reports it (severity ``foreign``, not a problem) and leaves it where it is — never
+moved, never deleted, also by ``--repair``; a folder of shift's that holds such a file keeps it
+(and stays) when shift's own files in it are removed.
 
 Folder kinds: ``models``, ``tasks`` (the root), ``task``, ``indexes`` (the root), ``index_task``
 (``indexes/<task>``), ``index`` (``indexes/<task>/<model>``) and ``parts``.
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-import shutil
 import sqlite3
 import time
 from collections.abc import Callable
@@ -33,7 +33,7 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-]{0,127}")  # config.validate_name'
 _MODEL = re.compile(r"[0-9a-f]{64}(\.[A-Za-z0-9_.\-]+)?")  # content-addressed model files
 _CHUNK = re.compile(r"chunk-[0-9a-f]{16}\.npy")
 _PARTS = re.compile(r"parts-[0-9a-f]{16}")
-_PART = re.compile(r"writer\.json|b-[\w\-]+\.(json|emb\.npy|logits\.npy)")
+_PART = re.compile(r"writer\.json|b-[\w\-]+\.(json|npy|emb\.npy|logits\.npy)")
 
 
 def is_temp_file(name: str) -> bool:
@@ -78,6 +78,22 @@ def foreign(path: Path, kind: str) -> list[Path]:
     return sorted(out)
 
 
+def owned(path: Path, kind: str) -> bool:
+    """Whether the ``kind`` folder ``path`` holds anything :func:`remove_known` would remove: a
+    file shift writes there, or a folder of shift's that is empty or holds such a file."""
+    try:
+        entries = list(path.iterdir())
+    except OSError:
+        return False
+    for p in entries:
+        sub = child_kind(kind, p)
+        if sub == "file":
+            return True
+        if sub is not None and (not foreign(p, sub) or owned(p, sub)):
+            return True
+    return False
+
+
 def remove_known(path: Path, kind: str | None = None, keep: frozenset[str] = frozenset()) -> None:
     """Delete ``path`` (a file, or a folder of ``kind``) except what is foreign in it: foreign
     entries stay where they are, and so do the folders holding them. ``keep``: names of
@@ -95,30 +111,6 @@ def remove_known(path: Path, kind: str | None = None, keep: frozenset[str] = fro
             path.rmdir()
 
 
-def quarantine(home: Home, path: Path, stamp: str) -> Path:
-    """Move ``path`` to ``<home>/quarantine/<stamp>/<its path in the home>``; returns where."""
-    try:
-        rel = path.relative_to(home.registry_dir)
-    except ValueError:
-        try:
-            rel = Path("indexes") / path.relative_to(home.index_dir)
-        except ValueError:
-            rel = Path(path.name)
-    dest = home.quarantine_dir / stamp / rel
-    n = 1
-    while dest.exists() or dest.is_symlink():
-        dest = dest.with_name(f"{rel.name}.{n}")
-        n += 1
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    shutil.move(str(path), str(dest))
-    return dest
-
-
-def run_stamp() -> str:
-    """The quarantine sub-folder name of one doctor run: its local time."""
-    return time.strftime("%Y%m%d-%H%M%S")
-
-
 def _age_s(path: Path) -> float:
     try:
         return time.time() - path.lstat().st_mtime
@@ -127,8 +119,8 @@ def _age_s(path: Path) -> float:
 
 
 class Recorder:
-    """Records doctor's findings and, with ``repair``, applies their fixes; disposes of files
-    only through :func:`remove_known` and :func:`quarantine`."""
+    """Records doctor's findings and, with ``repair``, applies their fixes; removes files only
+    through :func:`remove_known`, and never touches what :func:`foreign` lists."""
 
     def __init__(self, home: Home, repair: bool, grace_s: float) -> None:
         self.home = home
@@ -136,7 +128,6 @@ class Recorder:
         self.grace_s = grace_s
         self.report = DoctorReport(home=str(home.registry_dir), repair=repair)
         self.checked = self.report.checked
-        self.stamp = run_stamp()  # this run's quarantine folder
 
     # ---- recording ------------------------------------------------------------------------
     def find(
@@ -170,7 +161,7 @@ class Recorder:
 
     def stray(self, path: Path, check: str, what: str, kind: str | None = None) -> None:
         """A file or folder (of ``kind``) nothing uses: removable once older than the grace
-        period; a folder holding anything foreign is moved to quarantine instead."""
+        period; what shift never writes in it is listed and stays."""
         severity: Severity = "leftover" if is_temp_file(path.name) else "orphan"
         self.dispose(severity, check, path, what, kind, young=not self.old_enough(path))
 
@@ -183,42 +174,27 @@ class Recorder:
         kind: str | None,
         young: bool = False,
     ) -> None:
-        """Record ``path`` (a file or a folder of ``kind``) as removable, unless ``young``; if
-        it holds anything foreign, the whole of it goes to quarantine instead of being removed."""
+        """Record ``path`` (a file or a folder of ``kind``) as removable, unless ``young``. The
+        entries in it that shift never writes are listed apart and stay where they are (so does
+        the folder holding them); a folder that holds nothing of shift's is only listed."""
         alien = foreign(path, kind) if kind is not None and path.is_dir() else []
+        if alien and kind is not None and not owned(path, kind):
+            self.alien(path, check, f"{what}; it holds only entries shift never writes")
+            return
+        for a in alien:
+            self.alien(a, check)
         if alien:
             what += (
-                f"; it holds {len(alien)} entr{'y' if len(alien) == 1 else 'ies'} shift never "
-                f"writes (e.g. {alien[0].name}): to quarantine, never deleted"
+                f" (the {len(alien)} entr{'y' if len(alien) == 1 else 'ies'} in it that shift "
+                "never writes stay where they are)"
             )
-            self.alien(path, check, what, severity, young)
-            return
         if young:
             what += f" (younger than {self.grace_s:.0f} s: left alone)"
         fix = None if young else (lambda: remove_known(path, kind))
         self.find(severity, check, path, what, fix, "remove")
 
-    def alien(
-        self,
-        path: Path,
-        check: str,
-        what: str = "",
-        severity: Severity = "orphan",
-        young: bool | None = None,
-    ) -> None:
-        """``path`` is not something shift writes where it lies: moved to quarantine (once
-        older than the grace period, or unless ``young`` says otherwise), never deleted."""
-        young = not self.old_enough(path) if young is None else young
-        what = what or "not a file shift writes here (put there by someone else?)"
-        if young:
-            what += f" (younger than {self.grace_s:.0f} s: left alone)"
-        f = self.find(
-            severity,
-            check,
-            path,
-            what,
-            None if young else (lambda: quarantine(self.home, path, self.stamp)),
-            f"move to {self.home.quarantine_dir.name}/ (never deleted)",
-        )
-        if f.repaired:
-            f.action = f"moved to {self.home.quarantine_dir / self.stamp}"
+    def alien(self, path: Path, check: str, what: str = "") -> None:
+        """``path`` is not something shift writes where it lies: listed, never moved or deleted
+        (a user's own file in a home, or a folder made a home with ``shift-cli init --force``)."""
+        what = what or "not a file shift writes here"
+        self.find("foreign", check, path, f"{what}: left where it is (shift never moves it)")

@@ -7,9 +7,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-Severity = Literal["corrupt", "unwritable", "orphan", "leftover", "resumable"]
+Severity = Literal["corrupt", "unwritable", "orphan", "leftover", "resumable", "foreign"]
 #: ``unwritable``: the home cannot be written (read-only, no permission, disk full): the data
-#: may be intact, but every command that writes will fail until it is fixed
+#: may be intact, but every command that writes will fail until it is fixed. ``foreign``: a file
+#: or folder shift never writes where it lies (someone else's): listed, never moved or deleted,
+#: not a problem
 PROBLEMS: frozenset[str] = frozenset({"corrupt", "unwritable", "orphan", "leftover"})
 
 
@@ -50,7 +52,9 @@ class DoctorReport(BaseModel):
         return not self.problems
 
     def counts(self) -> dict[str, int]:
-        out = {s: 0 for s in ("corrupt", "unwritable", "orphan", "leftover", "resumable")}
+        out = {
+            s: 0 for s in ("corrupt", "unwritable", "orphan", "leftover", "resumable", "foreign")
+        }
         for f in self.findings:
             out[f.severity] += 1
         out["repaired"] = sum(f.repaired for f in self.findings)
@@ -75,6 +79,7 @@ _STYLE = {
     "orphan": "yellow",
     "leftover": "yellow",
     "resumable": "cyan",
+    "foreign": "blue",
 }
 
 
@@ -105,7 +110,8 @@ def print_report(rep: DoctorReport, console: Any) -> None:
         f"checked {checked or 'nothing'} in {rep.seconds:.2f} s: {c['corrupt']} corrupt, "
         + (f"{c['unwritable']} unwritable, " if c["unwritable"] else "")
         + f"{c['orphan']} orphan, {c['leftover']} leftover, {c['resumable']} resumable, "
-        f"{c['repaired']} repaired — {status}",
+        + (f"{c['foreign']} not shift's (left alone), " if c["foreign"] else "")
+        + f"{c['repaired']} repaired — {status}",
         highlight=False,
     )
     if not rep.ok and not rep.repair and any(f.repairable for f in rep.problems):
