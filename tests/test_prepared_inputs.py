@@ -15,7 +15,7 @@ import pytest
 
 import shift
 from shift.catalog.onnx_import import register_onnx
-from shift.engine.feeder import prefetched
+from shift.engine.feeder import WriteBehind, prefetched
 from shift.engine.indexing import Indexer
 from shift.engine.prepared import Geometry, PreparedInputs
 from shift.inference.embedder import register_backend
@@ -178,6 +178,27 @@ def test_prefetched_raises_where_the_item_would_be_and_stops_early() -> None:
     endless.close()
     time.sleep(0.3)
     assert threading.active_count() <= before
+
+
+def test_write_behind_keeps_order_and_raises_the_first_error_on_drain() -> None:
+    done: list[int] = []
+    wb = WriteBehind(depth=2)
+    for i in range(20):
+        wb.submit(lambda i=i: (time.sleep(0.001), done.append(i)))
+    wb.drain()
+    assert done == list(range(20))
+
+    def fail(i: int) -> None:
+        if i == 3:
+            raise OSError("disk full")
+        done.append(i)
+
+    done.clear()
+    with pytest.raises(OSError, match="disk full"):  # raised by a later submit, or by close
+        for i in range(6):
+            wb.submit(fail, i)
+        wb.close()
+    assert done == [0, 1, 2]  # nothing after the failed write
 
 
 # ---- successive halving through the indexer -----------------------------------------------------

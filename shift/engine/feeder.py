@@ -1,18 +1,23 @@
-"""The feeder: batches read ahead of the model on a thread, through a bounded queue.
+"""The feeder: batches read ahead of the model, and results written behind it, each on a thread
+through a bounded queue.
 
-While the model runs batch k, batches k+1..k+depth are read (memory-mapped prepared images,
-gathered) on a background thread; numpy and file reads release the GIL. Order is kept, an error
-in the reader is raised where the batch would have been taken, and closing the generator early
-(a failed model, an interrupt) stops the reader within one queue timeout.
+``prefetched``: while the model runs batch k, batches k+1..k+depth are read (memory-mapped
+prepared images, gathered) on a background thread; numpy and file reads release the GIL. Order is
+kept, an error in the reader is raised where the batch would have been taken, and closing the
+generator early (a failed model, an interrupt) stops the reader within one queue timeout.
+
+``WriteBehind``: batch results are hashed and written on one thread, in order, while the model
+runs the next batch; ``drain`` waits for every write and raises the first error, so a caller that
+drains before returning (also on an interrupt) keeps every batch it was handed.
 """
 
 from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -64,3 +69,49 @@ def prefetched(items: Iterator[T], depth: int = 2) -> Iterator[T]:
             yield x  # type: ignore[misc]
     finally:
         stop.set()
+
+
+class WriteBehind:
+    """``submit(fn, *args)`` runs ``fn(*args)`` on one background thread, in submission order,
+    with at most ``depth`` calls waiting (``submit`` blocks beyond that); ``drain()`` waits for
+    all of them and raises the first error any raised (later calls are skipped after one)."""
+
+    def __init__(self, depth: int = 4) -> None:
+        self._q: queue.Queue[object] = queue.Queue(maxsize=max(1, depth))
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._work, name="shift-writer", daemon=True)
+        self._thread.start()
+
+    def _work(self) -> None:
+        while True:
+            item = self._q.get()
+            try:
+                if item is _END:
+                    return
+                fn, args = item  # type: ignore[misc]
+                if self._error is None:
+                    fn(*args)
+            except BaseException as e:  # noqa: BLE001 - raised by drain() on the caller's thread
+                self._error = e
+            finally:
+                self._q.task_done()
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> None:
+        if self._error is not None:
+            self.drain()
+        self._q.put((fn, args))
+
+    def drain(self) -> None:
+        """Wait until every submitted call has run; raise the first error one raised."""
+        self._q.join()
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def close(self) -> None:
+        """Drain, then stop the thread (raising what ``drain`` raises)."""
+        try:
+            self.drain()
+        finally:
+            self._q.put(_END)
+            self._thread.join()

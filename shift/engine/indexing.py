@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from shift.engine.feeder import prefetched
+from shift.engine.feeder import WriteBehind, prefetched
 from shift.engine.prepared import Geometry, PreparedInputs
 from shift.fsutil import sha256_file
 from shift.records import ModelRecord, TaskRecord
@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 DEFAULT_BATCH = 64
 #: batches read (and prepared) ahead of the model, per job
 PREFETCH_BATCHES = 2
+#: batch results waiting to be hashed and written behind the model
+WRITE_BEHIND_BATCHES = 4
 
 
 @dataclass
@@ -342,7 +344,9 @@ class Indexer:
                 report.nodes[r.node] = report.nodes.get(r.node, 0) + 1
             if r.model_name in writers:
                 writers[r.model_name].providers = list(r.providers)  # recorded in its meta
-                writers[r.model_name].add_batch(r.batch_id, ids, r.embeddings, r.logits)
+                behind.submit(
+                    writers[r.model_name].add_batch, r.batch_id, ids, r.embeddings, r.logits
+                )
             else:
                 p = pending[r.model_name]
                 p["emb"][r.batch_id], p["logits"][r.batch_id] = r.embeddings, r.logits
@@ -352,8 +356,12 @@ class Indexer:
             log.warning("model %s failed: %s", f.model_name, f.error)
 
         t_run = time.perf_counter()
-        if jobs:
-            self.executor.run(jobs, on_result, on_failure, progress=self.progress)
+        behind = WriteBehind(depth=WRITE_BEHIND_BATCHES)
+        try:
+            if jobs:
+                self.executor.run(jobs, on_result, on_failure, progress=self.progress)
+        finally:  # every batch handed over is stored, also when the run was interrupted
+            behind.close()
         t_commit = time.perf_counter()
         report.phases["embed"] = t_commit - t_run
         for name, p in pending.items():
