@@ -28,7 +28,9 @@ numpy (no scipy, torch or scikit-learn).
 from __future__ import annotations
 
 # knn and linear register first, also when this package is imported before the proxies module
-from shift.scoring import proxies as _proxies  # noqa: F401
+# (imported directly, not through shift.scoring.proxies, which imports this package lazily)
+from shift.scoring import knn as _knn  # noqa: F401
+from shift.scoring import linear as _linear  # noqa: F401
 
 # Importing a module registers its proxies (``@estimator``); this order is PROXIES' order.
 # isort: off
