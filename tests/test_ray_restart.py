@@ -14,6 +14,7 @@ import pytest
 
 import shift
 from shift.catalog.onnx_import import register_onnx
+from shift.engine.prepared import PreparedInputs
 from shift.records import Samples
 from shift.store.tasks import TaskStore
 
@@ -69,17 +70,17 @@ def test_killed_worker_is_restarted_and_index_equals_uninterrupted(
 
     killed: list[int] = []
     loads = [0]
-    real_load = TaskStore.load
+    real_load = PreparedInputs.load
 
-    def load_and_kill(self: TaskStore, task: str, rows: list[Any]) -> Any:
-        loads[0] += 1
-        if loads[0] == 4 and not killed:  # 3 batches are queued on the actors by now
+    def load_and_kill(self: PreparedInputs, rows: list[Any], geom: Any) -> Any:
+        loads[0] += 1  # batches are read ahead (2) of the ones the actors were handed
+        if loads[0] == 6 and not killed:  # 3 batches are queued on the actors by now
             pid = ray.get(_POOL.actors[0].info.remote())["pid"]
             os.kill(pid, signal.SIGKILL)
             killed.append(pid)
-        return real_load(self, task, rows)
+        return real_load(self, rows, geom)
 
-    monkeypatch.setattr(TaskStore, "load", load_and_kill)
+    monkeypatch.setattr(PreparedInputs, "load", load_and_kill)
     with home(tmp_path / "killed", files, "ray") as c:
         got = build(c)
         executor = c.engine.executor
