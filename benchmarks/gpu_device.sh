@@ -4,12 +4,14 @@
 #
 #     bash benchmarks/gpu_device.sh            # results in $OUT (default /tmp/shift-gpu-out)
 #     SHIFT_GPU_VENV=0 PY=.venv/bin/python bash benchmarks/gpu_device.sh --smoke   # try it here
+#     BENCH=bench_zoo bash benchmarks/gpu_device.sh --profile gpu   # the zoo's GPU profile
 #
 # 1. a venv over the system packages (torch stays the image's), the missing packages installed
 #    from the wheels in gpu_wheels/ (git-ignored; made by `bash benchmarks/gpu_device.sh
 #    --download` on a machine with the package index: cp312 manylinux x86_64, ~6 MB);
 # 2. hnswlib built from its sdist there (compiler + pybind11), else the chroma-hnswlib wheel;
-# 3. python -m benchmarks.bench_gpu under a time limit; results and logs copied to $OUT.
+# 3. python -m benchmarks.$BENCH (bench_gpu, or bench_zoo) under a time limit; results and logs
+#    copied to $OUT.
 # The whole script stays under TOTAL_S (default 330 s) seconds.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -21,7 +23,8 @@ if [[ -z "${PY:-}" && -x /opt/torch/.venv/bin/python ]]; then
     SHIFT_GPU_VENV=${SHIFT_GPU_VENV:-0}
 fi
 PY=${PY:-python3}
-PKGS=(onnx2torch pydantic sqlite-utils pyyaml)
+PKGS=(onnx2torch pydantic sqlite-utils pyyaml lark)
+BENCH=${BENCH:-bench_gpu}
 
 if [[ "${1:-}" == "--download" ]]; then  # on a machine with the index, not on the GPU machine
     set -e
@@ -35,7 +38,7 @@ if [[ "${1:-}" == "--download" ]]; then  # on a machine with the index, not on t
         onnx2torch==1.5.15 pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 \
         typing-inspection==0.4.5 typing-extensions==4.16.0 sqlite-utils==4.2.1 \
         sqlite-fts4==1.0.3 click==8.5.1 click-default-group==1.2.4 tabulate==0.10.0 \
-        python-dateutil==4.0.0 tzdata==2026.6 pluggy==1.7.0 pyyaml==6.0.4 \
+        python-dateutil==4.0.0 tzdata==2026.6 pluggy==1.7.0 pyyaml==6.0.4 lark==1.3.1 \
         chroma-hnswlib==0.7.6
     pip download -q --no-deps --no-binary=hnswlib -d "$WHEELS" hnswlib==0.8.0
     du -sh "$WHEELS"; ls "$WHEELS"
@@ -82,9 +85,10 @@ for m in ("torch", "torchvision", "onnx", "onnxruntime", "onnx2torch", "pydantic
 EOF
 
 BUDGET=$(($(left) - 45))  # the bench stops starting new measurements here; 45 s of slack
-log "running bench_gpu.py (budget ${BUDGET} s, hard limit $(($(left) - 10)) s)"
-timeout --kill-after=5 $(($(left) - 10)) "$PY" -m benchmarks.bench_gpu --budget-s "$BUDGET" "$@" \
+log "running $BENCH (budget ${BUDGET} s, hard limit $(($(left) - 10)) s)"
+timeout --kill-after=5 $(($(left) - 10)) "$PY" -m "benchmarks.$BENCH" --budget-s "$BUDGET" "$@" \
     2>&1 | tee -a "$LOG"
 log "bench exit status ${PIPESTATUS[0]}"
-cp benchmarks/results/gpu*.json "$OUT/" 2>/dev/null || log "no results written"
+cp benchmarks/results/gpu*.json benchmarks/results/zoo_gpu*.json "$OUT/" 2>/dev/null \
+    || log "no results written"
 log "done; $OUT: $(ls "$OUT" | tr '\n' ' ')"
