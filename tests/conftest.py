@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Iterator
 
 import pytest
 
 from shift.records import ModelRecord
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """One trained-experts cache per test session (shared by its homes and subprocesses),
+    never the user's ``~/.cache/shift``."""
+    if "SHIFT_CACHE_DIR" not in os.environ:
+        os.environ["SHIFT_CACHE_DIR"] = tempfile.mkdtemp(prefix="shift-test-cache-")
 
 
 @pytest.fixture(scope="session")

@@ -36,11 +36,12 @@ class ImportResult:
 def build_module(entry: CatalogEntry) -> tuple[Any, dict[str, Any]]:
     """The eval-mode torch module of ``entry`` and facts learned while building it."""
     if entry.builder == "expert":
-        from shift.catalog.experts import EXPERTS, train_expert
+        from shift.catalog.expert_cache import cached_expert
+        from shift.catalog.experts import EXPERTS
 
         if entry.expert not in EXPERTS:
             raise ShiftError(f"{entry.name}: unknown expert recipe {entry.expert!r}")
-        module, info = train_expert(EXPERTS[entry.expert])
+        module, info = cached_expert(EXPERTS[entry.expert])
         return module.eval(), info
     from shift.catalog.architectures import build, load_weights
 
