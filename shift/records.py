@@ -6,13 +6,15 @@ import datetime as dt
 import json
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from shift.config import validate_name
 from shift.errors import ShiftError
+
+if TYPE_CHECKING:  # numpy is not imported where no array is made (listings, cached queries)
+    import numpy as np
 
 
 def utcnow() -> str:
@@ -166,13 +168,16 @@ class Timings(BaseModel):
 class Result(BaseModel):
     """What a query returns: rows in rank order, the per-model scores, the plan, and timings.
     ``failed``: the models that failed (could not be loaded, embedded or scored), each with the
-    reason; they are left out of the rows and the scores (the CLI then exits 1)."""
+    reason; they are left out of the rows and the scores (the CLI then exits 1). ``skipped``:
+    the models a task-aware ranking left out before any work because they cannot run (no
+    weights), each with the reason; not a failure."""
 
     query: str
     columns: list[str]
     rows: list[dict[str, Any]]
     scores: dict[str, float | None] = Field(default_factory=dict)
     failed: dict[str, str] = Field(default_factory=dict)
+    skipped: dict[str, str] = Field(default_factory=dict)
     plan: dict[str, Any] = Field(default_factory=dict)
     timings: Timings = Field(default_factory=Timings)
 

@@ -147,9 +147,12 @@ def meta_model_scores(
 def check_heads(plan: Plan, models: list[ModelRecord]) -> None:
     """Proxies over source-classifier logits (LEEP, NCE, ...) need every model to have a head."""
     from shift.errors import QueryError
+
+    if not plan.proxy:  # agnostic, meta, random: no proxy (and no numpy) to load
+        return
     from shift.scoring.proxies import get_proxy
 
-    if not plan.proxy or not get_proxy(plan.proxy).needs_logits:
+    if not get_proxy(plan.proxy).needs_logits:
         return
     no_head = [m.name for m in models if not m.head_output]
     if no_head:
@@ -188,21 +191,29 @@ def weights_hint(missing: list[ModelRecord]) -> str:
     )
 
 
-def check_weights(plan: Plan, models: list[ModelRecord]) -> None:
-    """A task-aware ranking needs every model's weights: one error listing the models
-    registered without them (metadata only), before any work."""
+def check_weights(
+    plan: Plan, models: list[ModelRecord]
+) -> tuple[list[ModelRecord], dict[str, str]]:
+    """A task-aware ranking embeds with each model: those registered without weights (metadata
+    only) are left out, returned by name with why (``Result.skipped``), before any work. Only
+    when no model of the pool has weights is it an error, listing them."""
     from shift.errors import WeightsMissingError
 
     if not needs_weights(plan):
-        return
+        return models, {}
     missing = [m for m in models if not m.has_weights]
     if not missing:
-        return
+        return models, {}
+    if len(missing) < len(models):
+        skipped = {m.name: "no weights (registered from metadata only)" for m in missing}
+        log.info("left out, no weights: %s", ", ".join(skipped))
+        return [m for m in models if m.has_weights], skipped
     names = [m.name for m in missing]
     pos = plan.select.rank.pos if plan.select.rank else None
     raise WeightsMissingError(
-        f"RANK BY {plan.ranker} embeds the task with each model, but {len(names)} model(s) in "
-        f"the pool have no weights: {', '.join(names[:10])}{', ...' if len(names) > 10 else ''}",
+        f"RANK BY {plan.ranker} embeds the task with each model, but none of the {len(names)} "
+        f"model(s) in the pool has weights: {', '.join(names[:10])}"
+        f"{', ...' if len(names) > 10 else ''}",
         models=names,
         text=plan.text,
         line=pos.line if pos else 1,
@@ -325,11 +336,12 @@ def execute(
     scores: dict[str, float | None] = {}
     failed: dict[str, str] = {}  # models that failed (not ranked), with the reason
     strategy, label = plan.strategy, (plan.proxy_label if plan.proxy else None)
+    models, skipped = check_weights(plan, models)
     check_heads(plan, models)  # before any work: sh and plain proxies alike
-    check_weights(plan, models)
     if plan.strategy == "multi":
         res = run_multi(plan, models, engine, timings, plan_info)
         res.timings.total_ms += (time.perf_counter() - t0) * 1000
+        res.skipped = skipped
         return res
     if plan.strategy == "similar":
         ts = time.perf_counter()
@@ -412,6 +424,7 @@ def execute(
         rows=rows,
         scores={r["name"]: r.get("score") for r in rows} if "score" in cols else {},
         failed=failed,
+        skipped=skipped,
         plan=plan_info,
         timings=timings,
     )
