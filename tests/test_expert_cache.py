@@ -61,3 +61,22 @@ def test_a_damaged_entry_is_trained_again(spec: Any, monkeypatch: pytest.MonkeyP
     _, info = expert_cache.cached_expert(spec, epochs=1, n=160)
     assert len(calls) == 1 and info["cached"] is False
     assert expert_cache.cached_expert(spec, epochs=1, n=160)[1]["cached"] is True
+
+
+def test_warm_trains_missing_experts_in_parallel_processes(
+    spec: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Two processes train two experts at once; their weights are those of a sequential run."""
+    import dataclasses
+
+    small = [dataclasses.replace(spec, n=160, epochs=1, seed=s) for s in (1, 2)]
+    assert expert_cache.warm(small, workers=2) == 2
+    assert expert_cache.warm(small, workers=2) == 0  # all cached now
+    parallel = [expert_cache.cached_expert(s) for s in small]
+    assert all(info["cached"] for _, info in parallel)
+    monkeypatch.setenv("SHIFT_CACHE_DIR", str(tmp_path / "sequential"))
+    for (got, _), s in zip(parallel, small, strict=True):
+        want, info = expert_cache.cached_expert(s)
+        assert info["cached"] is False
+        for k, v in want.state_dict().items():
+            assert torch.equal(v, got.state_dict()[k]), k

@@ -86,6 +86,28 @@ def cached_expert(
     return model, {**info, "cached": False, "trained_seconds": info["seconds"]}
 
 
+def warm(specs: list[Any], workers: int | None = None) -> int:
+    """Train the experts of ``specs`` missing from the cache in parallel processes (training is
+    single-threaded and deterministic, so the weights are those of a sequential run); returns
+    how many were trained here. With one missing expert, or one worker, nothing is trained here:
+    the caller's own build does it."""
+    todo = [s for s in specs if not _cached(s)]
+    workers = min(len(todo), workers or os.cpu_count() or 1)
+    if workers < 2:
+        return 0
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+        list(pool.map(cached_expert, todo))
+    return len(todo)
+
+
+def _cached(spec: Any) -> bool:
+    key = expert_key(spec)
+    return all((cache_dir() / f"{key}{ext}").is_file() for ext in (".safetensors", ".json"))
+
+
 def _store(model: Any, info: dict[str, Any], weights: Path, facts: Path) -> None:
     """Write the weights (safetensors) then the facts; a failure to cache is only logged."""
     from safetensors.torch import save

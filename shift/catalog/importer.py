@@ -118,19 +118,24 @@ def import_catalog(
             raise ShiftError(f"not in the catalog: {', '.join(unknown)}")
         entries = [e for e in entries if e.name in names]
     results = []
+    from shift.catalog.expert_cache import warm
+    from shift.catalog.experts import EXPERTS
     from shift.progress import progress_bar
+
+    todo = [
+        e for e in entries if e.expert in EXPERTS and (force or not _registered(registry, e.name))
+    ]
+    warm([EXPERTS[e.expert] for e in todo])  # in parallel: each trains on one thread
 
     with progress_bar(progress, transient=True) as bar:
         task = bar.add_task("catalog", total=len(entries))
         for e in entries:
             bar.update(task, description=f"catalog: {e.name}")
             t0 = time.perf_counter()
-            if registry.has_model(e.name) and not force:
-                rec = registry.get_model(e.name)
-                if registry.model_file(rec).is_file():
-                    results.append(ImportResult(e.name, "cached"))
-                    bar.advance(task)
-                    continue
+            if not force and _registered(registry, e.name):
+                results.append(ImportResult(e.name, "cached"))
+                bar.advance(task)
+                continue
             try:
                 module, info = build_module(e)
                 with tempfile.TemporaryDirectory() as d:
@@ -165,6 +170,11 @@ def import_catalog(
                 )
             bar.advance(task)
     return results
+
+
+def _registered(registry: Registry, name: str) -> bool:
+    """Whether ``name`` is registered with its model file present (import keeps it)."""
+    return registry.has_model(name) and registry.model_file(registry.get_model(name)).is_file()
 
 
 def _describe(info: dict[str, Any]) -> str:
