@@ -119,9 +119,11 @@ def test_models_add_list_show_remove(home: Path, onnx_file: Path) -> None:
     assert f"registered tiny-a: {params:,} parameters, 16-d embedding from 'embedding'" in r.stdout
     assert "head 'logits' (10 classes)" in r.stdout
 
-    r = cli(home, "models", "list")
+    r = cli(home, "models", "list", "--format", "table")
     assert r.exit_code == 0
     assert "1 models" in r.stdout
+    r = cli(home, "models", "list")  # not a terminal: plain text, title, header, one line a row
+    assert r.exit_code == 0 and len(r.stdout.splitlines()) == 3
     row = next(line for line in r.stdout.splitlines() if "tiny-a" in line)
     for cell in ("tiny-cnn", f"{params:,}", "16", "61.5%", "expert, small"):
         assert cell in row, (cell, row)
@@ -132,6 +134,8 @@ def test_models_add_list_show_remove(home: Path, onnx_file: Path) -> None:
     assert listed[0]["params"] == params
 
     r = cli(home, "models", "show", "tiny-a")
+    assert r.exit_code == 0 and "head_classes" in r.stdout and "61.5" in r.stdout
+    r = cli(home, "models", "show", "tiny-a", "--json")
     assert r.exit_code == 0
     shown = json.loads(r.stdout)
     assert shown["name"] == "tiny-a"
@@ -240,7 +244,7 @@ def test_tasks_list(home: Path) -> None:
     r = cli(home, "tasks", "list")  # no home yet: a read says so and creates none
     assert r.exit_code == 1 and "no shift home" in r.stderr and not home.exists()
     assert cli(home, "init").exit_code == 0
-    r = cli(home, "tasks", "list")
+    r = cli(home, "tasks", "list", "--format", "table")
     assert r.exit_code == 0 and "0 tasks" in r.stdout
     seed_registry(home)
     r = cli(home, "tasks", "list")
@@ -255,7 +259,7 @@ def test_tasks_list(home: Path) -> None:
 
 def test_query_table(home: Path) -> None:
     seed_registry(home)
-    r = cli(home, "query", "SELECT top 2 FROM pool all")
+    r = cli(home, "query", "SELECT top 2 FROM pool all", "--format", "table")
     assert r.exit_code == 0, r.output
     lines = r.stdout.splitlines()
     body = [line for line in lines if line.startswith("│")]
@@ -292,7 +296,9 @@ def test_query_json(home: Path) -> None:
 
 def test_explain(home: Path) -> None:
     seed_registry(home)
-    r = cli(home, "explain", "SELECT top 2 FROM pool imagenet WHERE dim < 1000")
+    r = cli(
+        home, "explain", "SELECT top 2 FROM pool imagenet WHERE dim < 1000", "--format", "table"
+    )
     assert r.exit_code == 0, r.output
     rows = [line for line in r.stdout.splitlines() if line.startswith("│")]
     assert [row.split("│")[1].strip() for row in rows] == ["all models", "filter", "filter", "rank"]

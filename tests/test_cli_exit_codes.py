@@ -92,7 +92,7 @@ def test_a_query_leaves_failed_models_out_names_them_and_exits_non_zero(
     _break(home, "tiny1")
     where = "task IN (toy, toy2)" if ranker.startswith("avg") else "task=toy"
     q = f"SELECT top 2 FROM pool all WHERE {where} RANK BY {ranker}"
-    r = cli(home, "query", q, "--executor", "inprocess")
+    r = cli(home, "query", q, "--executor", "inprocess", "--format", "table")
     assert r.exit_code == 1, r.output
     table, _, after = r.output[r.output.index("┏") :].partition("failed:")  # past progress bars
     assert "tiny0" in table and "tiny1" not in table, r.output

@@ -8,10 +8,10 @@ from typing import Annotated
 import typer
 
 from shift.cli import base as ui
-from shift.cli.base import HomeOpt, app, command
+from shift.cli.base import HomeOpt, app, command, show
 
 
-@command(app, "init")
+@command(app, "init", example="shift-cli init ~/my-shift-home")
 def init_cmd(
     path: Annotated[
         Path | None,
@@ -27,16 +27,22 @@ def init_cmd(
     ] = False,
     home: HomeOpt = None,
 ) -> None:
-    """Create a shift home (registry + indexes) at PATH. A folder that does not exist or is empty
-    needs nothing more; one that already holds other files is refused unless --force. A home
-    already there is left as it is. (Commands that only read never create a home; adding a
-    model or a task creates one in a new or empty folder.)"""
+    """Create a shift home (registry + indexes) at PATH.
+
+    A folder that does not exist or is empty needs nothing more; one that already holds other
+    files is refused unless --force. A home already there is left as it is. (Commands that only
+    read never create a home; adding a model or a task creates one in a new or empty folder.)"""
     from shift.client import init
 
     with init(path if path is not None else home, force=force) as c:
         where = c.home.registry_dir
         created = c.created
-    if created:
-        ui.out.print(f"created a shift home at {where}", highlight=False)
-    else:
-        ui.out.print(f"{where} is already a shift home: nothing to do", highlight=False)
+    show(
+        {"home": str(where), "created": created},
+        lambda: ui.out.print(
+            f"created a shift home at {where}"
+            if created
+            else f"{where} is already a shift home: nothing to do",
+            highlight=False,
+        ),
+    )

@@ -8,18 +8,15 @@ from typing import Annotated
 import typer
 
 from shift.cli import base as ui
-from shift.cli.base import (
-    HomeOpt,
-    JsonOpt,
-    _client,
-    _floats,
-    _print_json,
-    command,
+from shift.cli.base import HomeOpt, _client, _floats, command, models_app, show, suggest
+
+
+@command(
     models_app,
+    "add",
+    example="shift-cli models add model.onnx --name my-model --imagenet-top1 75.1 "
+    '--imagenet-source "its paper, table 2" --tag generalist',
 )
-
-
-@command(models_app, "add")
 def models_add(
     file: Annotated[Path, typer.Argument(help="ONNX file")],
     name: Annotated[str, typer.Option("--name", help="registry name")],
@@ -31,19 +28,27 @@ def models_add(
         str | None, typer.Option(help="where that number comes from")
     ] = None,
     family: Annotated[str | None, typer.Option(help="architecture family")] = None,
-    upstream_dataset: Annotated[str | None, typer.Option()] = None,
-    upstream_size: Annotated[int | None, typer.Option()] = None,
+    upstream_dataset: Annotated[str | None, typer.Option(help="what it was pre-trained on")] = None,
+    upstream_size: Annotated[
+        int | None, typer.Option(help="pre-training images (or samples)")
+    ] = None,
     source: Annotated[str | None, typer.Option(help="provider, e.g. torchvision")] = None,
-    tag: Annotated[list[str] | None, typer.Option("--tag", help="repeatable")] = None,
-    license: Annotated[str | None, typer.Option("--license")] = None,
+    tag: Annotated[list[str] | None, typer.Option("--tag", help="a tag (repeatable)")] = None,
+    license: Annotated[str | None, typer.Option("--license", help="the weights' licence")] = None,
     mean: Annotated[str | None, typer.Option(help="comma-separated, 0..1 scale")] = None,
     std: Annotated[str | None, typer.Option(help="comma-separated, 0..1 scale")] = None,
     color: Annotated[str | None, typer.Option(help="RGB or BGR")] = None,
     resize: Annotated[str | None, typer.Option(help="center_crop or squash")] = None,
-    replace: Annotated[bool, typer.Option("--replace")] = False,
+    replace: Annotated[
+        bool, typer.Option("--replace", help="overwrite a model of that name")
+    ] = False,
     home: HomeOpt = None,
 ) -> None:
     """Register an ONNX model; parameters and output sizes are read from the graph."""
+    if color is not None:
+        color = ui.choice(color.upper(), ("RGB", "BGR"), "colour order")
+    if resize is not None:
+        resize = ui.choice(resize, ("center_crop", "squash"), "resize mode")
     with _client(home, create=True) as c:
         rec = c.add_model(
             file,
@@ -65,57 +70,89 @@ def models_add(
             tags=tag or None,
             license=license,
         )
-    ui.out.print(
-        f"registered [bold]{rec.name}[/bold]: {rec.params:,} parameters, "
-        f"{rec.dim}-d embedding from {rec.output!r}"
-        + (f", head {rec.head_output!r} ({rec.head_classes} classes)" if rec.head_output else "")
+    show(
+        rec.model_dump(),
+        lambda: ui.out.print(
+            f"registered [bold]{rec.name}[/bold]: {rec.params:,} parameters, "
+            f"{rec.dim}-d embedding from {rec.output!r}"
+            + (
+                f", head {rec.head_output!r} ({rec.head_classes} classes)"
+                if rec.head_output
+                else ""
+            )
+        ),
     )
 
 
-@command(models_app, "import-catalog")
+@command(
+    models_app, "import-catalog", example="shift-cli models import-catalog --name mobilenet-v2"
+)
 def models_import_catalog(
-    name: Annotated[list[str] | None, typer.Option("--name", help="only these entries")] = None,
+    name: Annotated[
+        list[str] | None, typer.Option("--name", help="only this entry (repeatable)")
+    ] = None,
     catalog: Annotated[Path | None, typer.Option(help="catalog YAML (default: shipped)")] = None,
     force: Annotated[bool, typer.Option("--force", help="re-export registered entries")] = False,
     home: HomeOpt = None,
 ) -> None:
     """Export the shipped catalog's real models to ONNX and register them."""
-    from shift.render import records_table
-
     with _client(home, create=True) as c:
         results = c.import_catalog(name, catalog=catalog, force=force)
     rows = [r.__dict__ for r in results]
-    ui.out.print(
-        records_table(rows, ["name", "status", "seconds", "max_abs_diff", "detail"], "catalog")
-    )
+    cols = ["name", "status", "seconds", "max_abs_diff", "detail"]
+    show(rows, lambda: ui.print_rows(rows, cols, "catalog"), rows, cols)
     if any(r.status == "failed" for r in results):
         raise typer.Exit(1)
 
 
-@command(models_app, "list")
-def models_list(home: HomeOpt = None, as_json: JsonOpt = False) -> None:
-    """List registered models."""
-    from shift.render import records_table
+#: what ``models list`` shows (csv, tsv, jsonl and json have every field)
+LIST_COLUMNS = [
+    "name",
+    "family",
+    "params",
+    "dim",
+    "imagenet_top1",
+    "upstream_dataset",
+    "source",
+    "tags",
+]
 
+
+@command(models_app, "list", example="shift-cli models list --format csv > models.csv")
+def models_list(home: HomeOpt = None) -> None:
+    """List registered models."""
     with _client(home) as c:
         rows = [m.model_dump() for m in c.models()]
-    if as_json:
-        _print_json(rows)
-    else:
-        cols = ["name", "family", "params", "dim", "imagenet_top1", "upstream_dataset", "source"]
-        ui.out.print(records_table(rows, [*cols, "tags"], f"{len(rows)} models"))
+    show(
+        rows,
+        lambda: ui.print_rows(rows, LIST_COLUMNS, f"{len(rows)} models"),
+        rows,
+        LIST_COLUMNS,
+    )
 
 
-@command(models_app, "show")
-def models_show(name: str, home: HomeOpt = None) -> None:
+@command(models_app, "show", example="shift-cli models show mobilenet-v2")
+def models_show(
+    name: Annotated[str, typer.Argument(help="a registered model")], home: HomeOpt = None
+) -> None:
     """Show every field of one model."""
-    with _client(home) as c:
-        _print_json(c.model(name).model_dump())
+    import json
+
+    with _client(home) as c, suggest(name, c.registry.model_names):
+        rec = c.model(name).model_dump()
+
+    def value(v: object) -> object:
+        return v if v is None or isinstance(v, str) else json.dumps(v)
+
+    fields = [{"field": k, "value": value(v)} for k, v in rec.items()]
+    show(rec, lambda: ui.print_rows(fields, ["field", "value"], name))
 
 
-@command(models_app, "remove")
-def models_remove(name: str, home: HomeOpt = None) -> None:
+@command(models_app, "remove", example="shift-cli models remove my-model")
+def models_remove(
+    name: Annotated[str, typer.Argument(help="a registered model")], home: HomeOpt = None
+) -> None:
     """Remove a model (its file too, unless another entry uses the same weights)."""
-    with _client(home) as c:
+    with _client(home) as c, suggest(name, c.registry.model_names):
         c.drop_model(name)
-    ui.out.print(f"removed {name}")
+    show({"removed": name}, lambda: ui.out.print(f"removed {name}", highlight=False))

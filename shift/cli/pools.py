@@ -7,30 +7,18 @@ from typing import Annotated, Any
 import typer
 
 from shift.cli import base as ui
-from shift.cli.base import (
-    HomeOpt,
-    JsonOpt,
-    _client,
-    _print_json,
-    command,
-    pools_app,
-)
+from shift.cli.base import HomeOpt, _client, command, pools_app, show, suggest
 from shift.errors import ShiftError
 
+POOL_COLUMNS = ["name", "filter", "models", "builtin", "description"]
 
-@command(pools_app, "list")
-def pools_list(home: HomeOpt = None, as_json: JsonOpt = False) -> None:
+
+@command(pools_app, "list", example="shift-cli pools list")
+def pools_list(home: HomeOpt = None) -> None:
     """List built-in and saved pools with their sizes."""
-    from shift.render import records_table
-
     with _client(home) as c:
         rows = [{**p.model_dump(), "models": _size(c, p.name)} for p in c.pools()]
-    if as_json:
-        _print_json(rows)
-        return
-    ui.out.print(
-        records_table(rows, ["name", "filter", "models", "builtin", "description"], "pools")
-    )
+    show(rows, lambda: ui.print_rows(rows, POOL_COLUMNS, "pools"), rows, POOL_COLUMNS)
 
 
 def _size(c: Any, name: str) -> int | str:
@@ -42,23 +30,27 @@ def _size(c: Any, name: str) -> int | str:
         return f"invalid: {e.message}"
 
 
-@command(pools_app, "add")
+@command(pools_app, "add", example='shift-cli pools add small "WHERE params < 10M AND dim <= 1024"')
 def pools_add(
-    name: str,
+    name: Annotated[str, typer.Argument(help="the pool's name")],
     condition: Annotated[str, typer.Argument(help='e.g. "WHERE dim <= 1024"')],
-    description: str = "",
-    replace: bool = False,
+    description: Annotated[str, typer.Option(help="what the pool is for")] = "",
+    replace: Annotated[
+        bool, typer.Option("--replace", help="overwrite a saved pool of that name")
+    ] = False,
     home: HomeOpt = None,
 ) -> None:
     """Save a pool as a named condition."""
     with _client(home, create=True) as c:
         p = c.add_pool(name, condition, description, replace=replace)
-    ui.out.print(f"pool [bold]{p.name}[/bold]: {p.filter}")
+    show(p.model_dump(), lambda: ui.out.print(f"pool [bold]{p.name}[/bold]: {p.filter}"))
 
 
-@command(pools_app, "remove")
-def pools_remove(name: str, home: HomeOpt = None) -> None:
+@command(pools_app, "remove", example="shift-cli pools remove small")
+def pools_remove(
+    name: Annotated[str, typer.Argument(help="a saved pool")], home: HomeOpt = None
+) -> None:
     """Remove a saved pool."""
-    with _client(home) as c:
+    with _client(home) as c, suggest(name, lambda: [p.name for p in c.pools()]):
         c.drop_pool(name)
-    ui.out.print(f"removed pool {name}")
+    show({"removed": name}, lambda: ui.out.print(f"removed pool {name}", highlight=False))

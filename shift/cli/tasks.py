@@ -8,29 +8,26 @@ from typing import Annotated, Any
 import typer
 
 from shift.cli import base as ui
-from shift.cli.base import (
-    HomeOpt,
-    JsonOpt,
-    _client,
-    _print_json,
-    command,
-    tasks_app,
-)
+from shift.cli.base import HomeOpt, _client, command, show, suggest, tasks_app
 from shift.errors import ShiftError
 
+TASK_COLUMNS = [
+    "name",
+    "kind",
+    "num_samples",
+    "num_train",
+    "num_val",
+    "num_classes",
+    "content_hash",
+]
 
-@command(tasks_app, "list")
-def tasks_list(home: HomeOpt = None, as_json: JsonOpt = False) -> None:
+
+@command(tasks_app, "list", example="shift-cli tasks list")
+def tasks_list(home: HomeOpt = None) -> None:
     """List registered tasks."""
-    from shift.render import records_table
-
     with _client(home) as c:
         rows = [t.model_dump() for t in c.tasks()]
-    if as_json:
-        _print_json(rows)
-        return
-    cols = ["name", "kind", "num_samples", "num_train", "num_val", "num_classes", "content_hash"]
-    ui.out.print(records_table(rows, cols, f"{len(rows)} tasks"))
+    show(rows, lambda: ui.print_rows(rows, TASK_COLUMNS, f"{len(rows)} tasks"), rows, TASK_COLUMNS)
 
 
 def _data(images: Path | None, npz: Path | None) -> tuple[Path, Any]:
@@ -42,6 +39,7 @@ def _data(images: Path | None, npz: Path | None) -> tuple[Path, Any]:
     raise ShiftError("give exactly one of --images DIR or --npz FILE")
 
 
+TaskArg = Annotated[str, typer.Argument(help="the task's name")]
 ImagesOpt = Annotated[
     Path | None,
     typer.Option("--images", help="folder: <class>/* or train/<class>/* + val/<class>/*"),
@@ -53,9 +51,9 @@ ValOpt = Annotated[
 SeedOpt = Annotated[int, typer.Option("--seed", help="seed of the deterministic split")]
 
 
-@command(tasks_app, "add")
+@command(tasks_app, "add", example="shift-cli tasks add flowers --images ./flowers")
 def tasks_add(
-    name: str,
+    name: TaskArg,
     images: ImagesOpt = None,
     npz: NpzOpt = None,
     val_fraction: ValOpt = 0.2,
@@ -63,7 +61,9 @@ def tasks_add(
     store_size: Annotated[
         int | None, typer.Option(help="resize images to this square size when stored")
     ] = None,
-    replace: bool = False,
+    replace: Annotated[
+        bool, typer.Option("--replace", help="overwrite a task of that name")
+    ] = False,
     home: HomeOpt = None,
 ) -> None:
     """Register a labelled dataset as a task."""
@@ -78,15 +78,18 @@ def tasks_add(
             store_size=store_size,
             replace=replace,
         )
-    ui.out.print(
-        f"task [bold]{rec.name}[/bold]: {rec.num_samples} samples ({rec.num_train} train, "
-        f"{rec.num_val} val), {rec.num_classes} classes, hash {rec.content_hash[:12]}"
+    show(
+        rec.model_dump(),
+        lambda: ui.out.print(
+            f"task [bold]{rec.name}[/bold]: {rec.num_samples} samples ({rec.num_train} train, "
+            f"{rec.num_val} val), {rec.num_classes} classes, hash {rec.content_hash[:12]}"
+        ),
     )
 
 
-@command(tasks_app, "append")
+@command(tasks_app, "append", example="shift-cli tasks append flowers --images ./more-flowers")
 def tasks_append(
-    name: str,
+    name: TaskArg,
     images: ImagesOpt = None,
     npz: NpzOpt = None,
     val_fraction: ValOpt = 0.2,
@@ -95,29 +98,37 @@ def tasks_append(
 ) -> None:
     """Add samples to a task; the next query embeds only them."""
     data, kind = _data(images, npz)
-    with _client(home) as c:
+    with _client(home) as c, suggest(name, c.registry.task_names):
         res = c.append(name, data, kind=kind, val_fraction=val_fraction, seed=seed)
     rec, n = res
     skipped = getattr(res, "skipped", 0)  # samples already in the task (an append re-run)
     note = f" ({skipped} already there, skipped)" if skipped else ""
-    ui.out.print(f"task [bold]{name}[/bold]: +{n} samples, now {rec.num_samples}{note}")
+    show(
+        {**rec.model_dump(), "added": n, "skipped": skipped},
+        lambda: ui.out.print(
+            f"task [bold]{name}[/bold]: +{n} samples, now {rec.num_samples}{note}"
+        ),
+    )
 
 
-@command(tasks_app, "relabel")
+@command(tasks_app, "relabel", example="shift-cli tasks relabel flowers --npz new_labels.npz")
 def tasks_relabel(
-    name: str,
+    name: TaskArg,
     npz: Annotated[Path, typer.Option("--npz", help="array y: one label per sample, task order")],
     home: HomeOpt = None,
 ) -> None:
     """Replace a task's labels; indexes are reused, only scores are recomputed."""
-    with _client(home) as c:
+    with _client(home) as c, suggest(name, c.registry.task_names):
         rec = c.relabel(name, npz)
-    ui.out.print(f"task [bold]{name}[/bold] relabelled: hash {rec.content_hash[:12]}")
+    show(
+        rec.model_dump(),
+        lambda: ui.out.print(f"task [bold]{name}[/bold] relabelled: hash {rec.content_hash[:12]}"),
+    )
 
 
-@command(tasks_app, "remove")
-def tasks_remove(name: str, home: HomeOpt = None) -> None:
+@command(tasks_app, "remove", example="shift-cli tasks remove flowers")
+def tasks_remove(name: TaskArg, home: HomeOpt = None) -> None:
     """Remove a task and its stored data."""
-    with _client(home) as c:
+    with _client(home) as c, suggest(name, c.registry.task_names):
         c.drop_task(name)
-    ui.out.print(f"removed task {name}")
+    show({"removed": name}, lambda: ui.out.print(f"removed task {name}", highlight=False))

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import sys
-from typing import Annotated
+import dataclasses
+import json
+from typing import Annotated, Any
 
 import typer
 
@@ -12,38 +13,74 @@ from shift.cli.base import (
     BackendOpt,
     ExecOpt,
     HomeOpt,
-    JsonOpt,
     RayOpt,
     _client,
-    _print_json,
     app,
     command,
+    show,
+    suggest,
 )
 
+TaskArg = Annotated[str, typer.Argument(help="a registered task")]
 
-@command(app, "index")
+
+def _index_rows(rep: Any) -> list[dict[str, Any]]:
+    """One row per model of an index report: embedded (with its samples), reused,
+    relabelled or failed (with the reason)."""
+    rows: list[dict[str, Any]] = [
+        {"model": m, "status": "embedded", "samples": n, "detail": ""}
+        for m, n in rep.embedded.items()
+    ]
+    rows += [{"model": m, "status": "reused", "samples": 0, "detail": ""} for m in rep.reused]
+    rows += [
+        {"model": m, "status": "relabelled", "samples": 0, "detail": ""} for m in rep.relabelled
+    ]
+    rows += [
+        {"model": m, "status": "failed", "samples": 0, "detail": str(e)}
+        for m, e in rep.failed.items()
+    ]
+    return rows
+
+
+@command(app, "index", example="shift-cli index flowers --pool all")
 def index_cmd(
-    task: str,
+    task: TaskArg,
     pool: Annotated[str, typer.Option(help="pool to index")] = "all",
     home: HomeOpt = None,
     executor: ExecOpt = "ray",
     ray_address: RayOpt = None,
     backend: BackendOpt = "onnxruntime",
 ) -> None:
-    """Precompute the embedding indexes of TASK for every model in a pool; exit 1 if any model
-    failed (each is named on stderr)."""
+    """Precompute the embedding indexes of TASK for every model in a pool.
+
+    Exit 1 if any model failed (each is named on stderr)."""
     from shift.render import print_index_report
 
-    with _client(home, executor, ray_address, backend=backend) as c:
+    with (
+        _client(home, executor, ray_address, backend=backend) as c,
+        suggest(task, c.registry.task_names),
+    ):
         rep = c.index(task, pool=pool)
-    print_index_report(task, rep, ui.out, ui.err)
+    data = {"task": task, **json.loads(json.dumps(dataclasses.asdict(rep), default=str))}
+    show(
+        data,
+        lambda: print_index_report(task, rep, ui.out, ui.err),
+        _index_rows(rep),
+        ["model", "status", "samples", "detail"],
+    )
+    if ui.data_format():
+        for name, e in rep.failed.items():
+            ui.err.print(f"[red]failed:[/red] {name}: {e}", highlight=False)
     if rep.failed:
         raise typer.Exit(1)
 
 
-@command(app, "finetune")
+FINETUNE_COLUMNS = ["model", "accuracy", "best_lr", "best_epoch", "seconds", "cached"]
+
+
+@command(app, "finetune", example="shift-cli finetune digits --model cnn-digits-expert --epochs 1")
 def finetune_cmd(
-    task: str,
+    task: TaskArg,
     model: Annotated[list[str] | None, typer.Option("--model", help="model (repeatable)")] = None,
     pool: Annotated[str, typer.Option(help="pool, when no --model is given")] = "all",
     epochs: Annotated[int, typer.Option(help="full fine-tuning epochs per lr")] = 2,
@@ -53,41 +90,48 @@ def finetune_cmd(
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="recompute cached results")] = False,
     home: HomeOpt = None,
-    as_json: JsonOpt = False,
 ) -> None:
-    """Fine-tune registered models on TASK (ground truth; cached) and print best val accuracy:
-    catalog models from their torch definition, any other ONNX model converted by onnx2torch;
-    on CUDA when torch sees a GPU."""
-    from shift.tools.finetune import results_table
+    """Fine-tune registered models on TASK (ground truth; cached) and print best val accuracy.
 
-    with _client(home, progress=not as_json) as c:
+    Catalog models train from their torch definition, any other ONNX model converted by
+    onnx2torch; on CUDA when torch sees a GPU."""
+    with _client(home) as c, suggest(task, c.registry.task_names):
         results = c.finetune(
             task, model, pool=pool, epochs=epochs, max_train=max_train, force=force
         )
-    if as_json:
-        _print_json([r.to_dict() for r in results])
-    else:
-        ui.out.print(results_table(results, f"fine-tuning on {task} ({epochs} epoch(s) per lr)"))
+    data = [r.to_dict() for r in results]
+    best_first = sorted(results, key=lambda r: -r.accuracy)
+    rows = [
+        {
+            "model": r.model,
+            "accuracy": r.accuracy,
+            "best_lr": r.details.get("best_lr"),
+            "best_epoch": r.details.get("best_epoch"),
+            "seconds": r.seconds,
+            "cached": r.cached,
+        }
+        for r in best_first
+    ]
+    title = f"fine-tuning on {task} ({epochs} epoch(s) per lr)"
+    show(data, lambda: ui.print_rows(rows, FINETUNE_COLUMNS, title), data, FINETUNE_COLUMNS[:1])
 
 
-@command(app, "doctor")
+@command(app, "doctor", example="shift-cli doctor --repair")
 def doctor_cmd(
     repair: Annotated[bool, typer.Option("--repair", help="remove what is safe to remove")] = False,
     grace: Annotated[
         float, typer.Option(help="only remove stray registry files older than this (seconds)")
     ] = 300.0,
     home: HomeOpt = None,
-    as_json: JsonOpt = False,
 ) -> None:
-    """Check a home: registry integrity, model and task files, indexes, leftovers; exit 1 if
-    problems remain."""
+    """Check a home: registry integrity, model and task files, indexes, leftovers.
+
+    Exit 1 if problems remain."""
     from shift.tools.doctor import print_report
 
     with _client(home) as c:
         rep = c.doctor(repair=repair, grace_s=grace)
-    if as_json:
-        sys.stdout.write(rep.model_dump_json(indent=2) + "\n")
-    else:
-        print_report(rep, ui.out)
+    findings = [f.model_dump() for f in rep.findings]
+    show(json.loads(rep.model_dump_json()), lambda: print_report(rep, ui.console()), findings)
     if rep.problems:
         raise typer.Exit(1)

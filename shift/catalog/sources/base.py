@@ -173,15 +173,16 @@ def quiet_warnings() -> Iterator[None]:
 
 
 def unknown_ids(source: str, unknown: list[str], known: list[str]) -> ShiftError:
-    """The error for ids a source does not know, with the closest known ones."""
-    import difflib
-
+    """The error for ids a source does not know, with the closest known id or architecture
+    for each (``shift.catalog.sources.names`` raises it too, from the remembered ids)."""
     from shift.errors import NotFoundError
+    from shift.query.syntax import did_you_mean
 
     options = sorted({*known, *(k.split(".", 1)[0] for k in known)})  # ids and architectures
-    near = sorted({c for u in unknown for c in difflib.get_close_matches(u, options, n=2)})
+    near = [did_you_mean(u, options) for u in unknown]
+    if len(unknown) > 1:
+        near = [f"{u}: {n}" for u, n in zip(unknown, near, strict=True) if n]
     return NotFoundError(
         f"{source} has no model {', '.join(map(repr, unknown))}",
-        hint=(f"did you mean {', '.join(near)}? " if near else "")
-        + f"the installed {source} knows {len(known)} models",
+        hint="".join(near) + f"the installed {source} knows {len(known)} models",
     )

@@ -40,6 +40,10 @@ def import_models(
     fail before anything is registered. A row that already has weights keeps them unless
     ``replace``. Hugging Face ids that are local folders also get their weights at once."""
     t0 = time.perf_counter()
+    if ids and not all:  # a typo is answered from the remembered ids, before torch is imported
+        from shift.catalog.sources.names import check_ids
+
+        check_ids(source, ids)
     src = get_source(source)
     if not ids and not all and source != "vtab1k":
         raise ShiftError(

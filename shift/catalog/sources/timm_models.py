@@ -55,7 +55,14 @@ def _timm() -> Any:
 
 @functools.cache
 def pretrained_ids() -> tuple[str, ...]:
-    return tuple(_timm().list_pretrained())
+    from shift.catalog.sources.names import remember
+
+    ids = tuple(_timm().list_pretrained())
+    from timm.models import _registry  # its table of renamed models (no public accessor)
+
+    # typos are then answered without importing torch; renamed models resolve (``resolve``)
+    remember("timm", ids, getattr(_registry, "_deprecated_models", {}))
+    return ids
 
 
 def upstream(tag: str) -> tuple[str | None, int | None]:

@@ -57,13 +57,18 @@ def weight_ids() -> list[str]:
     """``builder.WEIGHTS`` for every classification weight of the installed torchvision: the
     weight enums of ``list_models(module=torchvision.models)`` that name their classes (this
     leaves out ``vgg16.IMAGENET1K_FEATURES``, whose classifier holds no values)."""
+    from shift.catalog.sources.names import remember
+
     tvm = _tv()
-    return [
+    builders = tvm.list_models(module=tvm)
+    ids = [
         f"{b}.{w.name}"
-        for b in tvm.list_models(module=tvm)
+        for b in builders
         for w in tvm.get_model_weights(b)
         if w.meta.get("categories")
     ]
+    remember("torchvision", ids, builders)  # typos are then answered without importing torch
+    return ids
 
 
 def _enum(source_id: str) -> tuple[str, Any]:
