@@ -335,6 +335,7 @@ def print_result(
     print_failed(res, errors or console)
     tm = res.timings
     failed = f", {len(res.failed)} failed (not ranked)" if res.failed else ""
+    failed += f", {len(res.skipped)} left out (no weights)" if res.skipped else ""
     console.print(
         f"[dim]{len(res.rows)} rows{failed} · {tm.total_ms:.1f} ms "
         f"(score {tm.score_ms:.1f} ms)[/dim]"
@@ -342,9 +343,18 @@ def print_result(
 
 
 def print_failed(res: Result, errors: Console) -> None:
-    """One line per model of ``res`` that failed, with the reason (as ``index`` prints them)."""
+    """One line per model of ``res`` that failed, with the reason (as ``index`` prints them),
+    then one line naming the models left out before any work (no weights)."""
     for name, why in res.failed.items():
         errors.print(f"[red]failed:[/red] {name}: {why}", highlight=False)
+    if res.skipped:
+        names = list(res.skipped)
+        errors.print(
+            f"[yellow]left out[/yellow] ({len(names)}, no weights: `shift-cli models weights "
+            f"NAME --weights FILE` gives them): {', '.join(names[:8])}"
+            + (f", ... ({len(names) - 8} more)" if len(names) > 8 else ""),
+            highlight=False,
+        )
 
 
 def print_plan(res: Result, text: str, console: Console, *, plain: bool = False) -> None:
@@ -375,6 +385,8 @@ def print_index_report(task: str, rep: Any, console: Console, errors: Console) -
         console.print(f"batches per Ray node: {spread}", highlight=False)
     for name, e in rep.failed.items():
         errors.print(f"[red]failed:[/red] {name}: {e}", highlight=False)
+    if getattr(rep, "prepared", 0):
+        console.print(f"images prepared (resized once per geometry): {rep.prepared:,}")
 
 
 def print_error(e: ShiftError, console: Console) -> None:

@@ -224,3 +224,23 @@ def test_rerunning_weights_replaces_the_model_cleanly(
     assert client.registry.model_file(client.model(MNV3)).is_file()
     r = cli(client.home.registry_dir, "doctor")
     assert r.exit_code == 0, r.output
+
+
+def test_cli_ranks_what_can_run_and_names_what_was_left_out(
+    client: shift.Client, weight_files: dict[str, Path]
+) -> None:
+    """Issue 21, item 4: a task-aware query over a pool with weightless models ranks the
+    others (exit 0) and says which were left out, in the table's notes and in --json."""
+    import json
+
+    try:
+        from cli_runner import cli
+    except ImportError:  # tests/ is a package
+        from tests.cli_runner import cli
+
+    client.add_weights(MNV3, weight_files[MNV3])
+    res = cli(client.home.registry_dir, "query", QUERY, "--format", "table")
+    assert res.exit_code == 0, res.output
+    assert "left out (1, no weights" in res.output and R18 in res.output
+    out = json.loads(cli(client.home.registry_dir, "query", QUERY, "--json").stdout)
+    assert [r["name"] for r in out["rows"]] == [MNV3] and list(out["skipped"]) == [R18]
