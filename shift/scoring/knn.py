@@ -9,8 +9,12 @@ exact), a tie going to the tied label with the nearest member.
 The brute-force path is exact and reproducible: distances are computed in float64 blocks
 (``|q|² - 2 q·t + |t|²``), so memory stays bounded by ``block_bytes``. **Ties** go to the
 smallest train index; distances equal up to float64 rounding (relative ``1e-9`` of
-``|q|² + max|t|²``) count as ties. The hnswlib path is approximate and only for large or
-interactive use. No hnswlib import at module level.
+``|q|² + max|t|²``) count as ties, for k > 1 too (:func:`k_nearest`). It runs in numpy on the
+CPU, or in torch on a GPU (``$SHIFT_SCORE_DEVICE``, :mod:`shift.scoring.device`): the same
+float64 distances and tie rule, so the same neighbours although the two round their sums
+differently; the proxies' batched ``many`` (:func:`knn_accuracy_many`) keeps every model's
+accuracy on the device and reads them back once. The hnswlib path is approximate and only for
+large or interactive use. No hnswlib import at module level.
 
 **Registered proxies** ``knn`` and ``knn_cosine`` score arrays exactly; from an embedding index
 (the engine's ``from_index`` hook, :class:`GraphKnn`) they query the index's stored hnsw graph
@@ -28,11 +32,13 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 
+from shift.scoring.device import knn_device, to_device, torch_threads, unit_scale_torch
 from shift.scoring.registry import Arg, proxy
 from shift.scoring.scale import unit_scale
 
 if TYPE_CHECKING:  # pragma: no cover
     import hnswlib
+    import torch
 
 __all__ = [
     "GRAPH_EF",
@@ -43,6 +49,7 @@ __all__ = [
     "k_nearest",
     "knn_accuracy",
     "knn_accuracy_hnsw",
+    "knn_accuracy_many",
     "merge_nearest",
     "nearest_neighbors",
 ]
@@ -50,6 +57,12 @@ __all__ = [
 Metric = Literal["euclidean", "cosine"]
 _TIE_RTOL = 1e-9
 _DEFAULT_BLOCK_BYTES = 32 << 20
+#: the torch path's tiles: ``_DEVICE_BLOCK_BYTES`` of float64 distances and up to ``_DEVICE_BQ``
+#: query rows on a GPU (8k × 2k distances in one tile); the numpy tiling on the CPU
+_DEVICE_BLOCK_BYTES = 512 << 20
+_DEVICE_BQ = 16384
+_CPU_BQ = 1024
+_TINY = float(np.finfo(np.float64).tiny)
 
 #: training-split size from which the kNN proxies query the index's hnsw graph instead of exact
 #: numpy 1-NN. From benchmarks/results/knn_hnsw.json (D = 1,280, 1,000 queries, 2 busy cores):
@@ -63,13 +76,29 @@ GRAPH_K = 8
 MAX_K = 1000
 
 
-def _matrix(name: str, x: Any) -> np.ndarray:
+def _matrix(name: str, x: Any, *, finite: bool = True) -> np.ndarray:
+    """``x`` as a 2-d numeric array; ``finite``: also checked for NaN/inf here (the torch path
+    checks that on the device instead)."""
     arr = np.asarray(x)
     if arr.ndim != 2:
         raise ValueError(f"{name} must be a 2-d array, got shape {list(arr.shape)}")
-    if not np.issubdtype(arr.dtype, np.number) or not np.isfinite(arr).all():
+    if not np.issubdtype(arr.dtype, np.number) or (finite and not np.isfinite(arr).all()):
         raise ValueError(f"{name} must be finite numbers")
     return arr
+
+
+def _shapes(train_x: Any, query_x: Any, metric: str, *, finite: bool = True) -> tuple[Any, Any]:
+    """The (train, query) matrices, checked: ValueError for an unknown metric, no train rows or
+    mismatched dimensions (and non-finite entries when ``finite``)."""
+    if metric not in ("euclidean", "cosine"):
+        raise ValueError(f"unknown metric {metric!r} (use 'euclidean' or 'cosine')")
+    tx = _matrix("train_x", train_x, finite=finite)
+    qx = _matrix("query_x", query_x, finite=finite)
+    if tx.shape[0] == 0:
+        raise ValueError("train_x has no rows")
+    if tx.shape[1] != qx.shape[1]:
+        raise ValueError(f"dimension mismatch: train {tx.shape[1]} vs query {qx.shape[1]}")
+    return tx, qx
 
 
 def _inputs(train_x: Any, query_x: Any, metric: str) -> tuple[np.ndarray, np.ndarray]:
@@ -77,13 +106,7 @@ def _inputs(train_x: Any, query_x: Any, metric: str) -> tuple[np.ndarray, np.nda
     float32's range (:func:`~shift.scoring.scale.unit_scale`: the nearest rows do
     not change, and distances no longer overflow); for ``cosine`` their rows L2-normalised
     (float64). Raises ValueError for an unknown metric, no train rows or mismatched dimensions."""
-    if metric not in ("euclidean", "cosine"):
-        raise ValueError(f"unknown metric {metric!r} (use 'euclidean' or 'cosine')")
-    tx, qx = _matrix("train_x", train_x), _matrix("query_x", query_x)
-    if tx.shape[0] == 0:
-        raise ValueError("train_x has no rows")
-    if tx.shape[1] != qx.shape[1]:
-        raise ValueError(f"dimension mismatch: train {tx.shape[1]} vs query {qx.shape[1]}")
+    tx, qx = _shapes(train_x, query_x, metric)
     [tx, qx], _ = unit_scale(tx, qx)
     if metric == "cosine":
         return _normalize(tx), _normalize(qx)
@@ -102,13 +125,27 @@ def nearest_neighbors(
     query_x: Any,
     metric: Metric = "euclidean",
     *,
-    block_bytes: int = _DEFAULT_BLOCK_BYTES,
+    block_bytes: int | None = None,
+    device: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact 1-NN of every query row among the train rows.
 
     Returns ``(idx int64 (m,), dist² float64 (m,))``; ties → smallest train index. Work is
     split into (query block × train block) tiles of at most ``block_bytes`` float64 distances.
+    ``device``: ``"numpy"``, a torch device (``"cpu"``, ``"cuda"``), or None for
+    :func:`~shift.scoring.device.knn_device` (``$SHIFT_SCORE_DEVICE``).
     """
+    dev = knn_device() if device is None else device
+    if dev != "numpy":
+        import torch
+
+        t_dev = torch.device(dev)
+        with torch_threads(t_dev):
+            tx_t, qx_t, finite = _torch_inputs(train_x, query_x, metric, t_dev)
+            idx_t, d_t = _nearest_torch(tx_t, qx_t, block_bytes)
+            _raise_unless_finite(finite.cpu().numpy())
+            return idx_t.cpu().numpy(), d_t.cpu().numpy()
+    block_bytes = _DEFAULT_BLOCK_BYTES if block_bytes is None else block_bytes
     tx, qx = _inputs(train_x, query_x, metric)
     n, m = tx.shape[0], qx.shape[0]
     cells = max(1, block_bytes // 8)
@@ -137,6 +174,118 @@ def nearest_neighbors(
         best_idx[q0 : q0 + bq] = bi
         best_d[q0 : q0 + bq] = bd
     return best_idx, best_d
+
+
+def _torch_inputs(
+    train_x: Any, query_x: Any, metric: str, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`_inputs` on ``device``: the float64 (train, query) tensors, unit-scaled and (for
+    cosine) row-normalised there, and a bool tensor (2,) saying whether each was finite (checked
+    on the device, so the caller reads it back once, with the scores)."""
+
+    tx, qx = _shapes(train_x, query_x, metric, finite=False)
+    [t, q], finite = unit_scale_torch(to_device(tx, device), to_device(qx, device))
+    if metric == "cosine":
+        t, q = _normalize_torch(t), _normalize_torch(q)
+    return t, q, finite
+
+
+def _raise_unless_finite(finite: np.ndarray) -> None:
+    """The numpy path's ValueError for the first non-finite matrix of ``finite`` (2,)."""
+    for name, ok in zip(("train_x", "query_x"), finite, strict=True):
+        if not ok:
+            raise ValueError(f"{name} must be finite numbers")
+
+
+def _normalize_torch(x: torch.Tensor) -> torch.Tensor:
+    import torch
+
+    norms = torch.linalg.vector_norm(x, dim=1, keepdim=True)
+    return x / torch.where(norms > 0, norms, torch.ones_like(norms))
+
+
+def _tiles(block_bytes: int | None, cuda: bool) -> tuple[int, int]:
+    """(cells, query-row cap) of the torch path's tiles."""
+    default = _DEVICE_BLOCK_BYTES if cuda else _DEFAULT_BLOCK_BYTES
+    cells = max(1, (default if block_bytes is None else block_bytes) // 8)
+    return cells, _DEVICE_BQ if cuda else _CPU_BQ
+
+
+def _sq_dist(q: torch.Tensor, qn: torch.Tensor, t: torch.Tensor, tn: torch.Tensor) -> torch.Tensor:
+    """``max(0, |q|² - 2 q·t + |t|²)`` for a tile, rounded as the numpy path rounds it
+    (``-2·(q·t)`` is exact, so adding ``|q|²`` to it is numpy's ``|q|² - 2 q·t``)."""
+    d = q @ t.T
+    d.mul_(-2.0).add_(qn[:, None]).add_(tn[None, :])
+    return d.clamp_(min=0.0)
+
+
+def _nearest_torch(
+    tx: torch.Tensor, qx: torch.Tensor, block_bytes: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`nearest_neighbors`' tiles and tie rule in torch, on the tensors' device: the
+    nearest train row (int64 (m,)) and its distance² (float64 (m,)), never leaving the device."""
+    import torch
+
+    n, m = tx.shape[0], qx.shape[0]
+    cells, cap = _tiles(block_bytes, tx.device.type == "cuda")
+    bq = max(1, min(m, cap, cells))
+    bt = max(1, min(n, cells // bq))
+    t_norms = (tx * tx).sum(dim=1)
+    t_max = t_norms.amax()
+    best_idx = torch.zeros(m, dtype=torch.int64, device=tx.device)
+    best_d = torch.full((m,), float("inf"), dtype=torch.float64, device=tx.device)
+    for q0 in range(0, m, bq):
+        q = qx[q0 : q0 + bq]
+        qn = (q * q).sum(dim=1)
+        tol = _TIE_RTOL * (qn + t_max)
+        bi = torch.zeros(len(q), dtype=torch.int64, device=tx.device)
+        bd = torch.full((len(q),), float("inf"), dtype=torch.float64, device=tx.device)
+        for t0 in range(0, n, bt):
+            d = _sq_dist(q, qn, tx[t0 : t0 + bt], t_norms[t0 : t0 + bt])
+            dmin = d.amin(dim=1)
+            # argmax gives the first maximum: the smallest index among ties
+            first = (d <= (dmin + tol)[:, None]).to(torch.uint8).argmax(dim=1)
+            better = dmin < bd - tol  # a later block wins only if clearly closer
+            bi = torch.where(better, first + t0, bi)
+            bd = torch.where(better, d.gather(1, first[:, None])[:, 0], bd)
+        best_idx[q0 : q0 + bq] = bi
+        best_d[q0 : q0 + bq] = bd
+    return best_idx, best_d
+
+
+def _k_nearest_torch(
+    tx: torch.Tensor, qx: torch.Tensor, k: int, block_bytes: int | None = None
+) -> torch.Tensor:
+    """:func:`k_nearest` in torch: the ``min(k, n)`` nearest train rows, nearest first, by the
+    same tie-tolerance units, equal ones → smaller train index first (a stable sort of each
+    row)."""
+    import torch
+
+    n, m = tx.shape[0], qx.shape[0]
+    k = min(k, n)
+    cells, cap = _tiles(block_bytes, tx.device.type == "cuda")
+    bq = max(1, min(m, cap, cells // n))
+    t_norms = (tx * tx).sum(dim=1)
+    t_max = t_norms.amax()
+    out = torch.zeros((m, k), dtype=torch.int64, device=tx.device)
+    for q0 in range(0, m, bq):
+        q = qx[q0 : q0 + bq]
+        qn = (q * q).sum(dim=1)
+        d = _sq_dist(q, qn, tx, t_norms)
+        d.div_(torch.clamp(_TIE_RTOL * (qn + t_max), min=_TINY)[:, None]).floor_()
+        out[q0 : q0 + bq] = torch.sort(d, dim=1, stable=True).indices[:, :k]
+    return out
+
+
+def _vote_torch(labels: torch.Tensor, classes: int) -> torch.Tensor:
+    """:func:`_vote` on label codes (int64 (m, k), nearest first, in ``0..classes-1``)."""
+    import torch
+
+    counts = torch.zeros((len(labels), classes), dtype=torch.int64, device=labels.device)
+    counts.scatter_add_(1, labels, torch.ones_like(labels))
+    top = counts.gather(1, labels) == counts.amax(dim=1, keepdim=True)
+    first = top.to(torch.uint8).argmax(dim=1)
+    return labels.gather(1, first[:, None])[:, 0]
 
 
 def merge_nearest(
@@ -241,12 +390,82 @@ def graph_hook(kwargs: dict[str, Any]) -> GraphKnn | None:
     return GraphKnn(kwargs["metric"]) if kwargs.get("k", 1) == 1 else None
 
 
+def _labels(
+    train_x: Any, train_y: Any, val_x: Any, val_y: Any, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The checked label arrays: 1-d, one per feature row, some validation rows, k >= 1."""
+    ty, vy = np.asarray(train_y), np.asarray(val_y)
+    if ty.shape != (np.shape(train_x)[0],) or vy.shape != (np.shape(val_x)[0],):
+        raise ValueError("labels must be 1-d and match the number of feature rows")
+    if vy.size == 0:
+        raise ValueError("val_x has no rows")
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    return ty, vy
+
+
+def knn_accuracy_many(
+    problems: Sequence[tuple[Any, Any, Any, Any]],
+    metric: Metric = "euclidean",
+    *,
+    k: int = 1,
+    block_bytes: int | None = None,
+    device: str | None = None,
+) -> list[float]:
+    """:func:`knn_accuracy` of every ``(train_x, train_y, val_x, val_y)`` problem (the kNN
+    proxies' ``many``: one per model). On numpy one after another; on a torch device every
+    problem is staged, searched and scored there in turn and the accuracies are read back once
+    at the end (a non-finite feature raises the numpy path's ValueError then)."""
+    dev = knn_device() if device is None else device
+    if dev == "numpy":
+        return [
+            knn_accuracy(*p, metric, k=k, block_bytes=block_bytes, device=dev) for p in problems
+        ]
+    import torch
+
+    t_dev = torch.device(dev)
+    with torch_threads(t_dev):
+        return _knn_many_torch(problems, metric, k, block_bytes, t_dev)
+
+
+def _knn_many_torch(
+    problems: Sequence[tuple[Any, Any, Any, Any]],
+    metric: Metric,
+    k: int,
+    block_bytes: int | None,
+    t_dev: torch.device,
+) -> list[float]:
+    import torch
+
+    accs, flags = [], []
+    for train_x, train_y, val_x, val_y in problems:
+        ty, vy = _labels(train_x, train_y, val_x, val_y, k)
+        classes, ty_code = np.unique(ty, return_inverse=True)
+        pos = np.clip(np.searchsorted(classes, vy), 0, len(classes) - 1)
+        vy_code = np.where(classes[pos] == vy, pos, -1)  # unseen in training: never predicted
+        tx, qx, finite = _torch_inputs(train_x, val_x, metric, t_dev)
+        flags.append(finite)
+        ty_t = to_device(ty_code.astype(np.int64).reshape(-1), t_dev)
+        vy_t = to_device(vy_code.astype(np.int64), t_dev)
+        if k == 1:
+            pred = ty_t[_nearest_torch(tx, qx, block_bytes)[0]]
+        else:
+            pred = _vote_torch(ty_t[_k_nearest_torch(tx, qx, k, block_bytes)], len(classes))
+        accs.append((pred == vy_t).to(torch.float64).mean())
+    if not accs:
+        return []
+    for finite in torch.stack(flags).cpu().numpy():
+        _raise_unless_finite(finite)
+    return [float(a) for a in torch.stack(accs).cpu().numpy()]
+
+
 # stacked: the lower decorator registers first (``knn`` before ``knn_cosine``)
 @proxy(
     "knn_cosine",
     description="1-nearest-neighbour validation accuracy, cosine similarity (exact; through the "
     f"index's hnsw graph from {HNSW_MIN_TRAIN:,} training samples)",
     cost_per_1k=0.02,
+    many=knn_accuracy_many,
     from_index=GraphKnn("cosine"),
     args=KNN_ARGS,
     index_hook=graph_hook,
@@ -258,6 +477,7 @@ def graph_hook(kwargs: dict[str, Any]) -> GraphKnn | None:
     description="k-nearest-neighbour validation accuracy (default 1-NN, euclidean; exact; 1-NN "
     f"through the index's hnsw graph from {HNSW_MIN_TRAIN:,} training samples)",
     cost_per_1k=0.02,
+    many=knn_accuracy_many,
     from_index=GraphKnn("euclidean"),
     args=KNN_ARGS,
     index_hook=graph_hook,
@@ -272,23 +492,22 @@ def knn_accuracy(
     metric: Metric = "euclidean",
     *,
     k: int = 1,
-    block_bytes: int = _DEFAULT_BLOCK_BYTES,
+    block_bytes: int | None = None,
+    device: str | None = None,
 ) -> float:
     """Exact k-NN validation accuracy ``mean(vote_k(val_x) == val_y)`` (see module doc); k = 1
     is ``mean(train_y[nn(val_x)] == val_y)``. The vote is the most frequent label among the k
     nearest training rows (k capped at the training rows); a tie goes to the tied label with
-    the nearest member."""
-    ty, vy = np.asarray(train_y), np.asarray(val_y)
-    if ty.shape != (np.shape(train_x)[0],) or vy.shape != (np.shape(val_x)[0],):
-        raise ValueError("labels must be 1-d and match the number of feature rows")
-    if vy.size == 0:
-        raise ValueError("val_x has no rows")
-    if k < 1:
-        raise ValueError(f"k must be at least 1, got {k}")
+    the nearest member. ``device``: as for :func:`nearest_neighbors`."""
+    dev = knn_device() if device is None else device
+    if dev != "numpy":
+        problem = (train_x, train_y, val_x, val_y)
+        return knn_accuracy_many([problem], metric, k=k, block_bytes=block_bytes, device=dev)[0]
+    ty, vy = _labels(train_x, train_y, val_x, val_y, k)
     if k == 1:
-        idx, _ = nearest_neighbors(train_x, val_x, metric, block_bytes=block_bytes)
+        idx, _ = nearest_neighbors(train_x, val_x, metric, block_bytes=block_bytes, device=dev)
         return _accuracy(ty[idx], vy)
-    near = k_nearest(train_x, val_x, k, metric, block_bytes=block_bytes)
+    near = k_nearest(train_x, val_x, k, metric, block_bytes=block_bytes, device=dev)
     return _accuracy(_vote(ty[near]), vy)
 
 
@@ -298,22 +517,41 @@ def k_nearest(
     k: int,
     metric: Metric = "euclidean",
     *,
-    block_bytes: int = _DEFAULT_BLOCK_BYTES,
+    block_bytes: int | None = None,
+    device: str | None = None,
 ) -> np.ndarray:
     """The ``min(k, n)`` nearest train rows of every query row, nearest first (int64 (m, k));
-    equal distances → smaller train index first. Queries go in blocks whose float64 distances
-    to all train rows stay under ``block_bytes``."""
+    equal distances → smaller train index first, also at the k-th place (rows with a tie there
+    are sorted whole). As for 1-NN, distances equal up to float64 rounding are equal: rows are
+    ordered by ``⌊d / tol⌋``, ``tol = 1e-9·(|q|² + max|t|²)``, so a rounding difference (another
+    BLAS, the GPU) does not reorder tied rows. Queries go in blocks whose float64 distances to
+    all train rows stay under ``block_bytes``. ``device``: as for :func:`nearest_neighbors`."""
+    dev = knn_device() if device is None else device
+    if dev != "numpy":
+        import torch
+
+        t_dev = torch.device(dev)
+        with torch_threads(t_dev):
+            tx_t, qx_t, finite = _torch_inputs(train_x, query_x, metric, t_dev)
+            near = _k_nearest_torch(tx_t, qx_t, k, block_bytes)
+            _raise_unless_finite(finite.cpu().numpy())
+            return near.cpu().numpy()
+    block_bytes = _DEFAULT_BLOCK_BYTES if block_bytes is None else block_bytes
     tx, qx = _inputs(train_x, query_x, metric)
     tx, qx = np.asarray(tx, np.float64), np.asarray(qx, np.float64)
     n, m = len(tx), len(qx)
     k = min(k, n)
     t_norms = np.einsum("ij,ij->i", tx, tx)
+    t_max = float(t_norms.max())
     bq = max(1, min(m, (block_bytes // 8) // n))
     out = np.zeros((m, k), np.int64)
     for q0 in range(0, m, bq):
         q = qx[q0 : q0 + bq]
-        d = np.einsum("ij,ij->i", q, q)[:, None] - 2.0 * (q @ tx.T) + t_norms[None, :]
+        qn = np.einsum("ij,ij->i", q, q)
+        d = qn[:, None] - 2.0 * (q @ tx.T) + t_norms[None, :]
         np.maximum(d, 0.0, out=d)
+        d /= np.maximum(_TIE_RTOL * (qn + t_max), _TINY)[:, None]
+        np.floor(d, out=d)  # distances in units of the tie tolerance
         part = (
             np.argpartition(d, k - 1, axis=1)[:, :k]
             if k < n
@@ -321,7 +559,12 @@ def k_nearest(
         )
         dk = np.take_along_axis(d, part, axis=1)
         order = np.lexsort((part, dk), axis=1)  # by distance, then train index
-        out[q0 : q0 + bq] = np.take_along_axis(part, order, axis=1)
+        near = np.take_along_axis(part, order, axis=1)
+        if k < n:  # argpartition keeps any of the rows tied at the k-th distance: sort those
+            tied = np.flatnonzero((d <= dk.max(axis=1)[:, None]).sum(axis=1) > k)
+            if tied.size:
+                near[tied] = np.argsort(d[tied], axis=1, kind="stable")[:, :k]
+        out[q0 : q0 + bq] = near
     return out
 
 

@@ -22,13 +22,13 @@ functions.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from shift.scoring.device import idle_cores, probe_device, to_device, unit_scale_torch
 from shift.scoring.registry import Arg, proxy
 from shift.scoring.scale import unit_scale
 
@@ -39,6 +39,7 @@ __all__ = [
     "DEFAULT_LRS",
     "DEFAULT_STEPS",
     "Problem",
+    "idle_cores",
     "linear_probe",
     "linear_probe_many",
     "linear_probe_scores",
@@ -51,30 +52,34 @@ DEFAULT_BATCH = 256
 DEFAULT_MOMENTUM = 0.9
 _NEG = -1e9  # logit given to padded classes
 _DEFAULT_MAX_BYTES = 1 << 30
+_GPU_MEMORY_SHARE = 4  # on a GPU, groups of up to 1/4 of its free memory (at least 1 GiB)
 _SMALL_WORK = 5_000_000  # multiply-adds per SGD step below which one thread is fastest
 _CONSTANT_RTOL = 1e-8  # a feature whose std is at most this of the feature scale is constant
 
 
 @dataclass
 class _Prepared:
-    xtr: np.ndarray  # float32 (n, D), standardised
+    xtr: np.ndarray  # float32 (n, D), standardised (or the raw features, standardised later)
     ytr: np.ndarray  # int64 (n,) in 0..C-1
-    xva: np.ndarray  # float32 (m, D), standardised with the train statistics
+    xva: np.ndarray  # float32 (m, D), standardised with the train statistics (or raw)
     yva: np.ndarray  # int64 (m,), -1 for classes unseen in training
     classes: int
+    number: int = 0  # the problem's position, for errors
 
     @property
     def dim(self) -> int:
         return self.xtr.shape[1]
 
 
-def _prepare(i: int, problem: Problem) -> _Prepared:
+def _prepare(i: int, problem: Problem, *, standardise: bool = True) -> _Prepared:
+    """Problem ``i`` checked, labels remapped; features standardised here (numpy, float64), or
+    with ``standardise=False`` left raw (their finiteness too), for :func:`_standardise_torch`
+    on the device."""
     try:
         xtr_raw, ytr_raw, xva_raw, yva_raw = problem
     except (TypeError, ValueError):
         raise ValueError(f"problem {i} must be a (train_x, train_y, val_x, val_y) tuple") from None
-    xtr = np.asarray(xtr_raw, dtype=np.float64)
-    xva = np.asarray(xva_raw, dtype=np.float64)
+    xtr, xva = _features(xtr_raw, standardise), _features(xva_raw, standardise)
     ytr, yva = np.asarray(ytr_raw), np.asarray(yva_raw)
     if xtr.ndim != 2 or xva.ndim != 2 or xtr.shape[1] != xva.shape[1]:
         raise ValueError(f"problem {i}: features must be 2-d with the same number of columns")
@@ -82,20 +87,37 @@ def _prepare(i: int, problem: Problem) -> _Prepared:
         raise ValueError(f"problem {i}: labels must be 1-d and match the feature rows")
     if len(xtr) == 0 or len(xva) == 0 or xtr.shape[1] == 0:
         raise ValueError(f"problem {i}: needs at least one train row, one val row, one feature")
-    if not (np.isfinite(xtr).all() and np.isfinite(xva).all()):
-        raise ValueError(f"problem {i}: features contain NaN or infinite values")
-    [xtr, xva], _ = unit_scale(xtr, xva)
-    mu, sd = _standardiser(xtr)
     classes, ytr_idx = np.unique(ytr, return_inverse=True)
     pos = np.clip(np.searchsorted(classes, yva), 0, len(classes) - 1)
     yva_idx = np.where(classes[pos] == yva, pos, -1)
+    if standardise:
+        if not (np.isfinite(xtr).all() and np.isfinite(xva).all()):
+            raise ValueError(_not_finite(i))
+        [xtr, xva], _ = unit_scale(xtr, xva)
+        mu, sd = _standardiser(xtr)
+        xtr = ((xtr - mu) / sd).astype(np.float32)
+        xva = ((xva - mu) / sd).astype(np.float32)
     return _Prepared(
-        xtr=((xtr - mu) / sd).astype(np.float32),
+        xtr=xtr,
         ytr=ytr_idx.astype(np.int64).reshape(-1),
-        xva=((xva - mu) / sd).astype(np.float32),
+        xva=xva,
         yva=yva_idx.astype(np.int64),
         classes=len(classes),
+        number=i,
     )
+
+
+def _features(x: Any, standardise: bool) -> np.ndarray:
+    """float64 features for the numpy standardiser; raw numeric ones (any number dtype, e.g. a
+    float32 embedding) for the device, which widens them there."""
+    if standardise:
+        return np.asarray(x, dtype=np.float64)
+    arr = np.asarray(x)
+    return arr if np.issubdtype(arr.dtype, np.number) else np.asarray(arr, dtype=np.float64)
+
+
+def _not_finite(i: int) -> str:
+    return f"problem {i}: features contain NaN or infinite values"
 
 
 def _standardiser(xtr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -106,6 +128,22 @@ def _standardiser(xtr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     sd = xtr.std(axis=0)
     ref = np.maximum(np.abs(mu), float(sd.max()))
     return mu, np.where(sd > _CONSTANT_RTOL * ref, sd, 1.0)
+
+
+def _standardise_torch(
+    xtr: np.ndarray, xva: np.ndarray, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`_prepare`'s numeric part on ``device``: the standardised float32 (train, val)
+    features (float64 arithmetic, :func:`_standardiser`'s constant-feature rule) and a bool
+    tensor saying whether both were finite."""
+    import torch
+
+    [a, b], finite = unit_scale_torch(to_device(xtr, device), to_device(xva, device))
+    mu = a.mean(dim=0)
+    sd = a.std(dim=0, correction=0)
+    ref = torch.maximum(mu.abs(), sd.amax())
+    sd = torch.where(sd > _CONSTANT_RTOL * ref, sd, torch.ones_like(sd))
+    return ((a - mu) / sd).to(torch.float32), ((b - mu) / sd).to(torch.float32), finite.all()
 
 
 def _batch_indices(n: int, steps: int, batch: int, seed: int) -> np.ndarray:
@@ -147,8 +185,11 @@ def _run_group(
     batch_size: int,
     momentum: float,
     device: torch.device,
+    standardise: bool = False,
 ) -> np.ndarray:
-    """Train every (problem, lr) pair of one group jointly; return accuracies (P, L)."""
+    """Train every (problem, lr) pair of one group jointly; return accuracies (P, L).
+    ``standardise``: the problems hold raw features, standardised on ``device``
+    (:func:`_standardise_torch`; ValueError for the first non-finite one before training)."""
     import torch
     import torch.nn.functional as F
 
@@ -159,9 +200,10 @@ def _run_group(
     mmax = max(len(p.xva) for p in probs)
     bmax = max(min(batch_size, len(p.xtr)) for p in probs)
 
-    xtr = np.zeros((P, nmax, dmax), np.float32)
+    host_x = not standardise
+    xtr = np.zeros((P, nmax, dmax) if host_x else (0,), np.float32)
     ytr = np.zeros((P, nmax), np.int64)
-    xva = np.zeros((P, mmax, dmax), np.float32)
+    xva = np.zeros((P, mmax, dmax) if host_x else (0,), np.float32)
     yva = np.full((P, mmax), -1, np.int64)
     idx = np.zeros((steps, P, bmax), np.int64)
     batches: dict[int, np.ndarray] = {}  # problems with the same n share their batches
@@ -169,8 +211,9 @@ def _run_group(
     cls_mask = np.full((P, 1, 1, cmax), _NEG, np.float32)
     for j, p in enumerate(probs):
         n, m, d = len(p.xtr), len(p.xva), p.dim
-        xtr[j, :n, :d], ytr[j, :n] = p.xtr, p.ytr
-        xva[j, :m, :d], yva[j, :m] = p.xva, p.yva
+        ytr[j, :n], yva[j, :m] = p.ytr, p.yva
+        if host_x:
+            xtr[j, :n, :d], xva[j, :m, :d] = p.xtr, p.xva
         bi = batches.get(n)
         if bi is None:
             bi = batches[n] = _batch_indices(n, steps, batch_size, seed)
@@ -184,6 +227,18 @@ def _run_group(
             xtr=xtr, ytr=ytr, xva=xva, yva=yva, idx=idx, row_w=row_w, cls_mask=cls_mask
         ).items()
     }
+    if standardise:
+        t["xtr"] = torch.zeros((P, nmax, dmax), dtype=torch.float32, device=device)
+        t["xva"] = torch.zeros((P, mmax, dmax), dtype=torch.float32, device=device)
+        finite = []
+        for j, p in enumerate(probs):
+            a, b, ok = _standardise_torch(p.xtr, p.xva, device)
+            t["xtr"][j, : len(p.xtr), : p.dim] = a
+            t["xva"][j, : len(p.xva), : p.dim] = b
+            finite.append(ok)
+        for p, ok in zip(probs, torch.stack(finite).cpu().numpy(), strict=True):
+            if not ok:
+                raise ValueError(_not_finite(p.number))
     lr_w = torch.tensor([float(lr) for lr in lrs], device=device)  # (L,)
     # all lrs side by side: columns [l * Cmax, (l + 1) * Cmax) of W belong to lrs[l]
     weight = torch.zeros((P, dmax, L * cmax), device=device, requires_grad=True)
@@ -215,35 +270,31 @@ def _run_group(
     return acc
 
 
-def idle_cores(most: int) -> int:
-    """Threads worth starting now: ``min(most, cores − ⌊load average⌋)``, at least 1. OpenMP's
-    threads spin at each barrier, so on a busy machine two threads sharing their cores with other
-    processes ran a probe's small kernels 10-30x slower than one thread (measured: a 27×1280×10
-    ``add_`` 0.06 ms on 1 thread vs 1.3-7.7 ms on 2 with the demo running beside it)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    busy = int(os.getloadavg()[0]) if hasattr(os, "getloadavg") else 0
-    return max(1, min(most, (cores or 1) - busy))
-
-
 def linear_probe_scores(
     problems: Sequence[Problem],
     lrs: Sequence[float] = DEFAULT_LRS,
     steps: int = DEFAULT_STEPS,
     seed: int = 0,
-    device: str = "cpu",
+    device: str | None = None,
     *,
     batch_size: int = DEFAULT_BATCH,
     momentum: float = DEFAULT_MOMENTUM,
     threads: int | None = None,
-    max_bytes: int = _DEFAULT_MAX_BYTES,
+    max_bytes: int | None = None,
     epochs: int | None = None,
+    standardise_on_device: bool | None = None,
 ) -> np.ndarray:
     """Validation accuracy of every (problem, lr) pair: float64 array (P, len(lrs)).
 
     ``epochs`` (optional) replaces ``steps`` by ``epochs · ⌈n / b⌉`` with ``n`` the largest
     training split and ``b = min(batch_size, n)``: that many passes over the training data.
 
-    Problems are trained in batched groups whose padded tensors stay under ``max_bytes``;
+    ``device``: a torch device, None for :func:`~shift.scoring.device.probe_device`
+    (``$SHIFT_SCORE_DEVICE``). ``standardise_on_device`` (default: when the device is not the
+    CPU) standardises the features there instead of in numpy (see module doc).
+
+    Problems are trained in batched groups whose padded tensors stay under ``max_bytes``
+    (default 1 GiB; on a GPU a quarter of its free memory, if more);
     ``threads`` sets torch's CPU threads for the call; by default 1 for small problems (where
     thread start-up and contention cost more than they save), else ``idle_cores(4)``."""
     import torch
@@ -252,7 +303,9 @@ def linear_probe_scores(
         raise ValueError("lrs must be a non-empty list of positive learning rates")
     if steps < 1 or batch_size < 1:
         raise ValueError("steps and batch_size must be >= 1")
-    probs = [_prepare(i, p) for i, p in enumerate(problems)]
+    dev = torch.device(probe_device() if device is None else device)
+    on_device = dev.type != "cpu" if standardise_on_device is None else standardise_on_device
+    probs = [_prepare(i, p, standardise=not on_device) for i, p in enumerate(problems)]
     out = np.zeros((len(probs), len(lrs)))
     if not probs:
         return out
@@ -261,12 +314,18 @@ def linear_probe_scores(
             raise ValueError("epochs must be >= 1")
         n = max(len(p.xtr) for p in probs)
         steps = int(epochs) * -(-n // min(batch_size, n))
-    dev = torch.device(device)
+    if max_bytes is None:
+        max_bytes = _DEFAULT_MAX_BYTES
+        if dev.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(dev)
+            max_bytes = max(max_bytes, free // _GPU_MEMORY_SHARE)
     if threads is None:
         work = sum(min(batch_size, len(p.xtr)) * p.dim * p.classes for p in probs) * len(lrs)
         threads = 1 if work < _SMALL_WORK else idle_cores(4)
     prev_threads = torch.get_num_threads()
+    prev_precision = torch.get_float32_matmul_precision()
     torch.set_num_threads(max(1, threads))
+    torch.set_float32_matmul_precision("highest")  # no TF32/bf16 matmuls in the probe
     try:
         for group in _groups(probs, len(lrs), max_bytes):
             acc = _run_group(
@@ -277,10 +336,12 @@ def linear_probe_scores(
                 batch_size,
                 momentum,
                 dev,
+                on_device,
             )
             out[group] = acc
     finally:
         torch.set_num_threads(prev_threads)
+        torch.set_float32_matmul_precision(prev_precision)
     return out
 
 
@@ -289,7 +350,7 @@ def linear_probe_many(
     lrs: Sequence[float] = DEFAULT_LRS,
     steps: int = DEFAULT_STEPS,
     seed: int = 0,
-    device: str = "cpu",
+    device: str | None = None,
     **kwargs: Any,
 ) -> list[float]:
     """``score_p = max_lr val_accuracy(p, lr)`` for every problem, trained in one batched
@@ -359,7 +420,7 @@ def linear_probe(
     lrs: Sequence[float] = DEFAULT_LRS,
     steps: int = DEFAULT_STEPS,
     seed: int = 0,
-    device: str = "cpu",
+    device: str | None = None,
     **kwargs: Any,
 ) -> float:
     """Single-problem ``linear_probe_many``: best validation accuracy over ``lrs``."""
