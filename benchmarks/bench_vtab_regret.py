@@ -1,6 +1,6 @@
 """VTAB-1k regret study over the shipped ground-truth table (no embeddings, no fine-tuning).
 
-Ground truth: ``registry/benchmarks/vtab1k_finetune.csv`` (4,997 cells, 291 Hugging Face vision
+Ground truth: ``shift/data/benchmarks/vtab1k_finetune.csv`` (4,997 cells, 291 Hugging Face vision
 models × 19 VTAB-1k tasks; derived from DS3Lab/shift ``data/ftrecords.csv`` commit a0885e0, no
 licence there: attributed, not our data). Metrics come from :mod:`shift.tools.evaluation`
 (Renggli et al., "Which model to transfer?", eqs. 1–2; Figure 7 budget curves).
@@ -413,7 +413,7 @@ def main() -> None:
         {
             "table": {
                 "name": table.name,
-                "file": "registry/benchmarks/vtab1k_finetune.csv",
+                "file": "shift/data/benchmarks/vtab1k_finetune.csv",
                 "source": "DS3Lab/shift data/ftrecords.csv @ a0885e0 (no licence; attributed)",
                 "cells": table.n_cells,
                 "models": len(table.models),

@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 
 from shift.catalog import load_catalog
+from shift.catalog.entries import SHIPPED_CATALOG
 from shift.catalog.importer import build_module, check_input, export, import_catalog
 from shift.errors import ShiftError
 from shift.fsutil import sha256_file
 from shift.store.registry import Registry
 
-CATALOG = Path(__file__).resolve().parents[1] / "registry" / "catalog.yaml"
+CATALOG = SHIPPED_CATALOG  # package data: shift/data/catalog.yaml
 
 
 def test_every_entry_is_valid_and_sourced() -> None:

@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from shift.config import validate_name
+from shift.data import path as data_path
 from shift.errors import ShiftError
 from shift.records import InputSpec
 
@@ -62,8 +63,8 @@ class CatalogEntry(BaseModel):
         return self
 
 
-#: the catalog shipped with shift (a checkout's ``registry/catalog.yaml``)
-SHIPPED_CATALOG = Path(__file__).resolve().parents[2] / "registry" / "catalog.yaml"
+#: the catalog shipped with shift (package data: ``shift/data/catalog.yaml``)
+SHIPPED_CATALOG = data_path("catalog.yaml")
 
 
 def catalog_path(home_catalog: Path, catalog: str | Path | None = None) -> Path:

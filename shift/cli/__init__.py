@@ -20,5 +20,14 @@ __all__ = ["app", "main"]
 
 
 def main() -> None:
-    """Entry point (``shift``, ``shift-cli``, ``python -m shift``)."""
-    app()
+    """Entry point (``shift``, ``shift-cli``, ``python -m shift``): runs one command and ends
+    the process."""
+    try:
+        app()
+    finally:
+        # The process exits next. Freezing what is alive spares the interpreter's shutdown its
+        # collections over every object the imports made (~60 ms of a listing's ~300 ms of CPU);
+        # atexit handlers, flushes and closes happen as before.
+        import gc
+
+        gc.freeze()

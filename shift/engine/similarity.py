@@ -32,13 +32,13 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from shift.errors import QueryError, ShiftError
 from shift.query.planner import Plan
 from shift.records import ModelRecord
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # numpy loads when a task vector is computed, not with every query
+    import numpy as np
+
     from shift.store.registry import Registry
 
 QUANTILES = 16
@@ -47,6 +47,8 @@ MIN_WEIGHT = 1e-6
 
 def task_vector(features: Any, labels: Any) -> np.ndarray:
     """``v(task)`` of the module doc from a probe's features (N × D) and the labels (N,)."""
+    import numpy as np
+
     x = np.asarray(features, dtype=np.float64)
     y = np.asarray(labels)
     if x.ndim != 2 or len(x) == 0 or y.shape != (len(x),):
@@ -70,6 +72,8 @@ def task_vector(features: Any, labels: Any) -> np.ndarray:
 
 def task_distance(a: np.ndarray, b: np.ndarray) -> float:
     """Cosine distance ``1 − a·b / (‖a‖‖b‖)`` (1 when either vector is zero)."""
+    import numpy as np
+
     na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
     if na == 0 or nb == 0:
         return 1.0

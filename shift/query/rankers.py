@@ -96,8 +96,6 @@ def _inner(text: str, r: ast.Ranker, what: str) -> ast.Ranker:
 
 def resolve(text: str, r: ast.Ranker, n_tasks: int) -> Resolved:
     """Check ranker ``r`` for a query naming ``n_tasks`` tasks."""
-    from shift.scoring.proxies import PROXIES
-
     if r.name in ("agnostic", "random"):
         _no_kwargs(text, r)
         if r.name == "agnostic":
@@ -109,6 +107,8 @@ def resolve(text: str, r: ast.Ranker, n_tasks: int) -> Resolved:
         ):
             raise error_at(text, r.pos, "random takes one integer seed", "e.g. RANK BY random(7)")
         return Resolved("random", proxy_args=(r.args[0] if r.args else 0,))
+    from shift.scoring.proxies import PROXIES  # numpy and the proxies: not for agnostic
+
     if n_tasks > 1 and r.name in ("meta", "sh", "hybrid", "similar"):
         raise error_at(
             text,

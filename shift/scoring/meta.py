@@ -1,14 +1,14 @@
-"""Ground-truth fine-tuning tables shipped in ``registry/benchmarks/`` (offline oracles).
+"""Ground-truth fine-tuning tables shipped in ``shift/data/benchmarks/`` (offline oracles).
 
 A table gives, for each (model, task), the test accuracy reached after full fine-tuning, so a
 model-search strategy can be scored with :mod:`shift.tools.evaluation` (regret, budget to zero
 regret, weighted τ) without fine-tuning anything. The tables are sparse: not every model has
 every task.
 
-``vtab1k`` (``registry/benchmarks/vtab1k_finetune.csv``): 4,997 cells, 291 Hugging Face vision
+``vtab1k`` (``shift/data/benchmarks/vtab1k_finetune.csv``): 4,997 cells, 291 Hugging Face vision
 models × 19 VTAB-1k tasks, derived from the DS3Lab SHiFT maintainers' ``data/ftrecords.csv``
 (``DS3Lab/shift`` commit a0885e0; no licence there: attributed, not our data). See
-``registry/benchmarks/README.md`` for the derivation and caveats.
+``shift/data/benchmarks/README.md`` for the derivation and caveats.
 
 **Diverged cells** (data README §2.2): a cell is diverged when its accuracy equals the task's
 most frequent value, i.e. a constant-prediction or majority-class run. Values are compared
@@ -28,6 +28,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from shift.data import path as data_path
+
 __all__ = [
     "DIVERGED_DECIMALS",
     "TABLES",
@@ -39,7 +41,8 @@ __all__ = [
     "table_path",
 ]
 
-TABLES_DIR = Path(__file__).resolve().parents[2] / "registry" / "benchmarks"
+#: the shipped tables (package data: ``shift/data/benchmarks/``)
+TABLES_DIR = data_path("benchmarks")
 TABLES: dict[str, str] = {"vtab1k": "vtab1k_finetune.csv"}
 DIVERGED_DECIMALS = 6
 

@@ -25,8 +25,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlite_utils import Database
-
 from shift.config import Home, validate_name
 from shift.errors import (
     AlreadyExistsError,
@@ -38,6 +36,7 @@ from shift.errors import (
 from shift.fsutil import atomic_copy, named_write_errors, read_only, sha256_file
 from shift.records import InputSpec, ModelRecord, PoolRecord, TaskRecord, utcnow
 from shift.store.pools import BUILTIN_POOLS
+from shift.store.sqlite import Database
 
 BUSY_TIMEOUT_MS = 30_000
 
@@ -151,7 +150,7 @@ class Registry:
             except sqlite3.Error:
                 raise e from None
             self.read_only, self._refusal = True, e
-        self.db = Database(conn)
+        self.db = Database(conn, execute_plugins=False)  # no sqlite-utils plugins: see store.sqlite
         self._writes = 0  # commits through this connection (PRAGMA data_version sees the others)
         self._model_cache: dict[str, ModelRecord] = {}
         self._model_cache_version: tuple[int, int] | None = None
@@ -186,7 +185,7 @@ class Registry:
             raise
         self.db.conn.close()
         mem.execute("PRAGMA foreign_keys = ON")
-        self.db = Database(mem)
+        self.db = Database(mem, execute_plugins=False)
         mem.execute("BEGIN IMMEDIATE")
         try:
             migrations.apply(self.db)

@@ -1,6 +1,6 @@
 """The VTAB-1k fine-tuning table's 291 Hugging Face models as metadata rows.
 
-``registry/benchmarks/vtab1k_finetune.csv`` names each model by its Hugging Face id; importing
+``shift/data/benchmarks/vtab1k_finetune.csv`` names each model by its Hugging Face id; importing
 them registers one ``weights='missing'`` row per id (through :class:`~.hf_models.HFSource`, named
 ``owner__name`` as ``meta(vtab1k)`` maps them), tagged ``vtab1k``, so ``RANK BY meta(vtab1k)``
 and the task-agnostic ranking run over the real pool with names users recognise.
