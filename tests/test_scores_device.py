@@ -380,3 +380,27 @@ def test_linear_probe_follows_the_selector_and_keeps_full_precision(
     finally:
         torch.set_float32_matmul_precision(prev)
     assert asked == ["x"] and seen == ["highest", "highest"]
+
+
+def test_engine_scores_a_big_pool_in_groups_of_bounded_memory(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """1,000 models x 10,000 samples x 2,048-d would be 80 GB at once: the engine hands
+    score_many groups that fit SCORE_GROUP_BYTES, and a pool-relative proxy the whole pool."""
+    from shift.engine import scoring
+    from shift.records import InputSpec, ModelRecord
+
+    def rec(i: int) -> ModelRecord:
+        return ModelRecord(
+            name=f"m{i}", path="m.onnx", sha256="0" * 64, dim=2048, params=1, output="e",
+            input_name="x", input=InputSpec(height=8, width=8),
+        )  # fmt: skip
+
+    models = [rec(i) for i in range(1000)]
+    groups = scoring.score_groups(models, 10_000)
+    per = 4 * 10_000 * 2048
+    assert all(len(g) * per <= scoring.SCORE_GROUP_BYTES for g in groups)
+    assert [m.name for g in groups for m in g] == [m.name for m in models]
+    assert len(scoring.score_groups(models, 10_000, whole=True)) == 1
+    monkeypatch.setattr(scoring, "SCORE_GROUP_BYTES", 1)
+    assert [len(g) for g in scoring.score_groups(models[:3], 10)] == [1, 1, 1]

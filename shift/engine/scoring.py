@@ -51,6 +51,31 @@ def covers(index: Any, rows: list[dict[str, Any]]) -> bool:
     return bool(np.array_equal(np.asarray(index.labels)[pos], [r["label"] for r in rows]))
 
 
+#: features of the models scored together (``score_many``) at most, in bytes: at 1,000 models
+#: x 10,000 samples x 2,048-d a whole pool would be 80 GB of host memory
+SCORE_GROUP_BYTES = 2 * 2**30
+
+
+def score_groups(
+    models: list[ModelRecord], samples: int, *, whole: bool = False
+) -> list[list[ModelRecord]]:
+    """``models`` in consecutive groups whose float32 features (``samples`` rows of each model's
+    embedding, and its logits) fit ``SCORE_GROUP_BYTES`` (at least one model a group);
+    ``whole``: one group (pool-relative proxies normalise over everything scored together)."""
+    if whole or not models:
+        return [models] if models else []
+    groups: list[list[ModelRecord]] = [[]]
+    used = 0
+    for m in models:
+        size = 4 * samples * ((m.dim or 0) + (m.head_classes or 0))
+        if groups[-1] and used + size > SCORE_GROUP_BYTES:
+            groups.append([])
+            used = 0
+        groups[-1].append(m)
+        used += size
+    return groups
+
+
 class Engine(Indexer):
     """Indexes tasks and scores models (an :class:`Indexer` that also ranks)."""
 
@@ -212,15 +237,13 @@ class Engine(Indexer):
         self.last_score_path = path or "arrays"
         if spec.from_index is not None and path is not None:
             values = [spec.from_index(indexes[m.name], train, val) for m in scored]
-        else:
-            values = (
-                spec.score_many(
-                    [self._problem(indexes[m.name], train, val, spec.needs_logits) for m in scored],
-                    names,
-                )
-                if scored
-                else []
-            )
+        else:  # in groups of bounded memory (the whole pool at once when pool-relative)
+            values = []
+            for group in score_groups(scored, len(train) + len(val), whole=pool_relative):
+                problems = [
+                    self._problem(indexes[m.name], train, val, spec.needs_logits) for m in group
+                ]
+                values += spec.score_many(problems, [m.name for m in group])
         values = check_finite(proxy, values, names)  # NonFiniteScoreError: nothing is cached
         secs = (time.perf_counter() - t0) / max(1, len(scored))
         if not pool_relative:
