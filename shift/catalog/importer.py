@@ -179,5 +179,10 @@ def _registered(registry: Registry, name: str) -> bool:
 
 def _describe(info: dict[str, Any]) -> str:
     if "train_accuracy" in info:
-        return f"trained on {info['upstream_size']} samples, accuracy {info['train_accuracy']:.3f}"
+        how = (
+            f"weights from the expert cache, trained in {info['trained_seconds']:.0f} s"
+            if info.get("cached")
+            else f"trained in {info.get('trained_seconds', info.get('seconds', 0)):.0f} s"
+        )
+        return f"{how} on {info['upstream_size']} samples, accuracy {info['train_accuracy']:.3f}"
     return ""
