@@ -1,47 +1,11 @@
-"""Ground truth for model search: fine-tune a registered model on a task.
+"""Fine-tune a registered model on a task: the ground truth that model search is measured against.
 
-The protocol is Renggli et al.'s (*Which Model to Transfer?*, §4) **scaled down from the paper's**
-to fit a 2-core CPU: the paper adds a linear layer, trains it on the whole training set, then
-fine-tunes the whole network twice (two learning rates, 2,500 SGD steps, batch 512) and keeps the
-best validation accuracy. Here (defaults of :class:`FinetuneProtocol`):
-
-1. the source head is replaced by a new ``Linear(dim, C)`` (C = the task's classes);
-2. **linear-head warm-up**: ``head_steps`` SGD steps (lr ``head_lr``, momentum 0.9, batch 32) on
-   the frozen, eval-mode embeddings of the training split;
-3. **full fine-tuning** at each lr in ``lrs`` = (0.00625, 0.000625): VTAB's fine-tuning lrs
-   (0.1, 0.01) at batch 512 (Zhai et al. 2019, the paper's protocol) scaled linearly to batch 32
-   (Goyal et al. 2017); SGD, momentum 0.9, batch 32, ``epochs`` (default 2) passes over the
-   training split, every parameter trained, the global gradient norm clipped to
-   ``clip_grad_norm`` = 1.0 (as in ViT's fine-tuning, Dosovitskiy et al. 2021), each run starting
-   from the pre-trained weights and the warmed-up head. The network stays in **eval mode**
-   (``eval_mode``): BatchNorm keeps its pre-trained running statistics and dropout and
-   drop-connect are off;
-4. the result is the **best validation accuracy over lrs and epochs**, evaluated in eval mode
-   after each epoch and once before the first (epoch 0: the warmed-up head alone), so
-   fine-tuning reports at least the linear probe's accuracy, like early stopping would.
-
-Why these choices (160 training samples, 2 epochs, measured on the demo tasks): train-mode
-BatchNorm mixes source and target statistics at batch 32 (MobileNet V2 on ``position``: 48 % with
-the head alone, 25-37 % after fine-tuning, 59 % with frozen statistics); EfficientNet-Lite0's
-drop-connect in train mode took ``digits`` from 67 % to 37-51 % (74 % without it); with
-statistics frozen nothing rescales the backbone's gradients, and without clipping one SGD step at
-lr 0.001 took the MNIST expert from 95 % to 35 % and 15 steps to chance (with clipping it keeps
-96 %); lr 0.01, even clipped, took EfficientNet-Lite0 on ``digits`` from 67 % to 38-44 %.
-
-Inputs are preprocessed with exactly the model's registered ``InputSpec``
-(:func:`shift.inference.preprocess.preprocess`). Runs are seeded (``seed``), single-/two-threaded
-(``threads``; results can differ in the last digits across thread counts); no data
-augmentation.
-
-The torch module (:mod:`shift.tools.finetune_modules`): a catalog model's own torch definition
-(experts retrained deterministically, once per process), checked against the registered ONNX
-file on a fixed input, so a result is never attributed to a model whose registered file differs;
-any other registered ONNX model's graph converted by onnx2torch (the torch backend's conversion,
-checked against ONNX Runtime first), the new head fed by its embedding output. It trains on CUDA
-when torch sees a GPU (``device`` then joins the cache key), else on the CPU.
-
-Results are stored in the registry's ``finetune_results`` table keyed by (task content hash,
-model sha256, protocol JSON): a second call is served from there unless ``force``.
+:func:`finetune` (and :func:`finetune_many`) run a :class:`FinetuneProtocol` (Renggli et al.'s,
+scaled down to fit a 2-core CPU) on the model's torch module (:mod:`shift.tools.finetune_modules`)
+with the task's images preprocessed by the model's registered ``InputSpec``, on CUDA when torch
+sees a GPU (``device``), else on the CPU. Results are stored in the registry's
+``finetune_results`` table keyed by (task content hash, model sha256, protocol JSON), so a second
+call is served from there unless ``force``; :func:`results_table` draws them.
 """
 
 from __future__ import annotations
@@ -75,8 +39,36 @@ __all__ = [
 
 
 class FinetuneProtocol(BaseModel):
-    """Fine-tuning hyper-parameters (scaled down from the paper's: 2,500 steps at batch 512 →
-    ``epochs`` passes at batch 32). ``threads`` is not part of the cache key."""
+    """Fine-tuning hyper-parameters: Renggli et al.'s protocol (*Which Model to Transfer?*, §4:
+    a new linear layer trained on the whole training set, then the whole network fine-tuned at two
+    learning rates, 2,500 SGD steps at batch 512, the best validation accuracy kept), scaled down
+    to ``epochs`` passes at batch 32. With the defaults:
+
+    1. the source head is replaced by a new ``Linear(dim, C)`` (C = the task's classes), warmed
+       up for ``head_steps`` SGD steps (lr ``head_lr``, momentum 0.9, batch 32) on the frozen,
+       eval-mode embeddings of the training split;
+    2. the whole network is fine-tuned at each lr in ``lrs`` = (0.00625, 0.000625): VTAB's
+       (0.1, 0.01) at batch 512 (Zhai et al. 2019) scaled linearly to batch 32 (Goyal et al.
+       2017); SGD, momentum 0.9, ``epochs`` passes over the training split, the global gradient
+       norm clipped to ``clip_grad_norm`` (as in ViT's fine-tuning, Dosovitskiy et al. 2021),
+       each run from the pre-trained weights and the warmed-up head, in eval mode
+       (``eval_mode``: BatchNorm keeps its pre-trained running statistics, dropout and
+       drop-connect are off);
+    3. the result is the best validation accuracy over lrs and epochs, evaluated after each
+       epoch and once before the first (epoch 0: the warmed-up head alone), so fine-tuning
+       reports at least the linear probe's accuracy, like early stopping would.
+
+    Runs are seeded (``seed``); no data augmentation. ``threads`` is not part of the cache key
+    (results can differ in the last digits across thread counts)."""
+
+    # Why eval mode, clipping and these lrs (160 training samples, 2 epochs, on the demo tasks):
+    # train-mode BatchNorm mixes source and target statistics at batch 32 (MobileNet V2 on
+    # `position`: 48 % with the head alone, 25-37 % after fine-tuning, 59 % with frozen
+    # statistics); EfficientNet-Lite0's drop-connect in train mode took `digits` from 67 % to
+    # 37-51 % (74 % without it); with statistics frozen nothing rescales the backbone's gradients,
+    # and without clipping one SGD step at lr 0.001 took the MNIST expert from 95 % to 35 % and 15
+    # steps to chance (with clipping it keeps 96 %); lr 0.01, even clipped, took
+    # EfficientNet-Lite0 on `digits` from 67 % to 38-44 %.
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
