@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from shift.records import ModelRecord
+from shift.store.registry import Registry
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -28,6 +30,15 @@ def ray_runtime() -> Iterator[None]:
     shutdown_ray()
 
 
+@pytest.fixture
+def reg(tmp_path: Path) -> Iterator[Registry]:
+    """An empty registry in ``tmp_path / "home"``, closed after the test (a module may define
+    its own ``reg`` with more in it)."""
+    r = Registry.open(tmp_path / "home")
+    yield r
+    r.close()
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, ModelRecord]:
     """Tiny real ONNX models (32 px input), built once per session; ``record.path`` is the
@@ -36,10 +47,7 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, ModelReco
     * ``tiny-a``: seed 0, dim 16, 10-class head;  * ``tiny-b``: seed 1, dim 8, no head;
     * ``tiny-nan``: outputs NaN;  * ``tiny-corrupt``: random bytes.
     """
-    try:
-        from onnx_factory import build_tiny_cnn, write_corrupt_model
-    except ImportError:  # tests/ is a package
-        from tests.onnx_factory import build_tiny_cnn, write_corrupt_model
+    from onnx_factory import build_tiny_cnn, write_corrupt_model
 
     d = tmp_path_factory.mktemp("tiny_models")
     models = [

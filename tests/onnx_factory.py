@@ -145,3 +145,55 @@ def with_custom_op(src: str | Path, out: str | Path, *, domain: str = "com.examp
     onnx.checker.check_model(model)
     onnx.save(model, str(out))
     return Path(out)
+
+
+def build_endless_loop(path: Path, trips: int = 10**15, size: int = 8) -> ModelRecord:
+    """A real ONNX graph that runs ``trips`` iterations of a Loop before it outputs the
+    global-average-pooled input (N, 3): with the default it never finishes."""
+    from onnx import TensorProto, checker, helper, save
+
+    body = helper.make_graph(
+        [
+            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+            helper.make_node("Identity", ["v_in"], ["v_out"]),
+        ],
+        "body",
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("v_in", TensorProto.FLOAT, None),
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("v_out", TensorProto.FLOAT, None),
+        ],
+    )
+    graph = helper.make_graph(
+        [
+            helper.make_node("Loop", ["trips", "go", "input"], ["looped"], body=body),
+            helper.make_node("GlobalAveragePool", ["looped"], ["pooled"]),
+            helper.make_node("Flatten", ["pooled"], ["embedding"]),
+        ],
+        "endless",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, size, size])],
+        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["N", 3])],
+        initializer=[
+            helper.make_tensor("trips", TensorProto.INT64, [], [trips]),
+            helper.make_tensor("go", TensorProto.BOOL, [], [True]),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    checker.check_model(model)
+    save(model, str(path))
+    return ModelRecord(
+        name=path.stem,
+        path=str(path.resolve()),
+        sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
+        params=0,
+        dim=3,
+        output="embedding",
+        input_name="input",
+        input=InputSpec(height=size, width=size),
+        source="test",
+    )

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from onnx_factory import build_tiny_cnn
 from typer.testing import CliRunner
 
 from shift.catalog.onnx_import import register_onnx
@@ -28,11 +29,6 @@ from shift.inference.onnx_backend import OnnxEmbedder
 from shift.records import Samples
 from shift.store.registry import Registry
 from shift.store.tasks import TaskStore
-
-try:
-    from onnx_factory import build_tiny_cnn
-except ImportError:  # tests/ is a package
-    from tests.onnx_factory import build_tiny_cnn
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from onnx_factory import build_tiny_cnn
 
 from shift.catalog.onnx_import import register_onnx
 from shift.engine.scoring import Engine
@@ -25,14 +26,8 @@ from shift.records import ModelRecord, Samples
 from shift.store.registry import Registry
 from shift.store.tasks import TaskStore
 
-try:
-    from onnx_factory import build_tiny_cnn
-except ImportError:  # tests/ is a package
-    from tests.onnx_factory import build_tiny_cnn
-
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # Ray workers have the checkout on PYTHONPATH, so they can import
-    sys.path.append(str(ROOT))  # the backend by this name too
+# by this dotted name (the checkout is on pytest's path): Ray workers, which have the checkout
+# on PYTHONPATH, import the backend by the same name
 numpy_backend = importlib.import_module("tests.numpy_backend")
 NumpyEmbedder = numpy_backend.NumpyEmbedder
 NUMPY = "numpy-test"

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from onnx_factory import build_tiny_cnn, tiny_torch_model
 from PIL import Image
 from torch import nn
 
@@ -42,11 +43,6 @@ from shift.records import Samples
 from shift.store.readers import read_image_folder, read_npz
 from shift.store.registry import Registry
 from shift.store.tasks import TaskStore
-
-try:
-    from onnx_factory import build_tiny_cnn, tiny_torch_model
-except ImportError:  # tests/ is a package
-    from tests.onnx_factory import build_tiny_cnn, tiny_torch_model
 
 TALLY: dict[str, Counter[str]] = {}
 
@@ -76,13 +72,6 @@ def snapshot(reg: Registry) -> tuple[Any, ...]:
         if p.is_file() and "registry.db" not in p.name
     )
     return reg.model_names(), reg.task_names(), counts, files
-
-
-@pytest.fixture
-def reg(tmp_path: Path) -> Iterator[Registry]:
-    r = Registry.open(tmp_path / "home")
-    yield r
-    r.close()
 
 
 # ---- queries ------------------------------------------------------------------------------

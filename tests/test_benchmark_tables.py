@@ -1,10 +1,10 @@
-"""Shipped ground-truth tables (shift.scoring.meta): loading, meta scores, diverged flags; the
-regret studies' random baseline and weighted τ."""
+"""Shipped ground-truth tables (shift.scoring.meta): loading, meta scores, diverged flags; and the
+regret studies' random baseline and weighted τ, which are about the benchmarks themselves
+(benchmarks/bench_vtab_regret.py and bench_e2e_regret.py), so those tests import them."""
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,8 +18,6 @@ from shift.scoring.meta import (
     meta_scores,
     table_path,
 )
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -155,10 +153,9 @@ def test_load_table_from_path(tmp_path) -> None:
 # ------------------------------------------------------------------------------ study metrics
 
 
-def test_random_baseline_is_renggli_eq1(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_random_baseline_is_renggli_eq1() -> None:
     """Accuracies 0.5, 0.7, 0.9, one pick: E[max] = 0.7, so Δ(ORACLE, E[max]) = 0.2/0.3; the
     mean of the picks' relative regrets, (0.8 + 2/3 + 0)/3, is kept under its own name."""
-    monkeypatch.syspath_prepend(str(ROOT))
     from benchmarks.bench_vtab_regret import random_draws, random_exact
 
     acc = {"a": 0.5, "b": 0.7, "c": 0.9}
@@ -172,12 +169,11 @@ def test_random_baseline_is_renggli_eq1(monkeypatch: pytest.MonkeyPatch) -> None
     assert draws["expected_relative_regret"][0] == pytest.approx(0.4889, abs=0.02)
 
 
-def test_e2e_tau_uses_raw_scores_with_ties(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_e2e_tau_uses_raw_scores_with_ties() -> None:
     """Scores a = b = 1 > c = 0 against accuracies 0.9, 0.5, 0.7. By hand (Vigna's additive
     hyperbolic τ, estimators.md §1.1): ranked by (x, y) the positions are a 0, b 1, c 2 and
     τ = (4/3 − 5/6)/sqrt(13/6 · 11/3); ranked by (y, x) a 0, c 1, b 2 and τ = 2/sqrt(77); the
     mean of the two. The ranking's tie-break (a before b) must not enter."""
-    monkeypatch.syspath_prepend(str(ROOT))
     from benchmarks.bench_e2e_regret import has_raw_scores, strategy_metrics
 
     acc = {"a": 0.9, "b": 0.5, "c": 0.7}

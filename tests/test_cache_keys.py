@@ -6,12 +6,12 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+from onnx_factory import build_tiny_cnn
 
 from shift.catalog.onnx_import import register_onnx
 from shift.engine.scoring import Engine, model_cache_key
@@ -20,14 +20,6 @@ from shift.store.index.meta import IndexKey, IndexMeta
 from shift.store.registry import Registry
 from shift.store.tasks import TaskStore
 
-try:
-    from onnx_factory import build_tiny_cnn
-except ImportError:  # tests/ is a package
-    from tests.onnx_factory import build_tiny_cnn
-
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.append(str(ROOT))
 importlib.import_module("tests.numpy_backend")  # registers the "numpy-test" backend
 NUMPY = "numpy-test"
 N = 80

@@ -9,26 +9,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_runner import cli, runner, wide_consoles  # noqa: F401  (autouse fixture)
+from onnx_factory import build_tiny_cnn, tiny_torch_model
+from records import fake_model
 from rich.console import Console
 
 from shift.cli import app
 from shift.records import TaskRecord
 from shift.store.registry import Registry
-
-try:
-    from records import fake_model
-except ImportError:  # tests/ is a package
-    from tests.records import fake_model
-
-try:
-    from onnx_factory import build_tiny_cnn, tiny_torch_model
-except ImportError:  # tests/ imported as a package
-    from tests.onnx_factory import build_tiny_cnn, tiny_torch_model
-
-try:
-    from cli_runner import cli, runner, wide_consoles  # noqa: F401  (autouse fixture)
-except ImportError:  # tests/ is a package
-    from tests.cli_runner import cli, runner, wide_consoles  # noqa: F401
 
 
 @pytest.fixture(scope="module")

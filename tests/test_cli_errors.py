@@ -15,21 +15,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import typer
+from cli_runner import cli, runner, wide_consoles  # noqa: F401  (autouse fixture)
+from onnx_factory import build_tiny_cnn
+from records import fake_model
 
 import shift.cli
 from shift.catalog.onnx_import import register_onnx
 from shift.records import Samples
 from shift.store.registry import Registry
 from shift.store.tasks import TaskStore
-
-try:
-    from cli_runner import cli, runner, wide_consoles  # noqa: F401  (autouse fixture)
-    from onnx_factory import build_tiny_cnn
-    from records import fake_model
-except ImportError:  # tests/ is a package
-    from tests.cli_runner import cli, runner, wide_consoles  # noqa: F401
-    from tests.onnx_factory import build_tiny_cnn
-    from tests.records import fake_model
 
 
 def command_paths(group: object, prefix: tuple[str, ...] = ()) -> list[str]:

@@ -16,6 +16,9 @@ import numpy as np
 import pytest
 import typer
 import yaml
+from cli_runner import cli, wide_consoles  # noqa: F401  (autouse fixture)
+from onnx_factory import build_tiny_cnn
+from records import fake_model
 from rich.console import Console
 
 import shift.cli
@@ -23,15 +26,6 @@ from shift.catalog.onnx_import import register_onnx
 from shift.records import Result, Samples, TaskRecord
 from shift.store.registry import Registry
 from shift.store.tasks import TaskStore
-
-try:
-    from cli_runner import cli, wide_consoles  # noqa: F401  (autouse fixture)
-    from onnx_factory import build_tiny_cnn
-    from records import fake_model
-except ImportError:  # tests/ is a package
-    from tests.cli_runner import cli, wide_consoles  # noqa: F401
-    from tests.onnx_factory import build_tiny_cnn
-    from tests.records import fake_model
 
 BOX = set("│┃━─┏┓┗┛┡┩└┘╇╋┼")
 

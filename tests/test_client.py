@@ -6,16 +6,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from records import fake_model as model
 
 import shift
 from shift.client import Client
 from shift.errors import QueryError
 from shift.records import Result
-
-try:
-    from records import fake_model as model
-except ImportError:  # tests/ is a package
-    from tests.records import fake_model as model
 
 
 def top1(v: float) -> dict[str, object]:

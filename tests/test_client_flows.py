@@ -12,7 +12,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+from onnx_factory import build_tiny_cnn
 from PIL import Image
+from records import fake_model, fake_task
 from rich.console import Console
 from typer.testing import CliRunner
 
@@ -20,13 +22,6 @@ import shift
 import shift.cli
 from shift.errors import NotFoundError, ShiftError
 from shift.records import Samples
-
-try:
-    from onnx_factory import build_tiny_cnn
-    from records import fake_model, fake_task
-except ImportError:  # tests/ is a package
-    from tests.onnx_factory import build_tiny_cnn
-    from tests.records import fake_model, fake_task
 
 N = 40  # samples in the toy task
 

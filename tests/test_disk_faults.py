@@ -29,21 +29,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_runner import cli, runner, wide_consoles  # noqa: F401  (autouse fixture)
+from onnx_factory import build_tiny_cnn
 
 from shift.catalog.onnx_import import register_onnx
 from shift.records import Samples
 from shift.store.registry import Registry
 from shift.store.tasks import TaskStore
-
-try:
-    from onnx_factory import build_tiny_cnn
-except ImportError:  # tests/ is a package
-    from tests.onnx_factory import build_tiny_cnn
-
-try:
-    from cli_runner import cli, runner, wide_consoles  # noqa: F401  (autouse fixture)
-except ImportError:  # tests/ is a package
-    from tests.cli_runner import cli, runner, wide_consoles  # noqa: F401
 
 QUERY = "SELECT top 2 FROM pool all WHERE task=toy"
 

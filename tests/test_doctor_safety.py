@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from onnx_factory import build_tiny_cnn
 from typer.testing import CliRunner
 
 import shift
@@ -21,11 +22,6 @@ from shift.store.index.store import IndexStore
 from shift.store.registry import Registry
 from shift.store.tasks import TaskStore
 from shift.tools.doctor import doctor
-
-try:
-    from onnx_factory import build_tiny_cnn
-except ImportError:  # tests/ is a package
-    from tests.onnx_factory import build_tiny_cnn
 
 KNN = "SELECT top 2 FROM pool all WHERE task=toy RANK BY knn"
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from onnx_factory import build_tiny_cnn, write_corrupt_model
 
 import shift
 from shift.catalog.onnx_import import register_onnx
@@ -18,11 +19,6 @@ from shift.store.index.meta import IndexKey
 from shift.store.index.store import IndexStore
 from shift.store.registry import Registry
 from shift.store.tasks import TaskStore
-
-try:
-    from onnx_factory import build_tiny_cnn, write_corrupt_model
-except ImportError:  # tests/ is a package
-    from tests.onnx_factory import build_tiny_cnn, write_corrupt_model
 
 N = 120
 BATCH = 64

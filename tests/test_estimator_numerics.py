@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from onnx_factory import build_tiny_cnn
 
 from shift.errors import NonFiniteScoreError, ShiftError
 from shift.records import ModelRecord, Samples
@@ -31,11 +32,6 @@ from shift.scoring.estimators.leep import probability_tolerance
 from shift.scoring.knn import knn_accuracy
 from shift.scoring.linear import linear_probe
 from shift.scoring.registry import ProxySpec
-
-try:
-    from onnx_factory import build_tiny_cnn
-except ImportError:  # tests/ is a package
-    from tests.onnx_factory import build_tiny_cnn
 
 _LOG_2PI = math.log(2 * math.pi)
 

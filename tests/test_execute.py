@@ -9,17 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from records import fake_model, fake_task
 
 import shift.engine.execute as ex
 from shift.errors import QueryError
 from shift.query.builder import select
 from shift.records import ModelRecord
 from shift.store.registry import Registry
-
-try:
-    from records import fake_model, fake_task
-except ImportError:  # tests/ is a package
-    from tests.records import fake_model, fake_task
 
 
 class FakeEngine:

@@ -9,17 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from onnx_factory import build_tiny_cnn, tiny_torch_model
 
 import shift.tools.finetune as ft
 from shift.errors import ShiftError
 from shift.store.registry import Registry
 from shift.tools import finetune_modules
 from shift.tools.finetune import FinetuneProtocol, finetune
-
-try:
-    from onnx_factory import build_tiny_cnn, tiny_torch_model
-except ImportError:  # tests/ is a package
-    from tests.onnx_factory import build_tiny_cnn, tiny_torch_model
 
 CATALOG = """\
 models:
@@ -129,8 +125,9 @@ def test_mismatched_onnx_is_refused(home: dict, monkeypatch) -> None:
         finetune(home["reg"], "toy", "tiny-expert", FAST)
 
 
-def test_bench_metrics_use_shift_evaluation(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1]))
+def test_bench_metrics_use_shift_evaluation() -> None:
+    """About the end-to-end regret study (benchmarks/bench_e2e_regret.py): its metrics are
+    shift.tools.evaluation's regret, relative regret and weighted τ."""
     from benchmarks.bench_e2e_regret import strategy_metrics
     from shift.tools import evaluation as ev
 
@@ -216,10 +213,9 @@ def test_epoch_zero_is_the_warmed_up_head(sharp_expert: dict) -> None:
     assert d["accuracy"] == d["head_accuracy"] and d["best_epoch"] == 0
 
 
-def test_bench_projects_finetune_cost_from_measured_per_sample_times(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1]))
+def test_bench_projects_finetune_cost_from_measured_per_sample_times() -> None:
+    """About the end-to-end regret study (benchmarks/bench_e2e_regret.py): how it projects a
+    fine-tuning run's cost from measured per-sample times."""
     from benchmarks.bench_e2e_regret import projected_finetune_seconds
 
     # 0.1 s per training sample (forward + backward), 0.1 s per forward: 5 evals of 10 samples
@@ -229,12 +225,11 @@ def test_bench_projects_finetune_cost_from_measured_per_sample_times(
     assert got["paper"] == pytest.approx(2 * 2500 * 512 * 0.1 + 50 * 0.1)
 
 
-def test_bench_expected_random_is_the_mean_over_all_b_subsets(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_bench_expected_random_is_the_mean_over_all_b_subsets() -> None:
+    """About the end-to-end regret study (benchmarks/bench_e2e_regret.py): its random baseline
+    and fine-tuning gain."""
     import itertools
 
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1]))
     from benchmarks.bench_e2e_regret import expected_random, finetune_gain
     from shift.tools import evaluation as ev
 

@@ -14,6 +14,7 @@ import pytest
 pytest.importorskip("onnx2torch")
 
 import torch  # noqa: E402
+from onnx_factory import build_tiny_cnn
 from torch import nn  # noqa: E402
 
 from shift.catalog.onnx_import import register_onnx  # noqa: E402
@@ -26,11 +27,6 @@ from shift.store.registry import Registry  # noqa: E402
 from shift.store.tasks import TaskStore  # noqa: E402
 from shift.tools import finetune_modules  # noqa: E402
 from shift.tools.finetune import FinetuneProtocol, finetune  # noqa: E402
-
-try:
-    from onnx_factory import build_tiny_cnn
-except ImportError:  # tests/ is a package
-    from tests.onnx_factory import build_tiny_cnn
 
 FAST = FinetuneProtocol(head_steps=20, epochs=1)
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from onnx_factory import build_tiny_cnn
 
 import shift
 from shift.catalog.onnx_import import register_onnx
@@ -15,11 +16,6 @@ from shift.engine.halving import schedule
 from shift.errors import QueryError
 from shift.records import Samples
 from shift.store.tasks import TaskStore
-
-try:
-    from onnx_factory import build_tiny_cnn
-except ImportError:  # tests/ is a package
-    from tests.onnx_factory import build_tiny_cnn
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,6 @@ lock gives up naming the holder; a local Ray never joins another Ray on the mach
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import sys
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from onnx_factory import build_endless_loop, build_tiny_cnn
 
 import shift
 from shift.catalog.onnx_import import register_onnx
@@ -21,69 +21,12 @@ from shift.errors import InferenceTimeoutError, LockTimeoutError, ShiftError
 from shift.inference.executors import make_executor
 from shift.inference.jobs import BatchResult, EmbedJob, JobFailure, batch_timeout, embed_batch
 from shift.inference.onnx_backend import OnnxEmbedder
-from shift.records import InputSpec, ModelRecord, Samples
+from shift.records import Samples
 from shift.store.index.lock import build_lock
 from shift.store.tasks import TaskStore
 
-try:
-    from onnx_factory import build_tiny_cnn
-except ImportError:  # tests/ is a package
-    from tests.onnx_factory import build_tiny_cnn
-
 ROOT = Path(__file__).resolve().parent.parent
 SIZE = 8
-
-
-def build_endless_loop(path: Path, trips: int = 10**15) -> ModelRecord:
-    """A real ONNX graph that runs ``trips`` iterations of a Loop before it outputs the
-    global-average-pooled input (N, 3): with the default it never finishes."""
-    from onnx import TensorProto, checker, helper, save
-
-    body = helper.make_graph(
-        [
-            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
-            helper.make_node("Identity", ["v_in"], ["v_out"]),
-        ],
-        "body",
-        [
-            helper.make_tensor_value_info("i", TensorProto.INT64, []),
-            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
-            helper.make_tensor_value_info("v_in", TensorProto.FLOAT, None),
-        ],
-        [
-            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
-            helper.make_tensor_value_info("v_out", TensorProto.FLOAT, None),
-        ],
-    )
-    graph = helper.make_graph(
-        [
-            helper.make_node("Loop", ["trips", "go", "input"], ["looped"], body=body),
-            helper.make_node("GlobalAveragePool", ["looped"], ["pooled"]),
-            helper.make_node("Flatten", ["pooled"], ["embedding"]),
-        ],
-        "endless",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, SIZE, SIZE])],
-        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["N", 3])],
-        initializer=[
-            helper.make_tensor("trips", TensorProto.INT64, [], [trips]),
-            helper.make_tensor("go", TensorProto.BOOL, [], [True]),
-        ],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    checker.check_model(model)
-    save(model, str(path))
-    return ModelRecord(
-        name=path.stem,
-        path=str(path.resolve()),
-        sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
-        params=0,
-        dim=3,
-        output="embedding",
-        input_name="input",
-        input=InputSpec(height=SIZE, width=SIZE),
-        source="test",
-    )
 
 
 def imgs(n: int, seed: int = 0) -> np.ndarray:

@@ -23,9 +23,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_runner import cli, runner, wide_consoles  # noqa: F401  (autouse fixture)
+from onnx_factory import build_tiny_cnn
 from PIL import Image
 
 import shift
+import shift.cli
 from shift.catalog.onnx_import import register_onnx
 from shift.config import HOME_MARKER
 from shift.errors import NotAHomeError
@@ -33,18 +36,6 @@ from shift.records import Samples
 from shift.store.registry import Registry
 from shift.store.tasks import TaskStore
 from shift.tools.doctor import doctor
-
-try:
-    from onnx_factory import build_tiny_cnn
-except ImportError:  # tests/ is a package
-    from tests.onnx_factory import build_tiny_cnn
-
-try:
-    from cli_runner import cli, runner, wide_consoles  # noqa: F401  (autouse fixture)
-except ImportError:  # tests/ is a package
-    from tests.cli_runner import cli, runner, wide_consoles  # noqa: F401
-
-import shift.cli
 
 QUERY = "SELECT top 2 FROM pool all WHERE task=toy"
 

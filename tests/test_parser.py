@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from records import fake_model as make_model
+from records import fake_task as make_task
 
 from shift.errors import QueryError
 from shift.query import ast
@@ -18,13 +20,6 @@ from shift.query.format import to_text
 from shift.query.parser import MAX_NESTING, MAX_QUERY_CHARS, parse, parse_number
 from shift.query.planner import plan_text
 from shift.store.registry import Registry
-
-try:
-    from records import fake_model as make_model
-    from records import fake_task as make_task
-except ImportError:  # tests/ is a package
-    from tests.records import fake_model as make_model
-    from tests.records import fake_task as make_task
 
 
 def C(col: str, op: str, v: object) -> Compare:  # noqa: N802 - reads like the AST

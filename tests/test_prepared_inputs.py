@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from onnx_factory import build_tiny_cnn
 
 import shift
 from shift.catalog.onnx_import import register_onnx
@@ -22,11 +23,6 @@ from shift.inference.embedder import register_backend
 from shift.inference.preprocess import resize_images
 from shift.records import Samples
 from shift.store.tasks import TaskStore
-
-try:
-    from onnx_factory import build_tiny_cnn
-except ImportError:  # pragma: no cover - run from the repository root
-    from tests.onnx_factory import build_tiny_cnn
 
 pytest.importorskip("torch")
 

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from onnx_factory import build_tiny_cnn
+from records import fake_model
 from typer.testing import CliRunner
 
 import shift
@@ -35,13 +37,6 @@ from shift.scoring.knn import k_nearest, knn_accuracy
 from shift.scoring.linear import linear_probe_scores
 from shift.scoring.proxies import get_proxy
 from shift.store.tasks import TaskStore
-
-try:
-    from onnx_factory import build_tiny_cnn
-    from records import fake_model
-except ImportError:  # tests/ is a package
-    from tests.onnx_factory import build_tiny_cnn
-    from tests.records import fake_model
 
 
 def _err(text: str, fn: Any = parse) -> QueryError:

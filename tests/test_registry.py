@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 import shutil
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from onnx_factory import build_tiny_cnn, tiny_torch_model
 from pydantic import ValidationError
+from records import fake_model as make_model
+from records import fake_task as make_task
 
 from shift.catalog.onnx_import import register_onnx
 from shift.errors import (
@@ -26,25 +28,6 @@ from shift.records import InputSpec, ModelRecord
 from shift.store.migrations import migrations
 from shift.store.pools import BUILTIN_POOLS, RESNET50_PARAMS
 from shift.store.registry import Registry
-
-try:
-    from records import fake_model as make_model
-    from records import fake_task as make_task
-except ImportError:  # tests/ is a package
-    from tests.records import fake_model as make_model
-    from tests.records import fake_task as make_task
-
-try:
-    from onnx_factory import build_tiny_cnn, tiny_torch_model
-except ImportError:  # tests/ imported as a package
-    from tests.onnx_factory import build_tiny_cnn, tiny_torch_model
-
-
-@pytest.fixture
-def reg(tmp_path: Path) -> Iterator[Registry]:
-    r = Registry.open(tmp_path / "home")
-    yield r
-    r.close()
 
 
 def snapshot(r: Registry) -> tuple:

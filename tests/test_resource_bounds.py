@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import tracemalloc
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -27,13 +26,6 @@ from shift.store.images import STORE_CAP
 from shift.store.readers import read_image_folder, read_labels, read_npz
 from shift.store.registry import Registry
 from shift.store.tasks import TaskStore
-
-
-@pytest.fixture
-def reg(tmp_path: Path) -> Iterator[Registry]:
-    r = Registry.open(tmp_path / "home")
-    yield r
-    r.close()
 
 
 def _folder(

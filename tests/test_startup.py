@@ -14,13 +14,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from records import fake_model
 
 from shift.store.registry import Registry
-
-try:
-    from records import fake_model
-except ImportError:  # tests/ is a package
-    from tests.records import fake_model
 
 QUERY = "SELECT top 2 FROM pool all RANK BY agnostic"
 #: what a listing or a cached agnostic query has no use for: each costs start-up time

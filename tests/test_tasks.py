@@ -17,13 +17,6 @@ from shift.store.registry import Registry
 from shift.store.tasks import CHUNK_GRACE_S, TaskStore
 
 
-@pytest.fixture
-def reg(tmp_path: Path) -> Registry:
-    r = Registry.open(tmp_path / "home")
-    yield r
-    r.close()
-
-
 def write_pngs(
     root: Path, per_class: dict[str, int], size: int = 16, seed: int = 0, start: int = 0
 ) -> None:
