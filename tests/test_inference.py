@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from onnx_factory import build_tiny_cnn, tiny_torch_model
 
 from shift.errors import ModelFileError, ShiftError
 from shift.inference.executors import make_executor
@@ -22,11 +23,6 @@ from shift.inference.preprocess import preprocess
 from shift.inference.ray_executor import RayExecutor
 from shift.inference.ray_pool import plan_pool
 from shift.records import InputSpec, ModelRecord
-
-try:
-    from onnx_factory import build_tiny_cnn, tiny_torch_model
-except ImportError:  # tests/ is a package
-    from tests.onnx_factory import build_tiny_cnn, tiny_torch_model
 
 ROOT = Path(__file__).resolve().parent.parent
 CPU = ["CPUExecutionProvider"]

@@ -26,16 +26,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+from onnx_factory import build_tiny_cnn
 
 import shift
 from shift.catalog.onnx_import import register_onnx
 from shift.records import Samples
 from shift.store.tasks import TaskStore
-
-try:
-    from onnx_factory import build_tiny_cnn
-except ImportError:  # tests/ is a package
-    from tests.onnx_factory import build_tiny_cnn
 
 ROOT = Path(__file__).resolve().parent.parent
 RAY = str(Path(sys.executable).with_name("ray"))

@@ -19,6 +19,7 @@ pytest.importorskip("onnx2torch")
 import onnx  # noqa: E402
 import torch  # noqa: E402
 from onnx import TensorProto, helper  # noqa: E402
+from onnx_factory import build_tiny_cnn, tiny_torch_model
 from torch import nn  # noqa: E402
 
 from shift.catalog.onnx_import import register_onnx  # noqa: E402
@@ -37,11 +38,6 @@ from shift.inference.torch_convert import convert_onnx, model_opset  # noqa: E40
 from shift.records import InputSpec, ModelRecord, Samples  # noqa: E402
 from shift.store.registry import Registry  # noqa: E402
 from shift.store.tasks import TaskStore  # noqa: E402
-
-try:
-    from onnx_factory import build_tiny_cnn, tiny_torch_model
-except ImportError:  # tests/ is a package
-    from tests.onnx_factory import build_tiny_cnn, tiny_torch_model
 
 
 def images(n: int, seed: int, size: tuple[int, ...] = (32, 32, 3)) -> np.ndarray:

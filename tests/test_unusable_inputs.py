@@ -15,13 +15,14 @@ import io
 import json
 import os
 import warnings
-from collections.abc import Iterator
 from contextlib import redirect_stdout
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from cli_runner import cli, wide_consoles  # noqa: F401  (autouse fixture)
+from onnx_factory import build_endless_loop, build_tiny_cnn, tiny_torch_model, with_custom_op
 from PIL import Image
 
 import shift
@@ -31,20 +32,6 @@ from shift.inference.onnx_backend import OnnxEmbedder
 from shift.store.readers import read_image_folder
 from shift.store.registry import Registry
 from shift.store.tasks import TaskStore
-
-try:
-    from cli_runner import cli, wide_consoles  # noqa: F401  (autouse fixture)
-    from onnx_factory import build_tiny_cnn, tiny_torch_model, with_custom_op
-except ImportError:  # tests/ is a package
-    from tests.cli_runner import cli, wide_consoles  # noqa: F401
-    from tests.onnx_factory import build_tiny_cnn, tiny_torch_model, with_custom_op
-
-
-@pytest.fixture
-def reg(tmp_path: Path) -> Iterator[Registry]:
-    r = Registry.open(tmp_path / "home")
-    yield r
-    r.close()
 
 
 def _export(path: Path, batch: int, dynamic: bool) -> Path:
@@ -184,11 +171,6 @@ def test_a_model_that_does_not_finish_one_batch_is_refused(
     tmp_path: Path, reg: Registry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The run at add is bounded by the inference batch timeout ($SHIFT_BATCH_TIMEOUT_S)."""
-    try:
-        from test_hangs import build_endless_loop
-    except ImportError:  # tests/ is a package
-        from tests.test_hangs import build_endless_loop
-
     monkeypatch.setenv("SHIFT_BATCH_TIMEOUT_S", "0.5")
     endless = build_endless_loop(tmp_path / "endless.onnx").path
     before = _models(reg)

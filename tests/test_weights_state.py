@@ -186,10 +186,7 @@ def test_rerunning_weights_replaces_the_model_cleanly(
     the previous ONNX file in models/ and the scores cached under it, so `doctor` exited 1 on a
     healthy home. The registry moves to the new file, then the old one and its scores go; a
     re-run that fails leaves the model as it was."""
-    try:
-        from cli_runner import cli
-    except ImportError:  # tests/ is a package
-        from tests.cli_runner import cli
+    from cli_runner import cli
 
     torch.manual_seed(1)
     other = tmp_path / "mnv3-other.pth"
@@ -233,10 +230,7 @@ def test_cli_ranks_what_can_run_and_names_what_was_left_out(
     others (exit 0) and says which were left out, in the table's notes and in --json."""
     import json
 
-    try:
-        from cli_runner import cli
-    except ImportError:  # tests/ is a package
-        from tests.cli_runner import cli
+    from cli_runner import cli
 
     client.add_weights(MNV3, weight_files[MNV3])
     res = cli(client.home.registry_dir, "query", QUERY, "--format", "table")
