@@ -19,6 +19,7 @@ from shift.query.builder import select
 from shift.query.format import to_text
 from shift.query.parser import MAX_NESTING, MAX_QUERY_CHARS, parse, parse_number
 from shift.query.planner import plan_text
+from shift.query.steps import Agnostic, Hybrid, Order, ProxyCall, RankByProxy
 from shift.store.registry import Registry
 
 
@@ -504,11 +505,10 @@ def test_unknown_task_with_no_tasks(tmp_path: Path) -> None:
 
 def test_valid_plans(registry: Registry) -> None:
     p = plan_text("SELECT top 2 FROM pool resnet50 WHERE task=flowers", registry)
-    assert (p.pool, p.task, p.strategy, p.proxy, p.budget) == (
+    assert (p.pool, p.task, p.step, p.budget) == (
         "resnet50",
         "flowers",
-        "hybrid",
-        "linear",
+        Hybrid(ProxyCall("linear"), "flowers"),
         2,
     )
     assert p.ranker == "hybrid(linear)"
@@ -520,16 +520,17 @@ def test_valid_plans(registry: Registry) -> None:
         "RANK BY knn",
         registry,
     )
-    assert (p.task, p.strategy, p.proxy, p.budget) == ("flowers", "proxy", "knn", 3)
+    assert (p.task, p.step, p.budget) == ("flowers", RankByProxy(ProxyCall("knn"), "flowers"), 3)
     assert [f.label for f in p.filters] == ["params < 30M", "dim <= 2048"]
     assert p.where_sql[1] == [30_000_000, 2048]
 
     p = plan_text("SELECT top 2 FROM pool small", registry)
-    assert (p.task, p.strategy, p.budget) == (None, "agnostic", 2)
+    assert (p.task, p.step, p.budget) == (None, Agnostic(), 2)
     assert p.where_sql[1] == [10_000_000]
 
     p = plan_text("SELECT * FROM models ORDER BY imagenet_top1 DESC LIMIT 5", registry)
-    assert (p.strategy, p.budget, p.ranker) == ("order", 5, "ORDER BY imagenet_top1 DESC")
+    assert isinstance(p.step, Order)
+    assert (p.budget, p.ranker) == (5, "ORDER BY imagenet_top1 DESC")
 
     # values never enter the SQL text
     p = plan_text(r"SELECT * FROM models WHERE source = 'x\'; DROP TABLE models; --'", registry)

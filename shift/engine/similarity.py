@@ -23,7 +23,8 @@ read and an O(C²·D) computation.
 one fine-tuning result for the current task and model content) are the neighbours, with weights
 ``w = max(1 − d, 10⁻⁶)``. A model's score is ``Σ w_t acc(m, t) / Σ w_t`` over the neighbours
 where it has a result (its best accuracy over fine-tuning protocols); ``None`` (ranked last)
-where it has none. Ties go to the task-agnostic order.
+where it has none. Ties go to the task-agnostic order. The step runs in
+:class:`shift.engine.steps.similar.SimilarRunner`.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from shift.errors import QueryError, ShiftError
 from shift.query.planner import Plan
+from shift.query.steps import Similar
 from shift.records import ModelRecord
 
 if TYPE_CHECKING:  # numpy loads when a task vector is computed, not with every query
@@ -117,9 +119,15 @@ def _error(plan: Plan, msg: str, hint: str, key: str | None = None) -> QueryErro
     )
 
 
+def similar_step(plan: Plan) -> Similar:
+    """The plan's ``similar`` step."""
+    assert isinstance(plan.step, Similar)
+    return plan.step
+
+
 def probe_model(plan: Plan, registry: Registry) -> ModelRecord:
     """The probe: ``probe=NAME`` or the smallest registered model with weights (ties by name)."""
-    name = plan.similar.get("probe")
+    name = similar_step(plan).probe
     usable = [m for m in registry.models() if getattr(m, "weights", "present") == "present"]
     if name:
         found = [m for m in usable if m.name == name]
@@ -184,7 +192,7 @@ def neighbours(
         Neighbour(t, task_distance(target, _vector(eng, t, probe)), len(acc[t])) for t in tasks
     ]
     found.sort(key=lambda n: (n.distance, n.task))
-    return found[: int(plan.similar["k"])]
+    return found[: similar_step(plan).k]
 
 
 def similar_scores(
@@ -205,76 +213,4 @@ def no_history(plan: Plan) -> QueryError:
         "similar ranks by fine-tuning results on other tasks, but there are none for this pool",
         "fine-tune some models on other registered tasks first: `shift-cli finetune TASK --model M`"
         " (see SELECT * FROM finetunes)",
-    )
-
-
-def run_similar(
-    plan: Plan, registry: Registry, models: list[ModelRecord], engine: Any, info: dict[str, Any]
-) -> dict[str, float | None]:
-    """Scores of ``models`` by ``similar``; ``info`` gets the probe and the neighbours."""
-    acc, tasks = candidates(plan, registry, models)
-    if not tasks:
-        raise no_history(plan)
-    probe = probe_model(plan, registry)
-    near = neighbours(plan, engine(), probe, tasks, acc)
-    info["probe"] = probe.name
-    info["neighbours"] = [
-        {"task": n.task, "distance": round(n.distance, 6), "results": n.results} for n in near
-    ]
-    return similar_scores(near, acc, models)
-
-
-def explain_similar(
-    plan: Plan,
-    registry: Registry,
-    models: list[ModelRecord],
-    engine: Any,
-    steps: list[dict[str, Any]],
-    info: dict[str, Any],
-) -> None:
-    """EXPLAIN of ``similar``: the probe, the candidate tasks, and the neighbours with their
-    distances when the probe has indexed every task (else what it must embed first)."""
-    acc, tasks = candidates(plan, registry, models)
-    if not tasks:
-        raise no_history(plan)
-    probe = probe_model(plan, registry)
-    assert plan.task is not None
-    eng = engine()
-    todo = probe_ready(eng, [plan.task, *tasks], probe)
-    info["probe"] = probe.name
-    steps.append(
-        {
-            "step": "probe",
-            "detail": f"{probe.name} embeds every task"
-            + (f"; to embed: {', '.join(todo)}" if todo else " (all indexed)"),
-            "models": 1,
-        }
-    )
-    steps.append(
-        {
-            "step": "candidate tasks",
-            "detail": ", ".join(f"{t} ({len(acc[t])} results)" for t in tasks),
-            "models": len(tasks),
-        }
-    )
-    if todo:
-        info["neighbours"] = None
-        steps.append(
-            {
-                "step": "neighbours",
-                "detail": f"known once the probe has embedded {', '.join(todo)} (the query does)",
-                "models": None,
-            }
-        )
-        return
-    near = neighbours(plan, eng, probe, tasks, acc)
-    info["neighbours"] = [
-        {"task": n.task, "distance": round(n.distance, 6), "results": n.results} for n in near
-    ]
-    steps.append(
-        {
-            "step": f"neighbours (k={plan.similar['k']})",
-            "detail": ", ".join(f"{n.task} d={n.distance:.4f}" for n in near),
-            "models": sum(1 for m in models if any(m.sha256 in acc[n.task] for n in near)),
-        }
     )

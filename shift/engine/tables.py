@@ -5,7 +5,8 @@ The tables (:data:`shift.query.columns.TABLES`) join each cached result to the t
 belongs to, by their current content hashes: a result measured on an older state of a task or
 model is not shown (it is not a result for what is registered now). The WHERE clause and the
 ORDER BY column were checked against the table's columns when the query was planned; values are
-bound as parameters, never written into the SQL.
+bound as parameters, never written into the SQL. The step runs in
+:class:`shift.engine.steps.table.TableRunner`.
 """
 
 from __future__ import annotations
@@ -13,17 +14,21 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from shift.query.columns import TABLES
-from shift.query.planner import Plan
-from shift.records import Result, Timings
+from shift.query.planner import Filter
+from shift.query.steps import Table
 
 if TYPE_CHECKING:
     from shift.store.registry import Registry
 
 
-def _sql(plan: Plan, count: bool = False) -> tuple[str, list[Any]]:
-    assert plan.table is not None
-    table = TABLES[plan.table]
-    where, params = plan.where_sql
+def table_sql(
+    step: Table, filters: list[Filter], budget: int | None = None, count: bool = False
+) -> tuple[str, list[Any]]:
+    """The SQL (and its parameters) of the table's rows matching ``filters``, in the step's
+    order, at most ``budget``; ``count=True``: of their number."""
+    table = TABLES[step.table]
+    where = " AND ".join(f.sql for f in filters)
+    params = [p for f in filters for p in f.params]
     cols = ", ".join(f"{c.sql} AS {name}" for name, c in table.columns.items())
     sql = f"SELECT {'count(*)' if count else cols} FROM {table.sql_from}"
     if where:
@@ -31,68 +36,26 @@ def _sql(plan: Plan, count: bool = False) -> tuple[str, list[Any]]:
     if count:
         return sql, params
     order = table.default_order
-    if plan.order is not None:
-        col = table.columns[plan.order.column]
-        direction = "DESC" if plan.order.descending else "ASC"
+    if step.order is not None:
+        col = table.columns[step.order.column]
+        direction = "DESC" if step.order.descending else "ASC"
         order = f"({col.sql} IS NULL), {col.sql} {direction}, {order}"
     sql += f" ORDER BY {order}"
-    if plan.budget is not None:
+    if budget is not None:
         sql += " LIMIT ?"
-        params = [*params, plan.budget]
+        params = [*params, budget]
     return sql, params
 
 
-def table_rows(plan: Plan, registry: Registry) -> list[dict[str, Any]]:
-    """The table's rows matching the plan, in its order, at most ``plan.budget``."""
-    sql, params = _sql(plan)
+def table_rows(
+    step: Table, filters: list[Filter], budget: int | None, registry: Registry
+) -> list[dict[str, Any]]:
+    """The table's rows matching ``filters``, in the step's order, at most ``budget``."""
+    sql, params = table_sql(step, filters, budget)
     return list(registry.db.query(sql, params))
 
 
-def run_table(plan: Plan, registry: Registry, timings: Timings) -> Result:
-    assert plan.table is not None
-    rows = table_rows(plan, registry)
-    return Result(
-        query=plan.text,
-        columns=list(TABLES[plan.table].columns),
-        rows=rows,
-        plan={
-            "table": plan.table,
-            "filters": [f.label for f in plan.filters],
-            "order": None
-            if plan.order is None
-            else f"{plan.order.column} {'DESC' if plan.order.descending else 'ASC'}",
-            "limit": plan.budget,
-        },
-        timings=timings,
-    )
-
-
-def explain_table(plan: Plan, registry: Registry) -> Result:
-    """Rows after each filter, then the order and limit."""
-    assert plan.table is not None
-    full = Plan(text=plan.text, select=plan.select, pool="all", strategy="table", table=plan.table)
-    sql, params = _sql(full, count=True)
-    steps: list[dict[str, Any]] = [
-        {"step": f"all {plan.table}", "detail": "", "models": _one(registry, sql, params)}
-    ]
-    for i, f in enumerate(plan.filters):
-        full.filters = plan.filters[: i + 1]
-        sql, params = _sql(full, count=True)
-        steps.append({"step": "filter", "detail": f.label, "models": _one(registry, sql, params)})
-    order = (
-        f"{plan.order.column} {'DESC' if plan.order.descending else 'ASC'}"
-        if plan.order
-        else "by task (default)"
-    )
-    limit = f", keep {plan.budget}" if plan.budget is not None else ""
-    steps.append({"step": "order", "detail": order + limit, "models": None})
-    return Result(
-        query=plan.text,
-        columns=["step", "detail", "models"],
-        rows=steps,
-        plan={"table": plan.table, "steps": steps},
-    )
-
-
-def _one(registry: Registry, sql: str, params: list[Any]) -> int:
+def table_count(step: Table, filters: list[Filter], registry: Registry) -> int:
+    """How many of the table's rows match ``filters``."""
+    sql, params = table_sql(step, filters, count=True)
     return int(registry.db.execute(sql, params).fetchone()[0])

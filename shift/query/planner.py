@@ -1,5 +1,6 @@
 """AST → plan: resolve the pool, separate the task from model filters, check columns, values and
-the ranker, and compile filters to SQL. Every semantic error is a positioned ``QueryError``."""
+the ranker, and compile filters to SQL; the ranker becomes the plan's typed step
+(:mod:`shift.query.steps`). Every semantic error is a positioned ``QueryError``."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from shift.query.compile import column, compile_condition
 from shift.query.format import expr_text
 from shift.query.parser import parse, parse_condition
 from shift.query.rankers import resolve
+from shift.query.steps import Order, Step, Table
 from shift.query.syntax import did_you_mean, error_at
 from shift.records import PoolRecord
 
@@ -45,34 +47,22 @@ class Filter:
 
 @dataclass
 class Plan:
+    """A checked query: the pool's model filters, the task(s), the budget and the step that ranks
+    (or lists) the rows."""
+
     text: str
     select: ast.Select
     pool: str
+    step: Step
     filters: list[Filter] = field(default_factory=list)
     task: str | None = None
-    strategy: str = "agnostic"  # agnostic|proxy|hybrid|sh|meta|random|order|multi|similar|table
-    proxy: str | None = None
-    proxy_args: tuple = ()
     budget: int | None = None
-    order: ast.OrderBy | None = None
     #: every task the query names (``task = a`` or ``task IN (a, b)``); ``task`` when one
     tasks: list[str] = field(default_factory=list)
-    #: the proxy's settings as written (checked; {} for its defaults) and its full parameters
-    settings: dict[str, Any] = field(default_factory=dict)
-    params: dict[str, Any] = field(default_factory=dict)
-    aggregate: str | None = None  # multi: avg | min | max | avg_rank
-    similar: dict[str, Any] = field(default_factory=dict)  # similar: k, probe
-    table: str | None = None  # table: finetunes | scores
-
-    @property
-    def proxy_label(self) -> str:
-        """``knn`` or ``knn(k=5, metric=cosine)``: the proxy with its settings, sorted."""
-        if not self.settings:
-            return str(self.proxy)
-        return f"{self.proxy}({', '.join(f'{k}={v}' for k, v in sorted(self.settings.items()))})"
 
     @property
     def where_sql(self) -> tuple[str, list[Any]]:
+        """The filters AND-ed, with their parameters ("" for none)."""
         if not self.filters:
             return "", []
         return " AND ".join(f.sql for f in self.filters), [
@@ -81,26 +71,8 @@ class Plan:
 
     @property
     def ranker(self) -> str:
-        if self.strategy == "hybrid":
-            return f"hybrid({self.proxy_label})"
-        if self.strategy == "proxy":
-            return self.proxy_label
-        if self.strategy == "multi":
-            return f"{self.aggregate}({self.proxy_label})"
-        if self.strategy == "similar":
-            probe = f", probe={self.similar['probe']}" if self.similar.get("probe") else ""
-            return f"similar(k={self.similar['k']}{probe})"
-        if self.strategy == "table":
-            return "table"
-        if self.strategy in ("random", "meta"):
-            return f"{self.strategy}({self.proxy_args[0]})"
-        if self.strategy == "sh":
-            b, c = (x if x is not None else "auto" for x in self.proxy_args)
-            return f"sh({self.proxy}, {b}, {c})"
-        if self.strategy == "order":
-            assert self.order is not None
-            return f"ORDER BY {self.order.column} {'DESC' if self.order.descending else 'ASC'}"
-        return "agnostic"
+        """The step's label: ``hybrid(linear)``, ``ORDER BY params DESC``, ..."""
+        return self.step.label
 
 
 def check_condition(condition: str) -> str:
@@ -156,10 +128,11 @@ def plan(select: ast.Select, text: str, registry: Catalog) -> Plan:
             "use SELECT top N, or SELECT * ... LIMIT N",
         )
 
-    p = Plan(text=text, select=select, pool=pool.name)
+    filters: list[Filter] = []
+    tasks: list[str] = []
     pool_term = pool_filter(pool)
     if pool_term is not None:
-        p.filters.append(pool_term)
+        filters.append(pool_term)
 
     task_terms: list[ast.Compare | ast.InList] = []
     for term in ast.conjuncts(select.where):
@@ -187,7 +160,7 @@ def plan(select: ast.Select, text: str, registry: Catalog) -> Plan:
             task_terms.append(term)
             continue
         sql, params = compile_condition(term, text)
-        p.filters.append(Filter(_describe(term, text), sql, params))
+        filters.append(Filter(_describe(term, text), sql, params))
 
     for term in task_terms:
         values = [term.value] if isinstance(term, ast.Compare) else list(term.values)
@@ -206,9 +179,8 @@ def plan(select: ast.Select, text: str, registry: Catalog) -> Plan:
                         else "no tasks yet: add one with `shift-cli tasks add`"
                     ),
                 )
-            if name not in p.tasks:
-                p.tasks.append(name)
-    p.task = p.tasks[0] if len(p.tasks) == 1 else None
+            if name not in tasks:
+                tasks.append(name)
 
     if select.order is not None:
         column(select.order.column, select.order.pos, text)
@@ -221,26 +193,32 @@ def plan(select: ast.Select, text: str, registry: Catalog) -> Plan:
                 "use either RANK BY or ORDER BY",
                 "RANK BY ranks models for a task; ORDER BY sorts by a column",
             )
-        if p.tasks:
+        if tasks:
             raise error_at(
                 text,
                 select.order.pos,
                 "ORDER BY sorts by a column and ignores the task",
                 f"rank for the task with RANK BY (default {DEFAULT_TASK_RANKER})",
             )
-        p.strategy, p.order = "order", select.order
+        step: Step = Order(select.order)
     else:
         if select.rank is not None:
             ranker = select.rank
-        elif len(p.tasks) > 1:
+        elif len(tasks) > 1:
             ranker = DEFAULT_MULTI_RANKER
         else:
-            ranker = DEFAULT_TASK_RANKER if p.tasks else DEFAULT_RANKER
-        r = resolve(text, ranker, len(p.tasks))
-        p.strategy, p.proxy, p.proxy_args = r.strategy, r.proxy, r.proxy_args
-        p.settings, p.params, p.aggregate, p.similar = r.settings, r.params, r.aggregate, r.similar
-    p.budget = select.top if select.top is not None else select.limit
-    return p
+            ranker = DEFAULT_TASK_RANKER if tasks else DEFAULT_RANKER
+        step = resolve(text, ranker, tasks)
+    return Plan(
+        text=text,
+        select=select,
+        pool=pool.name,
+        step=step,
+        filters=filters,
+        task=tasks[0] if len(tasks) == 1 else None,
+        budget=select.top if select.top is not None else select.limit,
+        tasks=tasks,
+    )
 
 
 def plan_table(select: ast.Select, text: str) -> Plan:
@@ -265,15 +243,20 @@ def plan_table(select: ast.Select, text: str) -> Plan:
             "LIMIT and top both cap the result",
             "use SELECT top N, or SELECT * ... LIMIT N",
         )
-    p = Plan(text=text, select=select, pool="all", strategy="table", table=select.table)
+    filters = []
     for term in ast.conjuncts(select.where):
         sql, params = compile_condition(term, text, table.columns, select.table)
-        p.filters.append(Filter(_describe(term, text), sql, params))
+        filters.append(Filter(_describe(term, text), sql, params))
     if select.order is not None:
         column(select.order.column, select.order.pos, text, table.columns, select.table)
-        p.order = select.order
-    p.budget = select.top if select.top is not None else select.limit
-    return p
+    return Plan(
+        text=text,
+        select=select,
+        pool="all",
+        step=Table(select.table, select.order),
+        filters=filters,
+        budget=select.top if select.top is not None else select.limit,
+    )
 
 
 def _describe(term: ast.Expr, text: str) -> str:

@@ -1,5 +1,6 @@
-"""``RANK BY`` → what to run: the strategy, the proxy and its checked settings, the aggregate over
-several tasks, or the task-similarity ranker. Every error is a positioned ``QueryError``.
+"""``RANK BY`` → the plan's step (:mod:`shift.query.steps`): the ranker, its proxy with checked
+settings, the aggregate over several tasks, or the task-similarity ranker. Every error is a
+positioned ``QueryError``.
 
 * ``PROXY`` or ``PROXY(name=value, ...)``: a proxy with settings checked against its declared
   parameters (:mod:`shift.scoring.args`); ``hybrid(PROXY(...))`` likewise.
@@ -13,30 +14,27 @@ several tasks, or the task-similarity ranker. Every error is a positioned ``Quer
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 from shift.query import ast
+from shift.query.steps import (
+    Agnostic,
+    Halving,
+    Hybrid,
+    Meta,
+    MultiTask,
+    ProxyCall,
+    Random,
+    RankByProxy,
+    Similar,
+    Step,
+)
 from shift.query.syntax import did_you_mean, error_at
 
 AGGREGATES = ("avg", "min", "max", "avg_rank")
 #: ``similar``'s settings: neighbours (1 to 100) and the probe model (default: the smallest)
 SIMILAR_K = 3
 SIMILAR_MAX_K = 100
-
-
-@dataclass
-class Resolved:
-    """What a ranker asks for. ``settings``: the proxy's parameter values as the query wrote
-    them, checked (an empty dict for the defaults); ``params``: the proxy's full parameters."""
-
-    strategy: str  # agnostic | proxy | hybrid | sh | meta | random | multi | similar
-    proxy: str | None = None
-    proxy_args: tuple = ()
-    settings: dict[str, Any] = field(default_factory=dict)
-    params: dict[str, Any] = field(default_factory=dict)
-    aggregate: str | None = None
-    similar: dict[str, Any] = field(default_factory=dict)
 
 
 def _valid() -> str:
@@ -49,8 +47,8 @@ def _valid() -> str:
     )
 
 
-def _proxy(text: str, r: ast.Ranker) -> tuple[str, dict[str, Any], dict[str, Any]]:
-    """A proxy node (no positional arguments) → its name, checked settings and parameters."""
+def _proxy(text: str, r: ast.Ranker) -> ProxyCall:
+    """A proxy node (no positional arguments) → the proxy with its checked settings."""
     from shift.scoring.args import ArgError
     from shift.scoring.proxies import PROXIES, get_proxy
 
@@ -73,10 +71,10 @@ def _proxy(text: str, r: ast.Ranker) -> tuple[str, dict[str, Any], dict[str, Any
         )
     settings = dict(r.kwargs)
     try:
-        bound = spec.bind(settings)
+        spec.bind(settings)
     except ArgError as e:
         raise error_at(text, r.kwarg_span(e.arg), e.message, e.hint) from None
-    return r.name, settings, bound.params
+    return ProxyCall(r.name, settings)
 
 
 def _example(spec: Any) -> str:
@@ -94,19 +92,20 @@ def _inner(text: str, r: ast.Ranker, what: str) -> ast.Ranker:
     return ast.Ranker(a, pos=r.arg_span(0)) if isinstance(a, str) else a
 
 
-def resolve(text: str, r: ast.Ranker, n_tasks: int) -> Resolved:
-    """Check ranker ``r`` for a query naming ``n_tasks`` tasks."""
+def resolve(text: str, r: ast.Ranker, tasks: list[str]) -> Step:
+    """Check ranker ``r`` for a query naming ``tasks``; the step that runs it."""
+    n_tasks = len(tasks)
+    task = tasks[0] if n_tasks == 1 else None
     if r.name in ("agnostic", "random"):
         _no_kwargs(text, r)
         if r.name == "agnostic":
             if r.args:
                 raise error_at(text, r.pos, "agnostic takes no arguments", "write RANK BY agnostic")
-            return Resolved("agnostic")
-        if len(r.args) > 1 or (
-            r.args and (not isinstance(r.args[0], int) or isinstance(r.args[0], bool))
-        ):
+            return Agnostic(task)
+        seed = r.args[0] if r.args else 0
+        if len(r.args) > 1 or not isinstance(seed, int) or isinstance(seed, bool):
             raise error_at(text, r.pos, "random takes one integer seed", "e.g. RANK BY random(7)")
-        return Resolved("random", proxy_args=(r.args[0] if r.args else 0,))
+        return Random(seed)
     from shift.scoring.proxies import PROXIES  # numpy and the proxies: not for agnostic
 
     if n_tasks > 1 and r.name in ("meta", "sh", "hybrid", "similar"):
@@ -129,24 +128,26 @@ def resolve(text: str, r: ast.Ranker, n_tasks: int) -> Resolved:
                 f"unknown fine-tuning table {table!r}",
                 "tables: " + ", ".join(tables) + "; e.g. RANK BY meta(vtab1k)",
             )
-        return Resolved("meta", proxy_args=(table,))
+        return Meta(table, task)
     if r.name == "similar":
-        return _similar(text, r, n_tasks)
+        return _similar(text, r, task)
     if r.name == "sh":
-        return _halving(text, r, n_tasks)
+        return _halving(text, r, task)
     if r.name in AGGREGATES or (n_tasks > 1 and r.name in PROXIES):
         inner = _inner(text, r, "linear") if r.name in AGGREGATES else r
-        name, settings, params = _proxy(text, inner)
+        proxy = _proxy(text, inner)
         _needs_task(text, r, n_tasks)
         agg = r.name if r.name in AGGREGATES else "avg_rank"
-        return Resolved("multi", name, (), settings, params, aggregate=agg)
+        return MultiTask(proxy, tuple(tasks), agg)
     if r.name == "hybrid":
-        name, settings, params = _proxy(text, _inner(text, r, "linear"))
+        proxy = _proxy(text, _inner(text, r, "linear"))
         _needs_task(text, r, n_tasks)
-        return Resolved("hybrid", name, (), settings, params)
-    name, settings, params = _proxy(text, r)
+        assert task is not None
+        return Hybrid(proxy, task)
+    proxy = _proxy(text, r)
     _needs_task(text, r, n_tasks)
-    return Resolved("proxy", name, (), settings, params)
+    assert task is not None
+    return RankByProxy(proxy, task)
 
 
 def _no_kwargs(text: str, r: ast.Ranker) -> None:
@@ -169,7 +170,7 @@ def _needs_task(text: str, r: ast.Ranker, n_tasks: int) -> None:
         )
 
 
-def _halving(text: str, r: ast.Ranker, n_tasks: int) -> Resolved:
+def _halving(text: str, r: ast.Ranker, task: str | None) -> Halving:
     from shift.scoring.proxies import PROXIES
 
     _no_kwargs(text, r)
@@ -187,20 +188,18 @@ def _halving(text: str, r: ast.Ranker, n_tasks: int) -> Resolved:
             "sh takes a proxy and optional budget and chunk",
             "e.g. RANK BY sh(linear) or sh(knn, auto, 50); proxies: " + ", ".join(sorted(PROXIES)),
         )
-    if n_tasks == 0:
+    if task is None:
         raise error_at(
             text,
             r.pos,
             f"RANK BY {r} needs a task",
             "add WHERE task=NAME (see `shift-cli tasks list`)",
         )
-    budget, chunk = (list(extra) + ["auto", "auto"])[:2]
-    return Resolved(
-        "sh", proxy, (None if budget == "auto" else budget, None if chunk == "auto" else chunk)
-    )
+    budget, chunk = (a if isinstance(a, int) else None for a in [*extra, "auto", "auto"][:2])
+    return Halving(ProxyCall(proxy), task, budget, chunk)
 
 
-def _similar(text: str, r: ast.Ranker, n_tasks: int) -> Resolved:
+def _similar(text: str, r: ast.Ranker, task: str | None) -> Similar:
     if r.args:
         raise error_at(
             text,
@@ -231,11 +230,11 @@ def _similar(text: str, r: ast.Ranker, n_tasks: int) -> Resolved:
                 "the registry's smallest model)",
             )
         opts[key] = v
-    if n_tasks == 0:
+    if task is None:
         raise error_at(
             text,
             r.pos,
             f"RANK BY {r} finds tasks similar to the query's task, but the query names none",
             "add WHERE task=NAME (see `shift-cli tasks list`)",
         )
-    return Resolved("similar", similar=opts)
+    return Similar(task, opts["k"], opts["probe"])
