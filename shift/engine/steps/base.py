@@ -262,6 +262,27 @@ def check_weights(
     )
 
 
+def explain_weights(
+    models: list[ModelRecord], rows: list[dict[str, Any]], info: dict[str, Any]
+) -> list[ModelRecord]:
+    """EXPLAIN of a step that embeds: the models without weights get a ``weights`` row and
+    ``info["weights_missing"]``; returns the others (the ones the engine's status is for)."""
+    missing = [m.name for m in models if not m.has_weights]
+    if not missing:
+        return models
+    info["weights_missing"] = missing
+    rows.append(
+        {
+            "step": "weights",
+            "detail": "missing (the query fails before any work): "
+            + ", ".join(missing[:5])
+            + (", ..." if len(missing) > 5 else ""),
+            "models": len(missing),
+        }
+    )
+    return [m for m in models if m.has_weights]
+
+
 def engine_scores(
     eng: Any, task: str, models: list[ModelRecord], proxy: ProxyCall
 ) -> dict[str, float | None]:

@@ -14,6 +14,7 @@ from shift.engine.steps.base import (
     engine_failures,
     engine_scores,
     engine_status,
+    explain_weights,
     model_row,
 )
 from shift.query.steps import MultiTask
@@ -78,11 +79,12 @@ class MultiTaskRunner(Runner[MultiTask]):
     def explain_work(
         self, step: MultiTask, cx: Context, rows: list[dict[str, Any]], info: dict[str, Any]
     ) -> None:
-        """Per task: embed, score (cached vs to compute); ``info["work"]`` is
+        """Models without weights (left out), then per task: embed, score (cached vs to
+        compute); ``info["work"]`` is
         ``{"tasks": {task: status}, "estimate": ..., "to_score": ...}``."""
         info["tasks"] = list(step.tasks)
+        models = explain_weights(cx.models(), rows, info)
         eng = cx.engine()
-        models = cx.models()
         work: dict[str, Any] = {"tasks": {}}
         for task in step.tasks:
             st = engine_status(eng, task, models, step.proxy)

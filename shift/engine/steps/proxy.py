@@ -13,6 +13,7 @@ from shift.engine.steps.base import (
     engine_failures,
     engine_scores,
     engine_status,
+    explain_weights,
 )
 from shift.query.steps import Halving, Hybrid, RankByProxy, TaskProxyStep
 from shift.records import ModelRecord
@@ -39,20 +40,7 @@ class EmbeddingRunner(RankedRunner[T]):
         self, step: T, cx: Context, rows: list[dict[str, Any]], info: dict[str, Any]
     ) -> None:
         task, proxy = step.task, step.proxy
-        models = cx.models()
-        missing = [m.name for m in models if not m.has_weights]
-        if missing:  # the query would fail before any work: say so, and why
-            info["weights_missing"] = missing
-            rows.append(
-                {
-                    "step": "weights",
-                    "detail": "missing (the query fails before any work): "
-                    + ", ".join(missing[:5])
-                    + (", ..." if len(missing) > 5 else ""),
-                    "models": len(missing),
-                }
-            )
-            models = [m for m in models if m.has_weights]
+        models = explain_weights(cx.models(), rows, info)
         status = engine_status(cx.engine(), task, models, proxy)
         info["work"] = status
         rows.append(
