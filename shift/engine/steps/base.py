@@ -274,7 +274,11 @@ def explain_weights(
     rows.append(
         {
             "step": "weights",
-            "detail": "missing (the query fails before any work): "
+            "detail": (
+                "missing, left out of the ranking: "
+                if len(missing) < len(models)
+                else "missing for every model (the query fails before any work): "
+            )
             + ", ".join(missing[:5])
             + (", ..." if len(missing) > 5 else ""),
             "models": len(missing),
