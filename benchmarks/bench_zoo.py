@@ -150,6 +150,7 @@ def export_zoo(c: Any, root: Path, models: int, size: int) -> dict[str, dict[str
     from shift.catalog.importer import export
     from shift.catalog.onnx_import import register_onnx
     from shift.catalog.sources.torchvision_models import Embedder
+    from shift.catalog.sources.weights import infer_output_shapes
     from shift.records import InputSpec
 
     out = {}
@@ -166,6 +167,7 @@ def export_zoo(c: Any, root: Path, models: int, size: int) -> dict[str, dict[str
             kw = {"image_size": size} if arch.startswith("vit_") else {}
             net = Embedder(tvm.get_model(arch, weights=None, **kw)).eval()
             export(net, _Target(name, InputSpec(height=size, width=size)), base, opset=17)
+            infer_output_shapes(base)  # ViT's embedding width comes out symbolic otherwise
             shutil.copyfile(base, path)
         register_onnx(c.registry, path, name, family=arch)
         out[name] = {"architecture": arch, "export_s": round(time.perf_counter() - t0, 3)}

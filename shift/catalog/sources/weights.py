@@ -70,7 +70,7 @@ def attach_weights(
     with tempfile.TemporaryDirectory(prefix="shift-export-") as d:
         onnx_path = Path(d) / f"{name}.onnx"
         export(module, _Target(name, rec.input), onnx_path, opset=OPSET)
-        _infer_output_shapes(onnx_path)
+        infer_output_shapes(onnx_path)
         new = register_onnx(
             registry,
             onnx_path,
@@ -86,7 +86,7 @@ def attach_weights(
     return new
 
 
-def _infer_output_shapes(path: Path) -> None:
+def infer_output_shapes(path: Path) -> None:
     """Give the graph's outputs the static sizes ONNX's shape inference finds where torch's
     exporter left them symbolic (transformers' attention reshapes with sizes read at run time, so
     the embedding's width came out as ``Reshapeembedding_dim_1``); the file is rewritten only
