@@ -45,6 +45,7 @@ def test_invalid_catalog_is_refused(tmp_path: Path) -> None:
         load_catalog(bad)
 
 
+@pytest.mark.slow  # ~6 s each: a real generalist exported to ONNX and run
 @pytest.mark.parametrize("name", ["mobilenet-v2", "efficientnet-lite0"])
 def test_export_matches_torch(tmp_path: Path, name: str) -> None:
     import onnxruntime as ort

@@ -63,6 +63,7 @@ def _run(args: list[str], cache: Path) -> tuple[subprocess.CompletedProcess[str]
     )
 
 
+@pytest.mark.slow  # ~8 s: a fresh interpreter per source, each measured without torch
 def test_a_torchvision_typo_is_answered_without_importing_torch(tmp_path: Path) -> None:
     cache, home = tmp_path / "cache", tmp_path / "home"
     args = ["models", "import", "torchvision", "resnet51", "--home"]

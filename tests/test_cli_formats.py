@@ -113,6 +113,7 @@ def test_every_command_takes_json_and_format() -> None:
         assert {"--json", "--format"} <= opts, path
 
 
+@pytest.mark.slow  # ~12 s: every command once, models imported from torchvision
 def test_every_command_prints_json(
     small_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -63,6 +63,7 @@ def test_a_damaged_entry_is_trained_again(spec: Any, monkeypatch: pytest.MonkeyP
     assert expert_cache.cached_expert(spec, epochs=1, n=160)[1]["cached"] is True
 
 
+@pytest.mark.slow  # ~12 s: two processes train experts, then a sequential run
 def test_warm_trains_missing_experts_in_parallel_processes(
     spec: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

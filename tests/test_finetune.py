@@ -192,6 +192,7 @@ def _train_copy(sharp_expert: dict, protocol: FinetuneProtocol) -> dict:
     return ft._train(copy.deepcopy(d["module"]), d["x"], d["y"], d["is_train"], 10, protocol)
 
 
+@pytest.mark.slow  # ~17 s with the sharp_expert fixture (an MNIST expert trained for it)
 def test_fine_tuning_never_falls_below_the_warmed_up_head(sharp_expert: dict) -> None:
     """The regression behind the clipping: in eval mode and without clipping, a few SGD steps at
     lr 0.01 took this expert from ~93 % to chance. Every epoch must stay near the linear probe it
@@ -203,6 +204,7 @@ def test_fine_tuning_never_falls_below_the_warmed_up_head(sharp_expert: dict) ->
     assert d["accuracy"] >= d["head_accuracy"]
 
 
+@pytest.mark.slow  # needs the sharp_expert fixture (~11 s to train)
 def test_epoch_zero_is_the_warmed_up_head(sharp_expert: dict) -> None:
     """When no fine-tuning epoch beats the warmed-up head (here: clipping switched off, so the
     runs diverge), the result is the head's accuracy at epoch 0, not the diverged runs'."""

@@ -170,6 +170,7 @@ shutdown_ray()
 
 
 @pytest.mark.ray
+@pytest.mark.slow  # ~7 s each: a foreign Ray started with `ray start`
 @pytest.mark.parametrize("how", ["RAY_ADDRESS", "ray_current_cluster"])
 def test_local_ray_never_joins_a_foreign_one(how: str) -> None:
     """$RAY_ADDRESS, or a stale ``ray_current_cluster`` file, pointing at a dead cluster: shift

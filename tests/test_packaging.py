@@ -59,6 +59,7 @@ def test_the_wheel_holds_the_shipped_data(wheel: Path) -> None:
     assert not any(n.startswith(("registry/", "tests/", "benchmarks/")) for n in names)
 
 
+@pytest.mark.slow  # ~8 s: the wheel run from outside the checkout in fresh interpreters
 def test_an_installed_copy_finds_the_catalog_and_the_vtab_table(
     wheel: Path, tmp_path: Path
 ) -> None:

@@ -370,6 +370,7 @@ def _release(barrier: Path, procs: list[subprocess.Popen[str]], n: int) -> None:
     (barrier / "go").touch()
 
 
+@pytest.mark.slow  # ~13 s: several processes query and index one home
 def test_processes_query_and_index_one_home_at_once(tmp_path: Path, onnx_files: list[Path]) -> None:
     home = make_home(tmp_path / "home", onnx_files, n_models=3)
     barrier = tmp_path / "barrier"

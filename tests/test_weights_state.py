@@ -125,6 +125,7 @@ def test_weightless_models_rank_agnostically_and_refuse_task_work(client: shift.
     assert client.registry.model_names() == [MNV3]
 
 
+@pytest.mark.slow  # ~8 s: real torchvision weights converted, indexed and ranked
 def test_local_weights_index_and_rank_like_a_catalog_model(
     client: shift.Client, weight_files: dict[str, Path], tmp_path: Path
 ) -> None:
@@ -176,6 +177,7 @@ def test_weights_that_do_not_fit_are_refused(
     assert client.model(MNV3).weights == "missing"
 
 
+@pytest.mark.slow  # ~7 s: real torchvision weights converted twice
 def test_rerunning_weights_replaces_the_model_cleanly(
     client: shift.Client,
     weight_files: dict[str, Path],
