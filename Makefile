@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export HNSWLIB_NO_NATIVE := 1
 
-.PHONY: install test lint format demo bench clean
+.PHONY: install test test-fast lint format demo bench clean
 
 install: $(BIN)/shift
 
@@ -17,6 +17,10 @@ $(BIN)/shift: pyproject.toml
 
 test: install
 	$(BIN)/pytest -q
+
+# the quick loop: everything but the tests marked slow (pyproject.toml lists why each is)
+test-fast: install
+	$(BIN)/pytest -q -m "not slow"
 
 lint: install
 	$(BIN)/ruff check shift tests benchmarks
