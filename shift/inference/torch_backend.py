@@ -15,6 +15,8 @@ end path on an H100 run at 53-208 img/s against 13,000-18,000 img/s for ``embed`
 
 Before a (model, backend) pair is first used, the converted graph is checked against ONNX
 Runtime (``torch_check``); a model whose conversion disagrees is refused with ``BackendError``.
+An agreement, and a graph that had to be lowered to opset 17, are kept in the home's torch cache
+(``torch_cache``), so a model file in a home is lowered and checked once, not once per process.
 torch, onnx and onnx2torch are imported when an embedder is built, never at module import.
 """
 
@@ -24,6 +26,7 @@ import logging
 import os
 import queue
 import threading
+import time
 import weakref
 from concurrent.futures import Future
 from pathlib import Path
@@ -112,8 +115,11 @@ class TorchEmbedder:
     warning). ``precision``: "fp32" or "bf16" (autocast), see ``pick_precision``.
     ``intra_op_threads`` sets torch's CPU threads (process-wide). ``providers`` is what runs,
     e.g. ``["torch-cuda-bf16"]``. ``verify=False`` skips the check against ONNX Runtime (the
-    check itself uses it). Raises ``ModelFileError`` for a missing file and ``BackendError`` when
-    onnx2torch is missing, the graph cannot be converted or it disagrees with ONNX Runtime.
+    check itself uses it). ``timings`` holds the seconds of each step of loading ("convert",
+    "device", "check") and ``verdict`` where the check's verdict came from ("checked",
+    "memory", "disk", or "" unchecked). Raises ``ModelFileError`` for a missing file and
+    ``BackendError`` when onnx2torch is missing, the graph cannot be converted or it disagrees
+    with ONNX Runtime.
     """
 
     def __init__(
@@ -137,8 +143,12 @@ class TorchEmbedder:
         self.providers = [f"torch-{self._device}-{self.precision}"]
         if intra_op_threads is not None and self._device == "cpu":
             torch.set_num_threads(max(1, int(intra_op_threads)))
+        t0 = time.perf_counter()
         converted = convert_onnx(self.model_path, record)
+        t1 = time.perf_counter()
         self.route = converted.route
+        self.model_sha256 = converted.sha256  # the file's, when the disk cache is in use
+        self.graph_cached = converted.cached
         self._channels_last = self._device == "cuda" and record.input.layout == "NCHW"
         module = converted.module.to(self._device)
         if self._channels_last:
@@ -154,10 +164,14 @@ class TorchEmbedder:
         self._worker = _Worker(f"shift-torch-{record.name}")
         self._worker_id = self._worker.ident
         weakref.finalize(self, self._worker.stop)  # the thread ends with the embedder
+        t2 = time.perf_counter()
+        self.timings = {"convert": t1 - t0, "device": t2 - t1, "check": 0.0}
+        self.verdict = ""
         if verify:
             from shift.inference.torch_check import check_against_onnxruntime
 
-            check_against_onnxruntime(self, BACKEND)
+            self.verdict = check_against_onnxruntime(self, BACKEND)
+            self.timings["check"] = time.perf_counter() - t2
 
     @property
     def device(self) -> str:

@@ -4,7 +4,9 @@ A fixed batch (``check_images``: two seeded noise images and two ramps at the mo
 goes through the backend in fp32 and through ONNX Runtime on CPU; every row of the embeddings,
 and of the logits when the model has a head, must have cosine >= ``MIN_COSINE`` to ONNX
 Runtime's. The verdict is kept per process by (model sha256, backend) and what else the
-check depends on (the outputs read and the input spec), refusals included.
+check depends on (the outputs read and the input spec), refusals included; an agreement is also
+kept on disk in the home's torch cache (``torch_cache``), keyed by all of that plus the device,
+the converted module's structure and the runtimes' versions, so a re-run checks nothing.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from shift.errors import BackendError, ShiftError
 from shift.records import InputSpec
 
 MIN_COSINE = 0.999
+CHECK_BATCH = 1  # the version of ``check_images``: bump when the check batch changes
 _VERDICTS: dict[tuple[str, ...], str | None] = {}  # verdict_key -> None (agrees) or why not
 
 
@@ -74,14 +77,64 @@ def verdict_key(rec: Any, backend: str) -> tuple[str, ...]:
     return (rec.sha256, backend, rec.input_name, rec.output, rec.head_output or "", spec)
 
 
-def check_against_onnxruntime(embedder: Any, backend: str) -> None:
+def disk_verdict_key(embedder: Any, backend: str) -> str:
+    """The torch cache's key for ``embedder``'s verdict: ``verdict_key``'s parts with the model
+    file's sha256 (``embedder.model_sha256``), the device, the converted module's structure,
+    the runtimes' versions and the check's settings."""
+    from shift.inference.torch_cache import digest, module_fingerprint, runtime_versions
+
+    rec = embedder.record
+    return digest(
+        "verdict",
+        {
+            "sha256": embedder.model_sha256,
+            "backend": backend,
+            "record": list(verdict_key(rec, backend)[2:]),
+            "device": embedder.device,
+            "module": module_fingerprint(embedder.module),
+            "versions": runtime_versions(),
+            "min_cosine": MIN_COSINE,
+            "check_batch": CHECK_BATCH,
+        },
+    )
+
+
+def _disk_cache(embedder: Any) -> Any:
+    """The torch cache for ``embedder``'s model, or None (no cache, or nothing to key by)."""
+    from shift.inference.torch_cache import TorchCache
+
+    if not getattr(embedder, "model_sha256", "") or getattr(embedder, "module", None) is None:
+        return None
+    return TorchCache.for_model(embedder.model_path)
+
+
+def check_against_onnxruntime(embedder: Any, backend: str) -> str:
     """Raise ``BackendError`` when ``embedder`` (``record``, ``model_path``, ``route`` and
-    ``run(images, precision)``) disagrees with ONNX Runtime; checked once per process per
-    (model sha256, ``backend``)."""
+    ``run(images, precision)``; ``model_sha256`` and ``module`` for the disk cache) disagrees
+    with ONNX Runtime; checked once per process per (model sha256, ``backend``), and not at all
+    when the disk cache holds an agreement. Returns where the verdict came from: "checked",
+    "memory" or "disk"."""
     rec = embedder.record
     key = verdict_key(rec, backend)
+    source = "memory"
     if key not in _VERDICTS:
-        _VERDICTS[key] = _disagreement(embedder)
+        cache = _disk_cache(embedder)
+        disk_key = disk_verdict_key(embedder, backend) if cache is not None else ""
+        if cache is not None and cache.has_verdict(disk_key):
+            _VERDICTS[key], source = None, "disk"
+        else:
+            _VERDICTS[key], source = _disagreement(embedder), "checked"
+            if _VERDICTS[key] is None and cache is not None:
+                cache.put_verdict(
+                    disk_key,
+                    {
+                        "model": rec.name,
+                        "sha256": embedder.model_sha256,
+                        "backend": backend,
+                        "device": embedder.device,
+                        "route": embedder.route,
+                    },
+                )
     why = _VERDICTS[key]
     if why is not None:
         raise BackendError(
@@ -90,6 +143,7 @@ def check_against_onnxruntime(embedder: Any, backend: str) -> None:
             hint=f"use --backend onnxruntime for this model (checked in fp32 on a fixed batch; "
             f"per-row cosine >= {MIN_COSINE} required)",
         )
+    return source
 
 
 def forget_verdicts() -> None:

@@ -19,10 +19,15 @@ same tensors), and ``convert_onnx`` then tries, in order:
      (onnx2torch converts ``Pad`` 13). A ``Pad`` that uses either is refused.
 
 Whatever still fails is refused with a ``BackendError`` that names the operator.
+
+A graph that took route 2 or 3 is kept, lowered, in the home's torch cache (``torch_cache``,
+keyed by the file's sha256, the outputs and the target opset), so the next process converts it
+straight away: no failed first attempt, no version converter.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +35,8 @@ import numpy as np
 
 from shift.errors import BackendError
 from shift.records import ModelRecord
+
+log = logging.getLogger(__name__)
 
 #: the newest opset onnx2torch 1.5.15 converts throughout
 TORCH_OPSET = 17
@@ -43,11 +50,15 @@ INSTALL_HINT = (
 @dataclass
 class Converted:
     """A converted graph: ``module`` maps the model input to ``(embedding, logits?)`` in that
-    order; ``route`` says how it was obtained (e.g. "opset 17", "opset 20 -> 17")."""
+    order; ``route`` says how it was obtained (e.g. "opset 17", "opset 20 -> 17"). ``sha256``:
+    the model file's, when a disk cache is in use ("" otherwise); ``cached``: the lowered graph
+    came from that cache."""
 
     module: Any
     route: str
     opset: int
+    sha256: str = ""
+    cached: bool = False
 
 
 def import_onnx2torch() -> Any:
@@ -197,12 +208,49 @@ def _convert(onnx2torch: Any, model: Any) -> Any:
     return module.eval()
 
 
+def graph_key(sha256: str, record: ModelRecord) -> str:
+    """The torch cache's key for ``record``'s graph lowered to ``TORCH_OPSET``: the file's
+    content, the outputs kept, the input fed, the target opset and the converters' versions."""
+    from shift.inference.torch_cache import digest, runtime_versions
+
+    versions = runtime_versions()
+    return digest(
+        "graph",
+        {
+            "sha256": sha256,
+            "backend": "torch",
+            "opset": TORCH_OPSET,
+            "outputs": [record.output, record.head_output],
+            "input": record.input_name,
+            "onnx": versions["onnx"],
+            "onnx2torch": versions["onnx2torch"],
+        },
+    )
+
+
 def convert_onnx(model_path: str, record: ModelRecord) -> Converted:
     """``record``'s ONNX file as an eval-mode torch module (see the module doc for the route).
     Raises ``BackendError`` naming the model and the operator that cannot be converted."""
     import onnx
 
+    from shift.fsutil import sha256_file
+    from shift.inference.torch_cache import TorchCache
+
     onnx2torch = import_onnx2torch()
+    cache, sha, key = TorchCache.for_model(model_path), "", ""
+    if cache is not None:
+        try:
+            sha = sha256_file(model_path)
+            key = graph_key(sha, record)
+        except OSError:  # onnx.load below names the problem
+            cache = None
+    if cache is not None and (hit := cache.get_graph(key)) is not None:
+        lowered, meta = hit
+        try:
+            module = _convert(onnx2torch, lowered)
+            return Converted(module, meta["route"], int(meta.get("opset", 0)), sha, cached=True)
+        except Exception as e:  # an entry that no longer converts: converted afresh below
+            log.info("model %r: cached lowered graph did not convert: %s", record.name, e)
     try:
         model = onnx.load(model_path)
     except Exception as e:
@@ -219,7 +267,7 @@ def convert_onnx(model_path: str, record: ModelRecord) -> Converted:
             hint="use --backend onnxruntime for this model",
         )
     try:
-        return Converted(_convert(onnx2torch, model), f"opset {opset}", opset)
+        return Converted(_convert(onnx2torch, model), f"opset {opset}", opset, sha)
     except Exception as e:  # NotImplementedError: no converter for an (op, version)
         direct = first_line(e)
         if opset <= TORCH_OPSET:
@@ -230,9 +278,12 @@ def convert_onnx(model_path: str, record: ModelRecord) -> Converted:
         why = f"{direct}; to opset {TORCH_OPSET}: {first_line(e)}"
         raise _refuse(record, opset, why) from e
     try:
-        return Converted(_convert(onnx2torch, lowered), route, opset)
+        module = _convert(onnx2torch, lowered)
     except Exception as e:
         raise _refuse(record, opset, f"{route}: {first_line(e)}") from e
+    if cache is not None:
+        cache.put_graph(key, lowered, route, opset=opset, model=record.name)
+    return Converted(module, route, opset, sha)
 
 
 def _refuse(record: ModelRecord, opset: int, why: str) -> BackendError:
