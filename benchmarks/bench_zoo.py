@@ -350,7 +350,10 @@ def run_models(args: argparse.Namespace) -> dict[str, Any]:
             if rec.name in rep.failed:
                 per[rec.name] = {"failed": rep.failed[rec.name]}
                 continue
-            load = sum(loads)  # the model's load inside the index run
+            # the model's load inside the index run, as far as the run waited for it (a load
+            # ahead on an accelerator hides the rest behind the previous model)
+            waited = getattr(ix.executor, "load_waited", {})
+            load = waited.get(rec.name, sum(loads)) if waited else sum(loads)
             e2e = args.images / wall
             per[rec.name] = {
                 **models[rec.name],
