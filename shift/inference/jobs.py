@@ -18,7 +18,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterable, Sized
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
@@ -87,18 +87,6 @@ class JobFailure:
 
 ResultFn = Callable[[BatchResult], None]
 FailureFn = Callable[[JobFailure], None]
-
-
-class Executor(Protocol):
-    inference_calls: int
-
-    def run(
-        self,
-        jobs: list[EmbedJob],
-        on_result: ResultFn,
-        on_failure: FailureFn,
-        progress: bool = True,
-    ) -> None: ...
 
 
 def embed_batch(

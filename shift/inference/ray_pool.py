@@ -184,9 +184,6 @@ class EmbedWorker:
 
         return {"pid": os.getpid(), "node": self.node(), "gpus": list(ray.get_gpu_ids())}
 
-    def ping(self) -> bool:
-        return True
-
 
 def _run(
     embedder: Embedder,
