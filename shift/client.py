@@ -320,8 +320,9 @@ class Client:
         self, task: str, *, pool: str = "all", models: list[str] | None = None
     ) -> IndexReport:
         """Build (or reuse) the embedding indexes of ``task`` for every model in ``pool`` (or
-        the named ``models``); returns what was embedded, reused, relabelled and failed. Models
-        registered without weights are left out of a pool; named, they are refused at once."""
+        the named ``models``); returns what was embedded, kept, reused, relabelled and failed.
+        Models registered without weights are left out of a pool (``report.skipped``); named,
+        they are refused at once."""
         validate_name(task, "task name")
         self.task(task)  # a clear error for an unknown task, before any model is touched
         if models:
@@ -332,10 +333,15 @@ class Client:
                     f"no weights yet for {', '.join(missing)}: nothing to embed with",
                     hint="give them with `shift-cli models weights NAME --weights FILE|DIR`",
                 )
+            skipped: dict[str, str] = {}
         else:
-            recs = [m for m in self.models(pool) if m.has_weights]
+            recs = self.models(pool)
+            skipped = {m.name: "no weights" for m in recs if not m.has_weights}
+            recs = [m for m in recs if m.has_weights]
         self.engine.index(task, recs)
-        return self.engine.last_report
+        report = self.engine.last_report
+        report.skipped = skipped
+        return report
 
     def finetune(
         self,

@@ -385,6 +385,20 @@ def print_index_report(task: str, rep: Any, console: Console, errors: Console) -
         console.print(f"batches per Ray node: {spread}", highlight=False)
     for name, e in rep.failed.items():
         errors.print(f"[red]failed:[/red] {name}: {e}", highlight=False)
+    kept = getattr(rep, "kept", {})
+    if kept:
+        console.print(
+            f"kept from existing indexes: {sum(kept.values()):,} samples over {len(kept)} "
+            "models (only the rest was embedded)"
+        )
+    skipped = getattr(rep, "skipped", {})
+    if skipped:
+        console.print(
+            f"left out, no weights: {len(skipped)} models ({', '.join(list(skipped)[:5])}"
+            + (", ..." if len(skipped) > 5 else "")
+            + ")",
+            highlight=False,
+        )
     if getattr(rep, "prepared", 0):
         console.print(f"images prepared (resized once per geometry): {rep.prepared:,}")
 

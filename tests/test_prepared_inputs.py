@@ -111,6 +111,9 @@ def test_an_append_prepares_only_the_new_samples(client: shift.Client) -> None:
     client.append("t", samples(20, 40, seed=5))
     ix = _index(client)
     assert ix.last_report.prepared == 2 * 20
+    # what index reports: the old rows kept, only the new ones embedded (issue 21, item 6)
+    assert ix.last_report.kept == {"m0": 90, "m1": 90, "m2": 90}
+    assert ix.last_report.embedded == {"m0": 20, "m1": 20, "m2": 20}
 
 
 def test_a_task_of_mixed_sizes_is_not_prepared(client: shift.Client) -> None:

@@ -119,7 +119,8 @@ def test_weightless_models_rank_agnostically_and_refuse_task_work(client: shift.
 
     with pytest.raises(ShiftError, match="no weights yet for"):
         client.index("toy", models=[MNV3])
-    assert client.index("toy").embedded == {}  # a pool leaves weightless models out
+    rep = client.index("toy")  # a pool leaves weightless models out, and says so
+    assert rep.embedded == {} and sorted(rep.skipped) == sorted([MNV3, R18])
     assert client.doctor().ok
     client.drop_model(R18)
     assert client.registry.model_names() == [MNV3]

@@ -59,6 +59,11 @@ class IndexReport:
     seconds: float = 0.0
     backend: str = ""  # the concrete backend, with why when "auto" chose it
     prepared: int = 0  # images cropped/resized to a model geometry by this run
+    #: model -> samples of its existing index kept as they were (an append embeds only the rest;
+    #: a resumed build keeps the batches stored before it was interrupted)
+    kept: dict[str, int] = field(default_factory=dict)
+    #: models left out before any work, with why (a pool's models without weights)
+    skipped: dict[str, str] = field(default_factory=dict)
     #: wall seconds per phase: prepare (resize once per geometry), embed (models run, batches
     #: read ahead and written behind), commit (indexes assembled and committed, registry rows)
     phases: dict[str, float] = field(default_factory=dict)
@@ -319,6 +324,13 @@ class Indexer:
                 batches = _batches_of(ids, bs)
                 pending[name]["batches"] = batches
                 report.embedded[name] = sum(len(v) for b, v in batches.items() if b not in skip)
+                kept = (  # an append keeps the old index; a resumed build its stored batches
+                    len(w.old.sample_ids)
+                    if w.mode == "append"
+                    else sum(len(v) for b, v in batches.items() if b in skip)
+                )
+                if kept:
+                    report.kept[name] = kept
         t_prep = time.perf_counter()
         geoms, report.prepared = self._prepare(task, rows, todo)
         report.phases["prepare"] = time.perf_counter() - t_prep
