@@ -44,7 +44,7 @@ import os, signal, sys, time
 home, batch, fault = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 import hnswlib, onnxruntime  # imported before "start": the timed run is the indexing itself
 import shift.store.index.writer as ist
-from shift.engine.scoring import Engine
+from shift.engine.engine import Engine
 from shift.store.registry import Registry
 
 def mark(phase):
@@ -276,7 +276,7 @@ def _vectors(home: Path) -> dict[str, tuple[list[str], np.ndarray]]:
 
 
 def _rerun(home: Path, batch: int) -> tuple[int, float]:
-    from shift.engine.scoring import Engine
+    from shift.engine.engine import Engine
     from shift.store.registry import Registry
 
     with Registry.open(home) as reg:

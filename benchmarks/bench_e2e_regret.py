@@ -170,7 +170,7 @@ def measure_embedding(reg: Any, task: str, models: list[str]) -> dict[str, Any]:
     """Seconds to index ``task`` with ``models`` from scratch (in-process executor), in a copy of
     the home (registry.db copied, models/ and tasks/ linked) so the real indexes are untouched."""
     from shift.config import Home
-    from shift.engine.scoring import Engine
+    from shift.engine.engine import Engine
     from shift.store.registry import Registry
 
     with tempfile.TemporaryDirectory() as d:

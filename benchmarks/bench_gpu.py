@@ -192,7 +192,7 @@ def end_to_end(reg: Any, rec: Any, precision: str, batch: int) -> dict[str, Any]
     ``finalize`` (assembling the index, building its hnswlib graphs). Within the stream, the
     task-store reads (``read_s``) and the index batch writes (``write_s``) are timed apart: what
     is left (``embed_s``) is the backend's ``embed``, so the feeding costs are in the JSON."""
-    from shift.engine.scoring import Engine
+    from shift.engine.engine import Engine
     from shift.inference import local
     from shift.inference.torch_backend import PRECISION_ENV
     from shift.store.index.writer import IndexWriter

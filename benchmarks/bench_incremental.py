@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="the base model whose perturbed copies are indexed",
     )
     args = ap.parse_args(argv)
-    from shift.engine.scoring import Engine
+    from shift.engine.engine import Engine
 
     m = args.models
     x, y = blob_task(args.images, size=args.size)

@@ -29,7 +29,7 @@ BENCH=${BENCH:-bench_gpu}
 if [[ "${1:-}" == "--download" ]]; then  # on a machine with the index, not on the GPU machine
     set -e
     mkdir -p "$WHEELS"
-    # exactly what `import shift.engine.scoring` + the bench need beyond the image's packages
+    # exactly what `import shift.engine.engine` + the bench need beyond the image's packages
     # (torch, torchvision, onnx, onnxruntime, numpy, pillow), pinned to the versions tested here;
     # --no-deps: onnx2torch's own requirements (torch, torchvision) are the image's
     pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
@@ -79,7 +79,7 @@ fi
 "$PY" - >>"$LOG" 2>&1 <<'EOF' || log "an import failed (see the log): the bench records what it can"
 import importlib
 for m in ("torch", "torchvision", "onnx", "onnxruntime", "onnx2torch", "pydantic",
-          "sqlite_utils", "hnswlib", "shift.engine.scoring", "shift.inference.torch_backend"):
+          "sqlite_utils", "hnswlib", "shift.engine.engine", "shift.inference.torch_backend"):
     importlib.import_module(m)
     print("import ok:", m)
 EOF

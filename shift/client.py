@@ -87,7 +87,7 @@ class Client:
     def engine(self) -> Any:
         """The embedding/scoring engine, created on first use (imports the heavy parts then)."""
         if self._engine is None:
-            from shift.engine.scoring import Engine
+            from shift.engine.engine import Engine
 
             self._engine = Engine(self.registry, **self._engine_opts)
         return self._engine

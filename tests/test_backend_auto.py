@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from shift.catalog.onnx_import import register_onnx
 from shift.cli import app
-from shift.engine.scoring import Engine, model_cache_key
+from shift.engine.engine import Engine, model_cache_key
 from shift.errors import ShiftError
 from shift.inference import backend_auto
 from shift.inference.backend_auto import (

@@ -14,7 +14,7 @@ import pytest
 from onnx_factory import build_tiny_cnn
 
 from shift.catalog.onnx_import import register_onnx
-from shift.engine.scoring import Engine
+from shift.engine.engine import Engine
 from shift.errors import ShiftError
 from shift.inference import embedder as registry_module
 from shift.inference.backends import backend_factory, known_backends, make_embedder

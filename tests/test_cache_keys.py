@@ -14,7 +14,7 @@ import pytest
 from onnx_factory import build_tiny_cnn
 
 from shift.catalog.onnx_import import register_onnx
-from shift.engine.scoring import Engine, model_cache_key
+from shift.engine.engine import Engine, model_cache_key
 from shift.records import Samples
 from shift.store.index.meta import IndexKey, IndexMeta
 from shift.store.registry import Registry

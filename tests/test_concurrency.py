@@ -185,7 +185,7 @@ def test_appends_and_relabels_are_serialised(tmp_path: Path) -> None:
 
 
 def _mutate_or_query(home: str, role: str, barrier: Any, out: str) -> None:
-    from shift.engine.scoring import Engine
+    from shift.engine.engine import Engine
 
     errors, states = [], {}
     with Registry.open(home) as reg:
@@ -216,7 +216,7 @@ def _mutate_or_query(home: str, role: str, barrier: Any, out: str) -> None:
 def test_queries_during_appends_and_relabels_score_one_state(
     tmp_path: Path, tiny_models: dict[str, ModelRecord]
 ) -> None:
-    from shift.engine.scoring import Engine
+    from shift.engine.engine import Engine
     from shift.scoring.proxies import get_proxy
 
     home = tmp_path / "home"

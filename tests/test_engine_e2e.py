@@ -12,7 +12,7 @@ from onnx_factory import build_tiny_cnn, write_corrupt_model
 
 import shift
 from shift.catalog.onnx_import import register_onnx
-from shift.engine.scoring import model_cache_key, proxy_params_key
+from shift.engine.engine import model_cache_key, proxy_params_key
 from shift.records import Samples
 from shift.scoring.proxies import get_proxy
 from shift.store.index.meta import IndexKey

@@ -31,7 +31,7 @@ from shift.scoring.estimators import (
 from shift.scoring.estimators.leep import probability_tolerance
 from shift.scoring.knn import knn_accuracy
 from shift.scoring.linear import linear_probe
-from shift.scoring.registry import ProxySpec
+from shift.scoring.plugins import ProxySpec
 
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -234,7 +234,7 @@ def toy_home(tmp_path: Path) -> Iterator[tuple[Any, ModelRecord]]:
 def test_engine_never_caches_a_non_finite_score(
     toy_home: tuple[Any, ModelRecord], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from shift.engine.scoring import Engine
+    from shift.engine.engine import Engine
 
     reg, model = toy_home
     spec = ProxySpec("nanproxy", "", False, fn=lambda *a: 0.5, from_index=_NanFromIndex())

@@ -23,9 +23,8 @@ from typer.testing import CliRunner
 
 import shift
 from shift.catalog.onnx_import import register_onnx
+from shift.engine.engine import proxy_params_key
 from shift.engine.multitask import aggregate, task_ranks
-from shift.engine.scoring import proxy_params_key
-from shift.engine.similarity import task_distance, task_vector
 from shift.errors import QueryError
 from shift.query import ast
 from shift.query.builder import ranker, select, table
@@ -36,6 +35,7 @@ from shift.scoring.args import ArgError
 from shift.scoring.knn import k_nearest, knn_accuracy
 from shift.scoring.linear import linear_probe_scores
 from shift.scoring.proxies import get_proxy
+from shift.scoring.task_similarity import task_distance, task_vector
 from shift.store.tasks import TaskStore
 
 

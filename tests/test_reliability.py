@@ -311,7 +311,7 @@ import json, sys, time, traceback
 from pathlib import Path
 home, role, barrier, out, extra = sys.argv[1:6]
 import shift
-from shift.engine.scoring import Engine
+from shift.engine.engine import Engine
 from shift.catalog.onnx_import import register_onnx
 import onnxruntime, hnswlib, torch  # imports done before the barrier
 Path(barrier, "ready-" + role).touch()

@@ -162,7 +162,7 @@ def test_proxies_follow_the_selector(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_cache_keys_do_not_depend_on_the_device(monkeypatch: pytest.MonkeyPatch) -> None:
     """The score cache key (``params``) is what it was, whatever ``$SHIFT_SCORE_DEVICE`` says."""
-    from shift.engine.scoring import proxy_params_key
+    from shift.engine.engine import proxy_params_key
 
     keys = {}
     for choice in ("cpu", "cuda", "auto"):
@@ -387,7 +387,7 @@ def test_engine_scores_a_big_pool_in_groups_of_bounded_memory(
 ) -> None:
     """1,000 models x 10,000 samples x 2,048-d would be 80 GB at once: the engine hands
     score_many groups that fit SCORE_GROUP_BYTES, and a pool-relative proxy the whole pool."""
-    from shift.engine import scoring
+    from shift.engine import engine as engine_module
     from shift.records import InputSpec, ModelRecord
 
     def rec(i: int) -> ModelRecord:
@@ -397,10 +397,10 @@ def test_engine_scores_a_big_pool_in_groups_of_bounded_memory(
         )  # fmt: skip
 
     models = [rec(i) for i in range(1000)]
-    groups = scoring.score_groups(models, 10_000)
+    groups = engine_module.score_groups(models, 10_000)
     per = 4 * 10_000 * 2048
-    assert all(len(g) * per <= scoring.SCORE_GROUP_BYTES for g in groups)
+    assert all(len(g) * per <= engine_module.SCORE_GROUP_BYTES for g in groups)
     assert [m.name for g in groups for m in g] == [m.name for m in models]
-    assert len(scoring.score_groups(models, 10_000, whole=True)) == 1
-    monkeypatch.setattr(scoring, "SCORE_GROUP_BYTES", 1)
-    assert [len(g) for g in scoring.score_groups(models[:3], 10)] == [1, 1, 1]
+    assert len(engine_module.score_groups(models, 10_000, whole=True)) == 1
+    monkeypatch.setattr(engine_module, "SCORE_GROUP_BYTES", 1)
+    assert [len(g) for g in engine_module.score_groups(models[:3], 10)] == [1, 1, 1]

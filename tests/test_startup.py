@@ -74,7 +74,7 @@ def test_the_engine_and_the_store_never_import_pandas() -> None:
     code = """
         import sys
         import shift.cli, shift.client, shift.engine.execute, shift.engine.indexing
-        import shift.engine.scoring, shift.scoring.proxies, shift.scoring.meta
+        import shift.engine.engine, shift.scoring.proxies, shift.scoring.meta
         import shift.store.registry, shift.store.migrations, shift.store.tasks, shift.tools.doctor
         print(sorted(m for m in sys.modules if m.split(".")[0] == "pandas"))
     """

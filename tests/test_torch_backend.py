@@ -23,7 +23,7 @@ from onnx_factory import build_tiny_cnn, tiny_torch_model
 from torch import nn  # noqa: E402
 
 from shift.catalog.onnx_import import register_onnx  # noqa: E402
-from shift.engine.scoring import Engine  # noqa: E402
+from shift.engine.engine import Engine  # noqa: E402
 from shift.errors import BackendError, ShiftError  # noqa: E402
 from shift.inference import torch_backend, torch_check  # noqa: E402
 from shift.inference.backends import known_backends, make_embedder  # noqa: E402

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from shift.engine.scoring import Engine
+from shift.engine.engine import Engine
 from shift.records import ModelRecord
 
 

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 import numpy as np
 
 from shift.scoring.device import knn_device, to_device, torch_threads, unit_scale_torch
-from shift.scoring.registry import Arg, proxy
+from shift.scoring.plugins import Arg, proxy
 from shift.scoring.scale import unit_scale
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from shift.scoring.device import idle_cores, probe_device, to_device, unit_scale_torch
-from shift.scoring.registry import Arg, proxy
+from shift.scoring.plugins import Arg, proxy
 from shift.scoring.scale import unit_scale
 
 if TYPE_CHECKING:  # pragma: no cover

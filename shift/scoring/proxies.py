@@ -8,7 +8,7 @@ transferability estimate for the ``shift.scoring.estimators`` proxies (``logme``
 ``needs_logits`` receive the model's source-classifier logits in place of the features. ``ncti``
 is pool-relative: its ``many`` normalises over the models scored together.
 
-Each proxy registers itself where it is defined (``shift.scoring.registry``'s ``@proxy`` and
+Each proxy registers itself where it is defined (``shift.scoring.plugins``'s ``@proxy`` and
 ``@estimator``). ``PROXIES`` maps names to ``ProxySpec`` in registration order (knn, linear, then
 the estimators in ``shift.scoring.estimators``' order); ``get_proxy`` looks one up. Importing this
 module loads numpy only: the estimator modules are imported on the first lookup, torch and
@@ -23,7 +23,7 @@ from collections.abc import Iterator, Mapping
 # knn and linear register themselves on import, before any estimator (PROXIES order)
 from shift.scoring import knn as _knn  # noqa: F401
 from shift.scoring import linear as _linear  # noqa: F401
-from shift.scoring.registry import (
+from shift.scoring.plugins import (
     IndexScorer,
     ProxyFn,
     ProxySpec,

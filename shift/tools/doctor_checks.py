@@ -140,11 +140,11 @@ class _Doctor(Recorder):
     # ---- cached scores ----------------------------------------------------------------------
     def scores(self, reg: Any) -> None:
         """Cached score rows whose model key (``model_sha``: the weights' sha256 + a digest of
-        the preprocessing and backend, ``shift.engine.scoring.model_cache_key``) belongs to no
+        the preprocessing and backend, ``shift.engine.engine.model_cache_key``) belongs to no
         registered model with its current preprocessing under any known backend: a model
         removed or re-registered, or a key from before preprocessing was part of it. No query
         reads them again; ``--repair`` deletes them (scores are a cache: nothing is lost)."""
-        from shift.engine.scoring import model_cache_key
+        from shift.engine.engine import model_cache_key
         from shift.inference.backends import known_backends
 
         backends = known_backends()

@@ -32,7 +32,7 @@ import numpy as np
 
 from shift.scoring.args import Arg
 from shift.scoring.estimators._common import check_xy, class_means, one_hot, pca
-from shift.scoring.registry import estimator
+from shift.scoring.plugins import estimator
 from shift.scoring.scale import SAFE_EXP2, scaled, unit_scale
 
 __all__ = ["DEFAULT_COVARIANCE", "DEFAULT_PCA_DIM", "bhattacharyya_distances", "gbc"]

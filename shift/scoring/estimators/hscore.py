@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from shift.scoring.estimators._common import check_xy, class_means, reduce_features, spectrum
-from shift.scoring.registry import estimator
+from shift.scoring.plugins import estimator
 from shift.scoring.scale import rescaled
 
 __all__ = ["hscore", "ledoit_wolf_shrinkage", "shrinkage_hscore"]

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from shift.scoring.estimators._common import as_labels, as_matrix, log_softmax, one_hot
-from shift.scoring.registry import estimator
+from shift.scoring.plugins import estimator
 
 __all__ = ["leep", "nce"]
 

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from shift.scoring.estimators._common import as_matrix, check_xy, per_class_cap, softmax
-from shift.scoring.registry import estimator
+from shift.scoring.plugins import estimator
 from shift.scoring.scale import rescaled
 
 __all__ = [

@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 
 from shift.scoring.estimators._common import as_matrix, check_xy, one_hot, spectrum
-from shift.scoring.registry import estimator
+from shift.scoring.plugins import estimator
 from shift.scoring.scale import scaled, unit_scale
 
 __all__ = ["log_evidence", "logme"]

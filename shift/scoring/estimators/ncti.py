@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from shift.scoring.estimators._common import EPS, check_xy, class_means, pca, softmax
-from shift.scoring.registry import estimator
+from shift.scoring.plugins import estimator
 from shift.scoring.scale import scaled, unit_scale
 
 __all__ = ["NCTIComponents", "lda_fit", "ncti", "ncti_components", "ncti_scores"]

@@ -30,7 +30,7 @@ from shift.scoring.estimators._common import (
     pca,
     pearson,
 )
-from shift.scoring.registry import estimator
+from shift.scoring.plugins import estimator
 from shift.scoring.scale import rescaled
 
 __all__ = ["DEFAULT_MAX_SAMPLES", "DEFAULT_PCA_DIM", "parc"]

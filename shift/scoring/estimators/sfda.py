@@ -40,7 +40,7 @@ from shift.scoring.estimators._common import (
     softmax,
     spd_solve,
 )
-from shift.scoring.registry import estimator
+from shift.scoring.plugins import estimator
 from shift.scoring.scale import scaled, unit_scale
 
 __all__ = ["lda_posterior", "power_lambda_max", "sfda"]

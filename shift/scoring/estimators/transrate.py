@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from shift.scoring.estimators._common import EPS, check_xy
-from shift.scoring.registry import estimator
+from shift.scoring.plugins import estimator
 from shift.scoring.scale import unit_scale
 
 __all__ = ["coding_rate", "transrate"]

@@ -1,5 +1,5 @@
-"""Scoring: proxy scores per (task, model), from the registry's cache where possible, indexing
-what is missing first (:class:`~shift.engine.indexing.Indexer`)."""
+"""The :class:`Engine`: proxy scores per (task, model), from the registry's cache where
+possible, indexing what is missing first (:class:`~shift.engine.indexing.Indexer`)."""
 
 from __future__ import annotations
 
@@ -176,7 +176,7 @@ class Engine(Indexer):
     ) -> dict[str, float | None]:
         """Proxy score per model (None for a model that failed), from cache where possible.
         ``args``: the proxy's settings (``{"k": 5}``), checked and part of the cache key
-        (:meth:`~shift.scoring.registry.ProxySpec.bind`).
+        (:meth:`~shift.scoring.plugins.ProxySpec.bind`).
         Pool-relative proxies (NCTI: normalised over the models scored together) are scored over
         the whole pool every time and never cached per model. A proxy whose ``from_index`` hook
         applies to the training split (kNN on large splits: the hnsw graph) scores each index
@@ -185,8 +185,8 @@ class Engine(Indexer):
         The task's record and samples are read at one moment, and every score is computed from
         indexes holding exactly those samples and labels and cached under that record's hash:
         if the task changes while its indexes are updated, the query reads it again."""
+        from shift.scoring.plugins import check_finite
         from shift.scoring.proxies import get_proxy
-        from shift.scoring.registry import check_finite
 
         spec = get_proxy(proxy).bind(args or {})
         pkey = proxy_params_key(spec.params)
