@@ -149,7 +149,7 @@ def export_zoo(c: Any, root: Path, models: int, size: int) -> dict[str, dict[str
 
     from shift.catalog.importer import export
     from shift.catalog.onnx_import import register_onnx
-    from shift.catalog.sources.torchvision_models import Embedder
+    from shift.catalog.sources.torchvision_models import TorchvisionEmbedding
     from shift.catalog.sources.weights import infer_output_shapes
     from shift.records import InputSpec
 
@@ -165,7 +165,7 @@ def export_zoo(c: Any, root: Path, models: int, size: int) -> dict[str, dict[str
         else:
             torch.manual_seed(i)
             kw = {"image_size": size} if arch.startswith("vit_") else {}
-            net = Embedder(tvm.get_model(arch, weights=None, **kw)).eval()
+            net = TorchvisionEmbedding(tvm.get_model(arch, weights=None, **kw)).eval()
             export(net, _Target(name, InputSpec(height=size, width=size)), base, opset=17)
             infer_output_shapes(base)  # ViT's embedding width comes out symbolic otherwise
             shutil.copyfile(base, path)

@@ -75,11 +75,11 @@ def test_torchvision_all_matches_package_metadata(tv_home: Path) -> None:
 
 @pytest.mark.parametrize("builder", ["resnet18", "squeezenet1_1", "mobilenet_v3_small"])
 def test_meta_embedding_size_matches_a_real_build(tv_home: Path, builder: str) -> None:
-    from shift.catalog.sources.torchvision_models import Embedder
+    from shift.catalog.sources.torchvision_models import TorchvisionEmbedding
 
     with Registry.open(tv_home) as reg:
         rec = next(m for m in reg.models() if m.architecture == builder)
-    net = Embedder(tvm.get_model(builder, weights=None)).eval()
+    net = TorchvisionEmbedding(tvm.get_model(builder, weights=None)).eval()
     with torch.no_grad():
         emb, logits = net(torch.zeros(2, 3, 64, 64))
     assert (emb.shape[1], logits.shape[1]) == (rec.dim, rec.head_classes)

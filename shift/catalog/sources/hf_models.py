@@ -230,7 +230,7 @@ def read_config(folder: Path) -> dict[str, Any]:
 def _timm_from_folder(rec: ModelRecord, folder: Path, cfg: dict[str, Any]) -> Any:
     """A local Hugging Face folder written by timm: its architecture, its weight file read by
     :mod:`shift.catalog.checkpoint`."""
-    from shift.catalog.sources.timm_models import Embedder, build_and_load
+    from shift.catalog.sources.timm_models import TimmEmbedding, build_and_load
 
     net = build_and_load(
         cfg["architecture"],
@@ -238,7 +238,7 @@ def _timm_from_folder(rec: ModelRecord, folder: Path, cfg: dict[str, Any]) -> An
         params=rec.params,
         num_classes=cfg.get("num_classes") or None,
     )
-    return Embedder(net).eval()
+    return TimmEmbedding(net).eval()
 
 
 def _transformers(rec: ModelRecord, hub_id: str, weights: Path | None, download: bool) -> Any:

@@ -11,7 +11,7 @@ optionally ``preprocessor_config.json``), read without loading any weight:
   crops) or ``size``, ``image_mean`` and ``image_std`` when the folder has one, else
   ``config.image_size`` and ImageNet's mean/std.
 
-Embedding = the input of the classifier's last linear layer (:class:`HFEmbedder`): for ViT and
+Embedding = the input of the classifier's last linear layer (:class:`HFEmbedding`): for ViT and
 DeiT the final layer-normed ``[CLS]`` token, for ConvNeXt/Swin/ResNet the pooled features;
 logits = the classifier's output. Weights: ``AutoModelForImageClassification.from_config`` builds
 the classifier and :mod:`shift.catalog.checkpoint` reads its weight file (``from_pretrained``,
@@ -113,10 +113,10 @@ def head_linear(net: Any) -> Any:
     return linears[-1] if linears else head
 
 
-def _embedder_class() -> Any:
+def _embedding_class() -> Any:
     from torch import nn
 
-    class HFEmbedder(nn.Module):
+    class HFEmbedding(nn.Module):
         """A transformers image classifier as ``forward(x) -> (embedding, logits)``:
         embedding = the (flattened) input of :func:`head_linear`, logits = the model's
         ``logits``."""
@@ -137,12 +137,12 @@ def _embedder_class() -> Any:
             width = getattr(self.head, "in_features", None)  # static in the ONNX graph
             return emb.reshape(-1, width) if width else emb.flatten(1), logits
 
-    return HFEmbedder
+    return HFEmbedding
 
 
 def embedder(net: Any) -> Any:
     """``net`` (a transformers image classifier) wrapped as ``(embedding, logits)``, eval mode."""
-    return _embedder_class()(net).eval()
+    return _embedding_class()(net).eval()
 
 
 def _classifier_class(config: Any) -> Any:

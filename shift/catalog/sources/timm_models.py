@@ -86,7 +86,7 @@ def upstream(tag: str) -> tuple[str | None, int | None]:
     return None, None
 
 
-class Embedder(nn.Module):
+class TimmEmbedding(nn.Module):
     """A timm classifier as ``forward(x) -> (embedding, logits)``."""
 
     def __init__(self, net: nn.Module) -> None:
@@ -181,7 +181,7 @@ class TimmSource:
         if weights is None and not download:
             raise ShiftError(f"model {rec.name!r}: no weights given")
         path = weight_file(Path(weights)) if weights is not None else _fetch(model_id)
-        return Embedder(build_and_load(model_id, path, params=rec.params)).eval()
+        return TimmEmbedding(build_and_load(model_id, path, params=rec.params)).eval()
 
 
 def build_and_load(

@@ -90,7 +90,7 @@ def builder_kwargs(builder: str, weights: Any) -> dict[str, Any]:
     return kw
 
 
-class Embedder(nn.Module):
+class TorchvisionEmbedding(nn.Module):
     """Wraps a torchvision classifier: ``forward(x) -> (embedding, logits)``."""
 
     def __init__(self, net: nn.Module) -> None:
@@ -140,7 +140,7 @@ class TorchvisionSource:
         tvm = _tv()
         with quiet_warnings():
             net = on_meta(lambda: tvm.get_model(builder, weights=None, **dict(kwargs)))
-            return Embedder(net).shapes()
+            return TorchvisionEmbedding(net).shapes()
 
     @staticmethod
     def _resolve(given: str, known: list[str]) -> str | None:
@@ -204,7 +204,7 @@ class TorchvisionSource:
             net = tvm.get_model(builder, weights=None, **builder_kwargs(builder, w))
         adapt = _densenet_keys if builder.startswith("densenet") else None
         load_into(net, path, params=rec.params, adapt=adapt, what=f"torchvision's {builder}")
-        return Embedder(net).eval()
+        return TorchvisionEmbedding(net).eval()
 
 
 def _densenet_keys(state: StateDict, _: nn.Module) -> StateDict:
