@@ -3,33 +3,21 @@ most similar to the query's task (the user's own history in ``finetune_results``
 
 **Task embedding.** Every task is embedded with one fixed *probe* model (``probe=NAME``; by
 default the registry's smallest model with weights, ties by name), from the probe's stored
-embedding index of the task (indexed like any query's, so computed once). With the features
-L2-normalised, the vector is
-
-    v(task) = [ q / ‖q‖ ,  μ / ‖μ‖ ] / √2
-
-where ``q`` holds the 16 quantiles (0, 1/15, ..., 1) of the pairwise euclidean distances between
-the class means (how far apart the classes lie, in the probe's view: the sorted spectrum, so the
-same for any numbering of the labels and of fixed length for any number of classes) and ``μ``
-is the mean feature (what the images look like: the domain). The distance of two tasks is the
-cosine distance ``1 − v_a · v_b`` ∈ [0, 2]: half class structure, half domain.
-
-Why not Task2Vec (SHiFT's choice): it needs the probe's Fisher information, i.e. gradients
-through the network, and shift runs ONNX forward passes only; class-mean statistics need one
-forward pass per sample, which the probe's index already stores, so a task costs one index
-read and an O(C²·D) computation.
+embedding index of the task (indexed like any query's, so computed once), into the vector of
+:mod:`shift.scoring.task_similarity` (class-mean distance quantiles and the mean feature); two
+tasks are as far apart as the cosine distance of their vectors.
 
 **Score.** The ``k`` nearest registered tasks other than the query's (among those with at least
 one fine-tuning result for the current task and model content) are the neighbours, with weights
 ``w = max(1 − d, 10⁻⁶)``. A model's score is ``Σ w_t acc(m, t) / Σ w_t`` over the neighbours
 where it has a result (its best accuracy over fine-tuning protocols); ``None`` (ranked last)
-where it has none. Ties go to the task-agnostic order. The step runs in
+where it has none. Ties go to the task-agnostic order. The results are read from
+:mod:`shift.store.finetunes`. The step runs in
 :class:`shift.engine.steps.similar.SimilarRunner`.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -37,62 +25,13 @@ from shift.errors import QueryError, ShiftError
 from shift.query.planner import Plan
 from shift.query.steps import Similar
 from shift.records import ModelRecord
+from shift.scoring.task_similarity import task_distance, task_vector, weight, weighted_mean
+from shift.store import finetunes
 
 if TYPE_CHECKING:  # numpy loads when a task vector is computed, not with every query
     import numpy as np
 
     from shift.store.registry import Registry
-
-QUANTILES = 16
-MIN_WEIGHT = 1e-6
-
-
-def task_vector(features: Any, labels: Any) -> np.ndarray:
-    """``v(task)`` of the module doc from a probe's features (N × D) and the labels (N,)."""
-    import numpy as np
-
-    x = np.asarray(features, dtype=np.float64)
-    y = np.asarray(labels)
-    if x.ndim != 2 or len(x) == 0 or y.shape != (len(x),):
-        raise ValueError("features must be N x D with one label per row")
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    x = x / np.where(norms > 0, norms, 1.0)
-    classes, inv = np.unique(y, return_inverse=True)
-    means = np.zeros((len(classes), x.shape[1]))
-    np.add.at(means, inv, x)
-    means /= np.bincount(inv)[:, None]
-    if len(classes) > 1:
-        diff = means[:, None, :] - means[None, :, :]
-        dist = np.sqrt((diff**2).sum(-1))[np.triu_indices(len(classes), 1)]
-        q = np.quantile(dist, np.linspace(0.0, 1.0, QUANTILES))
-    else:
-        q = np.zeros(QUANTILES)
-    mu = x.mean(axis=0)
-    parts = [p / n if (n := np.linalg.norm(p)) > 0 else p for p in (q, mu)]
-    return np.concatenate(parts) / math.sqrt(2.0)
-
-
-def task_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """Cosine distance ``1 − a·b / (‖a‖‖b‖)`` (1 when either vector is zero)."""
-    import numpy as np
-
-    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
-    if na == 0 or nb == 0:
-        return 1.0
-    return float(1.0 - np.dot(a, b) / (na * nb))
-
-
-def finetune_accuracies(registry: Registry) -> dict[str, dict[str, float]]:
-    """``{task: {model sha256: best accuracy}}`` of the results for the current task content."""
-    rows = registry.db.query(
-        "SELECT t.name AS task, r.model_sha AS sha, max(r.accuracy) AS acc "
-        "FROM finetune_results r JOIN tasks t ON t.content_hash = r.task_hash "
-        "GROUP BY t.name, r.model_sha"
-    )
-    out: dict[str, dict[str, float]] = {}
-    for r in rows:
-        out.setdefault(r["task"], {})[r["sha"]] = float(r["acc"])
-    return out
 
 
 @dataclass(frozen=True)
@@ -103,7 +42,7 @@ class Neighbour:
 
     @property
     def weight(self) -> float:
-        return max(1.0 - self.distance, MIN_WEIGHT)
+        return weight(self.distance)
 
 
 def _error(plan: Plan, msg: str, hint: str, key: str | None = None) -> QueryError:
@@ -176,7 +115,7 @@ def candidates(
     shas = {m.sha256 for m in models}
     acc = {
         t: {s: a for s, a in row.items() if s in shas}
-        for t, row in finetune_accuracies(registry).items()
+        for t, row in finetunes.best_accuracies(registry).items()
         if t != plan.task
     }
     return acc, sorted(t for t, row in acc.items() if row)
@@ -202,8 +141,7 @@ def similar_scores(
     out: dict[str, float | None] = {}
     for m in models:
         pairs = [(n.weight, acc[n.task][m.sha256]) for n in near if m.sha256 in acc[n.task]]
-        w = sum(p[0] for p in pairs)
-        out[m.name] = sum(p[0] * p[1] for p in pairs) / w if pairs else None
+        out[m.name] = weighted_mean(pairs)
     return out
 
 

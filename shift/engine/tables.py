@@ -5,7 +5,8 @@ The tables (:data:`shift.query.columns.TABLES`) join each cached result to the t
 belongs to, by their current content hashes: a result measured on an older state of a task or
 model is not shown (it is not a result for what is registered now). The WHERE clause and the
 ORDER BY column were checked against the table's columns when the query was planned; values are
-bound as parameters, never written into the SQL. The step runs in
+bound as parameters, never written into the SQL; the store (:mod:`shift.store.finetunes`)
+runs it. The step runs in
 :class:`shift.engine.steps.table.TableRunner`.
 """
 
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from shift.query.columns import TABLES
 from shift.query.planner import Filter
 from shift.query.steps import Table
+from shift.store import finetunes
 
 if TYPE_CHECKING:
     from shift.store.registry import Registry
@@ -52,10 +54,10 @@ def table_rows(
 ) -> list[dict[str, Any]]:
     """The table's rows matching ``filters``, in the step's order, at most ``budget``."""
     sql, params = table_sql(step, filters, budget)
-    return list(registry.db.query(sql, params))
+    return finetunes.select_rows(registry, sql, params)
 
 
 def table_count(step: Table, filters: list[Filter], registry: Registry) -> int:
     """How many of the table's rows match ``filters``."""
     sql, params = table_sql(step, filters, count=True)
-    return int(registry.db.execute(sql, params).fetchone()[0])
+    return finetunes.count_rows(registry, sql, params)

@@ -23,7 +23,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from shift.errors import ShiftError
-from shift.records import utcnow
+from shift.store import finetunes
 from shift.store.registry import Registry
 from shift.tools.finetune_modules import catalog_entry, training_module
 
@@ -135,15 +135,9 @@ def cached_result(
 ) -> FinetuneResult | None:
     protocol = protocol or FinetuneProtocol()
     rec, trec = registry.get_model(model), registry.get_task(task)
-    rows = list(
-        registry.db.query(
-            "SELECT * FROM finetune_results WHERE task_hash = ? AND model_sha = ? AND protocol = ?",
-            [trec.content_hash, rec.sha256, protocol.key()],
-        )
-    )
-    if not rows:
+    r = finetunes.get_result(registry, trec.content_hash, rec.sha256, protocol.key())
+    if r is None:
         return None
-    r = rows[0]
     return FinetuneResult(
         task=task,
         model=model,
@@ -154,25 +148,21 @@ def cached_result(
         seconds=float(r["seconds"]),
         epochs=int(r["epochs"]),
         cached=True,
-        details=json.loads(r["details"] or "{}"),
+        details=r["details"],
     )
 
 
 def _store(registry: Registry, res: FinetuneResult) -> None:
-    with registry.transaction():
-        registry.db["finetune_results"].upsert(
-            {
-                "task_hash": res.task_hash,
-                "model_sha": res.model_sha,
-                "protocol": res.protocol.key(),
-                "accuracy": res.accuracy,
-                "seconds": res.seconds,
-                "epochs": res.epochs,
-                "details": json.dumps(res.details),
-                "computed_at": utcnow(),
-            },
-            pk=("task_hash", "model_sha", "protocol"),
-        )
+    finetunes.put_result(
+        registry,
+        task_hash=res.task_hash,
+        model_sha=res.model_sha,
+        protocol=res.protocol.key(),
+        accuracy=res.accuracy,
+        seconds=res.seconds,
+        epochs=res.epochs,
+        details=res.details,
+    )
 
 
 # ---- training -------------------------------------------------------------------------------
