@@ -31,12 +31,13 @@ log = logging.getLogger(__name__)
 def run(
     query: str | ast.Select,
     registry: Registry,
-    engine: EngineFactory,
+    engine_factory: EngineFactory,
     *,
     explain: bool = False,
 ) -> Result:
     """Parse ``query`` (or take its AST, rendered to text only for messages), plan it against
-    ``registry`` and execute it; ``explain=True`` returns the plan instead of the ranking.
+    ``registry`` and execute it, making the engine with ``engine_factory`` only if a step needs
+    it; ``explain=True`` returns the plan instead of the ranking.
     ``result.timings``: parse (or render), plan, score and total milliseconds."""
     t0 = time.perf_counter()
     if isinstance(query, str):
@@ -58,7 +59,7 @@ def run(
         [f.label for f in p.filters],
     )
     timings = Timings(parse_ms=(t1 - t0) * 1000, plan_ms=(t2 - t1) * 1000)
-    result = execute(p, registry, engine, timings)
+    result = execute(p, registry, engine_factory, timings)
     result.timings.total_ms = (time.perf_counter() - t0) * 1000
     log.debug(
         "executed: %d rows in %.1f ms (score %.1f ms)",
@@ -72,7 +73,7 @@ def run(
 def execute(
     plan: Plan,
     registry: Registry,
-    engine: EngineFactory,
+    engine_factory: EngineFactory,
     timings: Timings | None = None,
 ) -> Result:
     """Run a checked plan: its step's runner ranks the filtered pool (EXPLAIN: says how it
@@ -81,7 +82,7 @@ def execute(
     timings = timings or Timings()
     t0 = time.perf_counter()
     runner = runner_for(plan.step)
-    cx = Context(plan, registry, engine, timings, info=_info(plan))
+    cx = Context(plan, registry, engine_factory, timings, info=_info(plan))
     if plan.select.explain:
         res = runner.explain(plan.step, cx)
         res.timings = timings

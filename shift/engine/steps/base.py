@@ -48,7 +48,7 @@ class Context:
 
     plan: Plan
     registry: Registry
-    engine: EngineFactory
+    engine_factory: EngineFactory
     timings: Timings
     info: dict[str, Any] = field(default_factory=dict)
 

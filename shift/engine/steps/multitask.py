@@ -31,7 +31,7 @@ class MultiTaskRunner(Runner[MultiTask]):
     def run(self, step: MultiTask, cx: Context) -> Result:
         models, skipped = check_weights(cx.plan, step, cx.models())
         check_heads(cx.plan, step, models)  # before any work
-        eng = cx.engine()
+        eng = cx.engine_factory()
         per_task: dict[str, dict[str, float | None]] = {}
         failed: dict[str, str] = {}
         for task in step.tasks:
@@ -84,7 +84,7 @@ class MultiTaskRunner(Runner[MultiTask]):
         ``{"tasks": {task: status}, "estimate": ..., "to_score": ...}``."""
         info["tasks"] = list(step.tasks)
         models = explain_weights(cx.models(), rows, info)
-        eng = cx.engine()
+        eng = cx.engine_factory()
         work: dict[str, Any] = {"tasks": {}}
         for task in step.tasks:
             st = engine_status(eng, task, models, step.proxy)

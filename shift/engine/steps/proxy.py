@@ -31,7 +31,7 @@ class EmbeddingRunner(RankedRunner[T]):
     models lack weights, then what the engine has cached and must compute (embed, score)."""
 
     def score(self, step: T, cx: Context, models: list[ModelRecord]) -> Scored:
-        eng = cx.engine()
+        eng = cx.engine_factory()
         with cx.scoring():
             scores = engine_scores(eng, step.task, models, step.proxy)
         return Scored(scores, engine_failures(eng, models, scores))
@@ -41,7 +41,7 @@ class EmbeddingRunner(RankedRunner[T]):
     ) -> None:
         task, proxy = step.task, step.proxy
         models = explain_weights(cx.models(), rows, info)
-        status = engine_status(cx.engine(), task, models, proxy)
+        status = engine_status(cx.engine_factory(), task, models, proxy)
         info["work"] = status
         rows.append(
             {"step": "embed", "detail": status["embed_summary"], "models": status["to_embed"]}
@@ -85,7 +85,7 @@ class HalvingRunner(EmbeddingRunner[Halving]):
     def score(self, step: Halving, cx: Context, models: list[ModelRecord]) -> Race:
         from shift.engine.halving import successive_halving  # numpy: only for a race
 
-        eng: Any = cx.engine()
+        eng: Any = cx.engine_factory()
         with cx.scoring():
             res = successive_halving(
                 eng, step.task, models, step.proxy.name, step.budget, step.chunk

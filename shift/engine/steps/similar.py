@@ -29,7 +29,7 @@ class SimilarRunner(RankedRunner[Similar]):
             if not tasks:
                 raise no_history(cx.plan)
             probe = probe_model(cx.plan, cx.registry)
-            near = neighbours(cx.plan, cx.engine(), probe, tasks, acc)
+            near = neighbours(cx.plan, cx.engine_factory(), probe, tasks, acc)
             cx.info["probe"] = probe.name
             cx.info["neighbours"] = [
                 {"task": n.task, "distance": round(n.distance, 6), "results": n.results}
@@ -47,7 +47,7 @@ class SimilarRunner(RankedRunner[Similar]):
         if not tasks:
             raise no_history(cx.plan)
         probe = probe_model(cx.plan, cx.registry)
-        eng = cx.engine()
+        eng = cx.engine_factory()
         todo = probe_ready(eng, [step.task, *tasks], probe)
         info["probe"] = probe.name
         rows.append(
