@@ -22,7 +22,7 @@ from shift.query.ast import Select
 from shift.query.builder import QueryBuilder
 from shift.query.builder import select as _select
 from shift.query.builder import table as _table
-from shift.query.planner import pool_filter
+from shift.query.planner import check_condition, pool_filter
 from shift.records import ModelRecord, PoolRecord, Result, Samples, TaskRecord
 
 if TYPE_CHECKING:
@@ -94,17 +94,14 @@ class Client:
 
     # ---- queries ------------------------------------------------------------------------------
     def query(self, query: str | Select, *, explain: bool = False) -> Result:
-        """Parse, plan and run one query (``explain=True``: its plan). Raises ``QueryError`` on
+        """Parse, plan and run one query, given as text or as its AST (the fluent builder's
+        output, never re-parsed); ``explain=True``: its plan. Raises ``QueryError`` on
         a malformed query (before the home is opened: also where there is none)."""
         if isinstance(query, str) and "registry" not in self.__dict__:
             from shift.query.parser import parse
 
             parse(query)  # a typo is named first, whatever the state of the home
         return run(query, self.registry, lambda: self.engine, explain=explain)
-
-    def run_select(self, select: Select) -> Result:
-        """Run a query given as its AST (the fluent builder's output), never re-parsed."""
-        return self.query(select)
 
     def explain(self, query: str | Select) -> Result:
         """The plan of ``query``: pool size after each filter, cached vs to-compute work."""
@@ -235,8 +232,11 @@ class Client:
     def add_pool(
         self, name: str, condition: str, description: str = "", *, replace: bool = False
     ) -> PoolRecord:
-        """Save a pool as a named condition (``"WHERE dim <= 1024"``), checked first."""
-        return self.registry.add_pool(name, condition, description, replace=replace)
+        """Save a pool as a named condition (``"WHERE dim <= 1024"``): the name and then the
+        condition are checked first (the store saves a checked condition)."""
+        self.registry.check_new_pool(name, replace)
+        text = check_condition(condition)
+        return self.registry.add_pool(name, text, description, replace=replace)
 
     def drop_pool(self, name: str) -> None:
         """Remove a saved pool (built-in ones cannot be removed)."""

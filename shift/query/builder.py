@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 class Runner(Protocol):
     """What runs a built query: the client."""
 
-    def run_select(self, select: ast.Select) -> Result: ...
+    def query(self, query: ast.Select) -> Result: ...
 
 
 def _lit(v: Any) -> ast.Literal:
@@ -90,7 +90,7 @@ class QueryBuilder:
     def run(self) -> Result:
         if self._client is None:
             raise RuntimeError("this builder is not bound to a client")
-        return self._client.run_select(self._select)
+        return self._client.query(self._select)
 
 
 def ranker(name: str, *args: Any, **kwargs: Any) -> ast.Ranker:
