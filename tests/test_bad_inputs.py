@@ -755,7 +755,7 @@ def test_bad_registry_names_are_refused(
             TaskStore(reg).add(name, samples, kind="npz", source="gen")
         tally("name: task", "InvalidNameError")
         with pytest.raises(InvalidNameError):
-            reg.add_pool(name, "WHERE dim > 1")
+            reg.add_pool(name, "dim > 1")
         tally("name: pool", "InvalidNameError")
         with pytest.raises(InvalidNameError):
             reg.home.index_path(name, "m")

@@ -103,7 +103,7 @@ def _add_models_and_pools(home: str, onnx: str, me: int, barrier: Any, out: str)
         for r in range(ROUNDS):
             barrier.wait(60)
             m = outcome(lambda: register_onnx(reg, onnx, f"m{r}", source=f"w{me}"))  # noqa: B023
-            p = outcome(lambda: reg.add_pool(f"p{r}", f"WHERE dim > {me}"))  # noqa: B023
+            p = outcome(lambda: reg.add_pool(f"p{r}", f"dim > {me}"))  # noqa: B023
             got.append([m, p])
     Path(out).write_text(json.dumps(got))
 

@@ -18,7 +18,7 @@ from shift.query.ast import And, Compare, InList, IsNull, Like, Literal, Not, Or
 from shift.query.builder import select
 from shift.query.format import to_text
 from shift.query.parser import MAX_NESTING, MAX_QUERY_CHARS, parse, parse_number
-from shift.query.planner import plan_text
+from shift.query.planner import check_condition, plan_text
 from shift.query.steps import Agnostic, Hybrid, Order, ProxyCall, RankByProxy
 from shift.store.registry import Registry
 
@@ -916,7 +916,7 @@ def test_integers_beyond_64_bits_are_positioned_errors(
     assert "out of range" in e.value.message and "64-bit" in (e.value.hint or "")
     # saved in a pool: refused with the position in the condition, nothing saved
     with pytest.raises(QueryError) as e:
-        registry.add_pool("huge", condition)
+        registry.add_pool("huge", check_condition(condition))
     assert e.value.column == column and registry.get_pool("huge") is None
 
 

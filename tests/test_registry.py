@@ -23,7 +23,7 @@ from shift.errors import (
     ShiftError,
 )
 from shift.fsutil import sha256_file
-from shift.query.planner import plan_text
+from shift.query.planner import check_condition, plan_text
 from shift.records import InputSpec, ModelRecord
 from shift.store.migrations import migrations
 from shift.store.pools import BUILTIN_POOLS, RESNET50_PARAMS
@@ -275,7 +275,9 @@ def test_builtin_pools(pool_reg: Registry) -> None:
 
 
 def test_user_pools(pool_reg: Registry) -> None:
-    p = pool_reg.add_pool("small-vit", "WHERE params < 100M AND dim <= 1024", "small ones")
+    p = pool_reg.add_pool(
+        "small-vit", check_condition("WHERE params < 100M AND dim <= 1024"), "small ones"
+    )
     assert (p.name, p.filter, p.description, p.builtin) == (
         "small-vit",
         "params < 100M AND dim <= 1024",
@@ -322,7 +324,7 @@ def test_user_pools(pool_reg: Registry) -> None:
 def test_user_pool_bad_condition(reg: Registry, condition: str, line: int, column: int) -> None:
     before = snapshot(reg)
     with pytest.raises(QueryError) as info:
-        reg.add_pool("bad", condition)
+        reg.add_pool("bad", check_condition(condition))
     assert (info.value.line, info.value.column) == (line, column), str(info.value)
     assert snapshot(reg) == before
 
@@ -334,7 +336,7 @@ def test_pool_cannot_name_a_task(reg: Registry, condition: str) -> None:
     reg.put_task(make_task("flowers"))
     before = snapshot(reg)
     with pytest.raises(QueryError, match="task"):
-        reg.add_pool("with-task", condition)
+        reg.add_pool("with-task", check_condition(condition))
     assert snapshot(reg) == before
 
 

@@ -332,18 +332,18 @@ with shift.connect(home, executor="inprocess") as c:
     if role == "indexer":
         op(lambda: c.engine.index("toy", reg.models()))
         op(lambda: register_onnx(reg, extra, "extra-" + role))
-        op(lambda: reg.add_pool("pool-" + role, "WHERE dim >= 8"))
+        op(lambda: c.add_pool("pool-" + role, "WHERE dim >= 8"))
         res = op(lambda: c.query("SELECT top 4 FROM pool all WHERE task=toy RANK BY knn"))
     elif role == "knn":
         res = op(lambda: c.query(KNN))
-        op(lambda: reg.add_pool("pool-" + role, "WHERE dim >= 8"))
+        op(lambda: c.add_pool("pool-" + role, "WHERE dim >= 8"))
         op(lambda: c.query("SELECT * FROM models ORDER BY name"))
         op(lambda: c.explain(KNN))
         res = op(lambda: c.query(KNN)) or res
     else:
         res = op(lambda: c.query("SELECT top 2 FROM pool all WHERE task=toy RANK BY linear"))
         op(lambda: register_onnx(reg, extra, "extra-" + role))
-        op(lambda: reg.add_pool("pool-" + role, "WHERE dim >= 8"))
+        op(lambda: c.add_pool("pool-" + role, "WHERE dim >= 8"))
         res = op(lambda: c.query(KNN.replace("toy", "toy AND name LIKE 'tiny%'"))) or res
         res = op(lambda: c.query(KNN)) or res
     knn = op(lambda: c.engine.scores("toy", reg.models(), "knn"))
@@ -427,7 +427,7 @@ Path(barrier, "ready-" + role).touch()
 while not Path(barrier, "go").exists():
     time.sleep(0.002)
 with Registry.open(home) as reg:
-    reg.add_pool("p" + role, "WHERE dim > 1")
+    reg.add_pool("p" + role, "dim > 1")
 """
 
 

@@ -407,25 +407,32 @@ class Registry:
         r = rows[0]
         return PoolRecord(name=r["name"], filter=r["filter"], description=r["description"] or "")
 
-    def add_pool(
-        self, name: str, condition: str, description: str = "", replace: bool = False
-    ) -> PoolRecord:
-        """Save a pool as a named condition. The condition is parsed and checked first; the name
-        check and the insert are one write transaction (:class:`AlreadyExistsError`)."""
-        from shift.query.planner import check_condition
-
+    def check_new_pool(self, name: str, replace: bool = False) -> None:
+        """Refuse a pool name that is invalid, built in or (unless ``replace``) taken."""
         validate_name(name, "pool name", queryable=True)
         if name in BUILTIN_POOLS:
             raise ShiftError(f"{name!r} is a built-in pool and cannot be redefined")
         if not replace:
             self.ensure_new("pools", name)
-        text = check_condition(condition)
-        row = {"name": name, "filter": text, "description": description, "date_added": utcnow()}
+
+    def add_pool(
+        self, name: str, condition: str, description: str = "", replace: bool = False
+    ) -> PoolRecord:
+        """Save a pool as a named condition, already checked and normalised by the caller
+        (:func:`shift.query.planner.check_condition`: no leading WHERE); the name check and the
+        insert are one write transaction (:class:`AlreadyExistsError`)."""
+        self.check_new_pool(name, replace)
+        row = {
+            "name": name,
+            "filter": condition,
+            "description": description,
+            "date_added": utcnow(),
+        }
         with self.transaction():
             if not replace:
                 self.ensure_new("pools", name)
             self._write_row("pools", row, replace)
-        return PoolRecord(name=name, filter=text, description=description)
+        return PoolRecord(name=name, filter=condition, description=description)
 
     def remove_pool(self, name: str) -> None:
         if name in BUILTIN_POOLS:
