@@ -238,7 +238,12 @@ HomeOpt = Annotated[
 ]
 EXECUTORS = ("ray", "inprocess", "auto")
 ExecOpt = Annotated[
-    str, typer.Option("--executor", metavar="EXECUTOR", help="ray, inprocess or auto")
+    str,
+    typer.Option(
+        "--executor",
+        metavar="EXECUTOR",
+        help="ray, inprocess or auto (in process for one small model, else ray)",
+    ),
 ]
 RayOpt = Annotated[
     str | None,
@@ -280,7 +285,7 @@ def check_backend(backend: str) -> str:
     )
 
 
-def _client(
+def open_client(
     home: Path | None,
     executor: str = "ray",
     ray_address: str | None = None,
@@ -310,13 +315,3 @@ def _print_json(data: Any) -> None:
     from shift.render import to_json
 
     sys.stdout.write(to_json(data))
-
-
-def _floats(s: str | None, what: str) -> tuple[float, ...] | None:
-    """``"0.5,0.5,0.5"`` → a tuple of floats (``--mean``/``--std``)."""
-    if s is None:
-        return None
-    try:
-        return tuple(float(x) for x in s.split(","))
-    except ValueError:
-        raise ShiftError(f"--{what} must be comma-separated numbers, got {s!r}") from None

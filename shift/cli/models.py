@@ -8,7 +8,8 @@ from typing import Annotated
 import typer
 
 from shift.cli import base as ui
-from shift.cli.base import HomeOpt, _client, _floats, command, models_app, show, suggest
+from shift.cli.base import HomeOpt, command, models_app, open_client, show, suggest
+from shift.errors import ShiftError
 
 
 @command(
@@ -49,15 +50,15 @@ def models_add(
         color = ui.choice(color.upper(), ("RGB", "BGR"), "colour order")
     if resize is not None:
         resize = ui.choice(resize, ("center_crop", "squash"), "resize mode")
-    with _client(home, create=True) as c:
+    with open_client(home, create=True) as c:
         rec = c.add_model(
             file,
             name,
             output=output,
             head_output=head_output,
             input_size=input_size,
-            mean=_floats(mean, "mean"),
-            std=_floats(std, "std"),
+            mean=floats(mean, "mean"),
+            std=floats(std, "std"),
             color=color,
             resize=resize,
             replace=replace,
@@ -96,7 +97,7 @@ def models_import_catalog(
     home: HomeOpt = None,
 ) -> None:
     """Export the shipped catalog's real models to ONNX and register them."""
-    with _client(home, create=True) as c:
+    with open_client(home, create=True) as c:
         results = c.import_catalog(name, catalog=catalog, force=force)
     rows = [r.__dict__ for r in results]
     cols = ["name", "status", "seconds", "max_abs_diff", "detail"]
@@ -121,7 +122,7 @@ LIST_COLUMNS = [
 @command(models_app, "list", example="shift-cli models list --format csv > models.csv")
 def models_list(home: HomeOpt = None) -> None:
     """List registered models."""
-    with _client(home) as c:
+    with open_client(home) as c:
         rows = [m.model_dump() for m in c.models()]
     show(
         rows,
@@ -138,7 +139,7 @@ def models_show(
     """Show every field of one model."""
     import json
 
-    with _client(home) as c, suggest(name, c.registry.model_names):
+    with open_client(home) as c, suggest(name, c.registry.model_names):
         rec = c.model(name).model_dump()
 
     def value(v: object) -> object:
@@ -153,6 +154,16 @@ def models_remove(
     name: Annotated[str, typer.Argument(help="a registered model")], home: HomeOpt = None
 ) -> None:
     """Remove a model (its file too, unless another entry uses the same weights)."""
-    with _client(home) as c, suggest(name, c.registry.model_names):
+    with open_client(home) as c, suggest(name, c.registry.model_names):
         c.drop_model(name)
     show({"removed": name}, lambda: ui.out.print(f"removed {name}", highlight=False))
+
+
+def floats(s: str | None, what: str) -> tuple[float, ...] | None:
+    """``"0.5,0.5,0.5"`` → a tuple of floats (``--mean``/``--std``)."""
+    if s is None:
+        return None
+    try:
+        return tuple(float(x) for x in s.split(","))
+    except ValueError:
+        raise ShiftError(f"--{what} must be comma-separated numbers, got {s!r}") from None

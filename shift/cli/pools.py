@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import typer
 
 from shift.cli import base as ui
-from shift.cli.base import HomeOpt, _client, command, pools_app, show, suggest
+from shift.cli.base import HomeOpt, command, open_client, pools_app, show, suggest
 from shift.errors import ShiftError
 
 POOL_COLUMNS = ["name", "filter", "models", "builtin", "description"]
@@ -16,7 +16,7 @@ POOL_COLUMNS = ["name", "filter", "models", "builtin", "description"]
 @command(pools_app, "list", example="shift-cli pools list")
 def pools_list(home: HomeOpt = None) -> None:
     """List built-in and saved pools with their sizes."""
-    with _client(home) as c:
+    with open_client(home) as c:
         rows = [{**p.model_dump(), "models": _size(c, p.name)} for p in c.pools()]
     show(rows, lambda: ui.print_rows(rows, POOL_COLUMNS, "pools"), rows, POOL_COLUMNS)
 
@@ -41,7 +41,7 @@ def pools_add(
     home: HomeOpt = None,
 ) -> None:
     """Save a pool as a named condition."""
-    with _client(home, create=True) as c:
+    with open_client(home, create=True) as c:
         p = c.add_pool(name, condition, description, replace=replace)
     show(p.model_dump(), lambda: ui.out.print(f"pool [bold]{p.name}[/bold]: {p.filter}"))
 
@@ -51,6 +51,6 @@ def pools_remove(
     name: Annotated[str, typer.Argument(help="a saved pool")], home: HomeOpt = None
 ) -> None:
     """Remove a saved pool."""
-    with _client(home) as c, suggest(name, lambda: [p.name for p in c.pools()]):
+    with open_client(home) as c, suggest(name, lambda: [p.name for p in c.pools()]):
         c.drop_pool(name)
     show({"removed": name}, lambda: ui.out.print(f"removed pool {name}", highlight=False))

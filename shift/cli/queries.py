@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from shift.cli import base as ui
-from shift.cli.base import BackendOpt, ExecOpt, HomeOpt, RayOpt, _client, app, command, show
+from shift.cli.base import BackendOpt, ExecOpt, HomeOpt, RayOpt, app, command, open_client, show
 
 QueryArg = Annotated[
     str,
@@ -35,7 +35,7 @@ def query(
     left out of the ranking. --format csv, tsv and jsonl print every field of the rows."""
     from shift.render import all_columns, print_failed, print_result
 
-    with _client(home, executor, ray_address, backend=backend) as c:
+    with open_client(home, executor, ray_address, backend=backend) as c:
         res = c.query(text)
     rows = res.rows
     show(
@@ -56,7 +56,7 @@ def explain(text: QueryArg, home: HomeOpt = None, backend: BackendOpt = "onnxrun
     the inference backend that would embed."""
     from shift.render import print_plan
 
-    with _client(home, backend=backend) as c:
+    with open_client(home, backend=backend) as c:
         res = c.explain(text)
     show(
         res.plan,

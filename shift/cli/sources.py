@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from shift.cli import base as ui
-from shift.cli.base import HomeOpt, _client, command, models_app, show, suggest
+from shift.cli.base import HomeOpt, command, models_app, open_client, show, suggest
 from shift.cli.help import PlainGroup
 
 import_app = typer.Typer(
@@ -34,7 +34,7 @@ def _import(
 
         check_ids(source, names)
     t0 = time.perf_counter()
-    with _client(home, create=True) as c:
+    with open_client(home, create=True) as c:
         results = c.import_models(source, names, all=all, replace=replace)
     seconds = time.perf_counter() - t0
     rows = [r.__dict__ for r in results]
@@ -115,7 +115,7 @@ def models_weights(
 ) -> None:
     """Give a model its weights: exported to ONNX (opset 17), checked, sha256-recorded."""
     t0 = time.perf_counter()
-    with _client(home) as c, suggest(name, c.registry.model_names):
+    with open_client(home) as c, suggest(name, c.registry.model_names):
         rec = c.add_weights(name, weights, download=download)
     seconds = time.perf_counter() - t0
     show(

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from shift.cli import base as ui
-from shift.cli.base import HomeOpt, _client, command, show, suggest, tasks_app
+from shift.cli.base import HomeOpt, command, open_client, show, suggest, tasks_app
 from shift.errors import ShiftError
 
 TASK_COLUMNS = [
@@ -25,7 +25,7 @@ TASK_COLUMNS = [
 @command(tasks_app, "list", example="shift-cli tasks list")
 def tasks_list(home: HomeOpt = None) -> None:
     """List registered tasks."""
-    with _client(home) as c:
+    with open_client(home) as c:
         rows = [t.model_dump() for t in c.tasks()]
     show(rows, lambda: ui.print_rows(rows, TASK_COLUMNS, f"{len(rows)} tasks"), rows, TASK_COLUMNS)
 
@@ -68,7 +68,7 @@ def tasks_add(
 ) -> None:
     """Register a labelled dataset as a task."""
     data, kind = _data(images, npz)
-    with _client(home, create=True) as c:
+    with open_client(home, create=True) as c:
         rec = c.add_task(
             name,
             data,
@@ -98,7 +98,7 @@ def tasks_append(
 ) -> None:
     """Add samples to a task; the next query embeds only them."""
     data, kind = _data(images, npz)
-    with _client(home) as c, suggest(name, c.registry.task_names):
+    with open_client(home) as c, suggest(name, c.registry.task_names):
         res = c.append(name, data, kind=kind, val_fraction=val_fraction, seed=seed)
     rec, n = res
     skipped = getattr(res, "skipped", 0)  # samples already in the task (an append re-run)
@@ -118,7 +118,7 @@ def tasks_relabel(
     home: HomeOpt = None,
 ) -> None:
     """Replace a task's labels; indexes are reused, only scores are recomputed."""
-    with _client(home) as c, suggest(name, c.registry.task_names):
+    with open_client(home) as c, suggest(name, c.registry.task_names):
         rec = c.relabel(name, npz)
     show(
         rec.model_dump(),
@@ -129,6 +129,6 @@ def tasks_relabel(
 @command(tasks_app, "remove", example="shift-cli tasks remove flowers")
 def tasks_remove(name: TaskArg, home: HomeOpt = None) -> None:
     """Remove a task and its stored data."""
-    with _client(home) as c, suggest(name, c.registry.task_names):
+    with open_client(home) as c, suggest(name, c.registry.task_names):
         c.drop_task(name)
     show({"removed": name}, lambda: ui.out.print(f"removed task {name}", highlight=False))

@@ -14,9 +14,9 @@ from shift.cli.base import (
     ExecOpt,
     HomeOpt,
     RayOpt,
-    _client,
     app,
     command,
+    open_client,
     show,
     suggest,
 )
@@ -57,7 +57,7 @@ def index_cmd(
     from shift.render import print_index_report
 
     with (
-        _client(home, executor, ray_address, backend=backend) as c,
+        open_client(home, executor, ray_address, backend=backend) as c,
         suggest(task, c.registry.task_names),
     ):
         rep = c.index(task, pool=pool)
@@ -95,7 +95,7 @@ def finetune_cmd(
 
     Catalog models train from their torch definition, any other ONNX model converted by
     onnx2torch; on CUDA when torch sees a GPU."""
-    with _client(home) as c, suggest(task, c.registry.task_names):
+    with open_client(home) as c, suggest(task, c.registry.task_names):
         results = c.finetune(
             task, model, pool=pool, epochs=epochs, max_train=max_train, force=force
         )
@@ -129,7 +129,7 @@ def doctor_cmd(
     Exit 1 if problems remain."""
     from shift.tools.doctor import print_report
 
-    with _client(home) as c:
+    with open_client(home) as c:
         rep = c.doctor(repair=repair, grace_s=grace)
     findings = [f.model_dump() for f in rep.findings]
     show(json.loads(rep.model_dump_json()), lambda: print_report(rep, ui.console()), findings)
