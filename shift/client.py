@@ -41,7 +41,8 @@ DataKind = Literal["images", "npz"]
 
 
 class Client:
-    """One shift home. ``executor`` ("auto", "ray", "inprocess"), ``ray_address``, ``progress``,
+    """One shift home. ``executor`` ("auto": in process for a single small model, else Ray;
+    "ray"; "inprocess"; see ``shift.inference.executors``), ``ray_address``, ``progress``,
     ``backend`` ("onnxruntime", "torch" or "auto": see ``shift.inference.backend_auto``),
     ``batch_timeout_s`` (per inference batch; ``$SHIFT_BATCH_TIMEOUT_S``, else 600)
     and ``lock_timeout_s`` (wait for another build of an index; ``$SHIFT_LOCK_TIMEOUT_S``, else
@@ -202,7 +203,7 @@ class Client:
         term = pool_filter(self.pool(pool))
         if term is None:
             return self.registry.models()
-        return self.registry.models(term.sql, term.params)
+        return self.registry.models(term.sql, term.binds)
 
     def drop_model(self, name: str) -> ModelRecord:
         """Remove a model (its file too, unless another entry uses the same weights)."""
@@ -227,7 +228,7 @@ class Client:
         term = pool_filter(self.pool(name))
         if term is None:
             return self.registry.count_models()
-        return self.registry.count_models(term.sql, term.params)
+        return self.registry.count_models(term.sql, term.binds)
 
     def add_pool(
         self, name: str, condition: str, description: str = "", *, replace: bool = False

@@ -512,8 +512,8 @@ def test_valid_plans(registry: Registry) -> None:
         2,
     )
     assert p.ranker == "hybrid(linear)"
-    sql, params = p.where_sql
-    assert params == ["resnet50"] and "m.architecture" in sql  # the pool's condition
+    sql, binds = p.where_sql
+    assert binds == ["resnet50"] and "m.architecture" in sql  # the pool's condition
 
     p = plan_text(
         "SELECT top 3 FROM pool all WHERE task=flowers AND params < 30M AND dim <= 2048 "

@@ -26,17 +26,17 @@ if TYPE_CHECKING:
 def table_sql(
     step: Table, filters: list[Filter], budget: int | None = None, count: bool = False
 ) -> tuple[str, list[Any]]:
-    """The SQL (and its parameters) of the table's rows matching ``filters``, in the step's
+    """The SQL (and its bind values) of the table's rows matching ``filters``, in the step's
     order, at most ``budget``; ``count=True``: of their number."""
     table = TABLES[step.table]
     where = " AND ".join(f.sql for f in filters)
-    params = [p for f in filters for p in f.params]
+    binds = [b for f in filters for b in f.binds]
     cols = ", ".join(f"{c.sql} AS {name}" for name, c in table.columns.items())
     sql = f"SELECT {'count(*)' if count else cols} FROM {table.sql_from}"
     if where:
         sql += f" WHERE {where}"
     if count:
-        return sql, params
+        return sql, binds
     order = table.default_order
     if step.order is not None:
         col = table.columns[step.order.column]
@@ -45,19 +45,19 @@ def table_sql(
     sql += f" ORDER BY {order}"
     if budget is not None:
         sql += " LIMIT ?"
-        params = [*params, budget]
-    return sql, params
+        binds = [*binds, budget]
+    return sql, binds
 
 
 def table_rows(
     step: Table, filters: list[Filter], budget: int | None, registry: Registry
 ) -> list[dict[str, Any]]:
     """The table's rows matching ``filters``, in the step's order, at most ``budget``."""
-    sql, params = table_sql(step, filters, budget)
-    return finetunes.select_rows(registry, sql, params)
+    sql, binds = table_sql(step, filters, budget)
+    return finetunes.select_rows(registry, sql, binds)
 
 
 def table_count(step: Table, filters: list[Filter], registry: Registry) -> int:
     """How many of the table's rows match ``filters``."""
-    sql, params = table_sql(step, filters, count=True)
-    return finetunes.count_rows(registry, sql, params)
+    sql, binds = table_sql(step, filters, count=True)
+    return finetunes.count_rows(registry, sql, binds)

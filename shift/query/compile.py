@@ -85,9 +85,10 @@ def compile_condition(
     columns: dict[str, Column] = COLUMNS,
     table: str | None = None,
 ) -> tuple[str, list[Any]]:
-    """Return ``(sql, params)`` for a condition on models (``task`` must have been removed), or
-    on the rows of ``table`` whose ``columns`` are given (there ``task`` is a column)."""
-    params: list[Any] = []
+    """Return ``(sql, binds)`` (the SQL and its bind values) for a condition on models (``task``
+    must have been removed), or on the rows of ``table`` whose ``columns`` are given (there
+    ``task`` is a column)."""
+    binds: list[Any] = []
 
     def walk(node: ast.Expr) -> str:
         if isinstance(node, ast.And):
@@ -120,14 +121,14 @@ def compile_condition(
                             "e.g. tag = 'expert'",
                         )
                     )
-                params.append(_value(col, node.value, text))
+                binds.append(_value(col, node.value, text))
                 neg = "NOT " if node.op == "!=" else ""
                 return f"({neg}EXISTS (SELECT 1 FROM json_each(m.tags) WHERE value = ?))"
-            params.append(_value(col, node.value, text))
+            binds.append(_value(col, node.value, text))
             return f"({col.sql} {node.op} ?)"
         if isinstance(node, ast.InList):
             vals = [_value(col, v, text) for v in node.values]
-            params.extend(vals)
+            binds.extend(vals)
             marks = ", ".join("?" * len(vals))
             neg = "NOT " if node.negated else ""
             if col.type == "tags":
@@ -143,7 +144,7 @@ def compile_condition(
                         "use = < > for numbers",
                     )
                 )
-            params.append(_value(col, node.pattern, text))
+            binds.append(_value(col, node.pattern, text))
             neg = "NOT " if node.negated else ""
             if col.type == "tags":
                 return f"({neg}EXISTS (SELECT 1 FROM json_each(m.tags) WHERE value LIKE ?))"
@@ -153,4 +154,4 @@ def compile_condition(
             return f"({col.sql} IS {neg}NULL)"
         raise TypeError(f"unknown node {node!r}")  # pragma: no cover
 
-    return walk(expr), params
+    return walk(expr), binds

@@ -38,11 +38,11 @@ DEFAULT_MULTI_RANKER = ast.Ranker("avg_rank", ("linear",))
 
 @dataclass
 class Filter:
-    """One AND-ed model filter: where it comes from, its SQL and parameters."""
+    """One AND-ed model filter: where it comes from, its SQL and the SQL's bind values."""
 
     label: str
     sql: str
-    params: list[Any]
+    binds: list[Any]
 
 
 @dataclass
@@ -62,12 +62,10 @@ class Plan:
 
     @property
     def where_sql(self) -> tuple[str, list[Any]]:
-        """The filters AND-ed, with their parameters ("" for none)."""
+        """The filters AND-ed, with their bind values ("" for none)."""
         if not self.filters:
             return "", []
-        return " AND ".join(f.sql for f in self.filters), [
-            p for f in self.filters for p in f.params
-        ]
+        return " AND ".join(f.sql for f in self.filters), [b for f in self.filters for b in f.binds]
 
     @property
     def ranker(self) -> str:
@@ -99,8 +97,8 @@ def pool_filter(pool: PoolRecord) -> Filter | None:
     """A pool's condition as a model filter (``None`` for a pool of every model)."""
     if not pool.filter:
         return None
-    sql, params = compile_condition(parse_condition(pool.filter), pool.filter)
-    return Filter(f"pool {pool.name}: {pool.filter}", sql, params)
+    sql, binds = compile_condition(parse_condition(pool.filter), pool.filter)
+    return Filter(f"pool {pool.name}: {pool.filter}", sql, binds)
 
 
 def plan(select: ast.Select, text: str, registry: Catalog) -> Plan:
@@ -159,8 +157,8 @@ def plan(select: ast.Select, text: str, registry: Catalog) -> Plan:
                 )
             task_terms.append(term)
             continue
-        sql, params = compile_condition(term, text)
-        filters.append(Filter(_describe(term, text), sql, params))
+        sql, binds = compile_condition(term, text)
+        filters.append(Filter(_describe(term, text), sql, binds))
 
     for term in task_terms:
         values = [term.value] if isinstance(term, ast.Compare) else list(term.values)
@@ -245,8 +243,8 @@ def plan_table(select: ast.Select, text: str) -> Plan:
         )
     filters = []
     for term in ast.conjuncts(select.where):
-        sql, params = compile_condition(term, text, table.columns, select.table)
-        filters.append(Filter(_describe(term, text), sql, params))
+        sql, binds = compile_condition(term, text, table.columns, select.table)
+        filters.append(Filter(_describe(term, text), sql, binds))
     if select.order is not None:
         column(select.order.column, select.order.pos, text, table.columns, select.table)
     return Plan(

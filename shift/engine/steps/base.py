@@ -54,8 +54,8 @@ class Context:
 
     def models(self, order: str = "m.name") -> list[ModelRecord]:
         """The pool's models after the plan's filters, in ``order`` (SQL)."""
-        where, params = self.plan.where_sql
-        return self.registry.models(where, params, order=order)
+        where, binds = self.plan.where_sql
+        return self.registry.models(where, binds, order=order)
 
     @contextmanager
     def scoring(self) -> Iterator[None]:
@@ -109,9 +109,9 @@ def filter_counts(plan: Plan, registry: Registry) -> list[dict[str, Any]]:
     for i, f in enumerate(plan.filters):
         part = plan.filters[: i + 1]
         sql = " AND ".join(x.sql for x in part)
-        params = [p for x in part for p in x.params]
+        binds = [b for x in part for b in x.binds]
         rows.append(
-            {"step": "filter", "detail": f.label, "models": registry.count_models(sql, params)}
+            {"step": "filter", "detail": f.label, "models": registry.count_models(sql, binds)}
         )
     return rows
 
