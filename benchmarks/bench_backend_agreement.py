@@ -74,7 +74,7 @@ def ranking(client: Any, pool: str, task: str, strategy: str) -> dict[str, Any]:
 def min_cosines(homes: dict[str, Path], task: str, models: list[str]) -> dict[str, float]:
     """Per model: the lowest cosine between the two backends' embeddings of one sample."""
     from shift.config import Home
-    from shift.inference.torch_check import row_cosines
+    from shift.inference.torch.check import row_cosines
     from shift.store.index.store import IndexStore
 
     out = {}

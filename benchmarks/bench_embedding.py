@@ -78,8 +78,8 @@ def ort_vs_torch(
 
 def ray_actors(rec: Any, images: np.ndarray, batch: int) -> dict[str, Any]:
     from shift.inference.jobs import EmbedJob
-    from shift.inference.ray_executor import RayExecutor
-    from shift.inference.ray_runtime import ensure_ray, shutdown_ray
+    from shift.inference.ray.executor import RayExecutor
+    from shift.inference.ray.runtime import ensure_ray, shutdown_ray
 
     ensure_ray()
     out: dict[str, Any] = {}

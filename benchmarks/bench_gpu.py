@@ -127,7 +127,7 @@ def shift_rates(
     """shift's torch backend: load (convert + check), model only, and ``embed`` from uint8."""
     import torch
 
-    from shift.inference.torch_backend import TorchEmbedder
+    from shift.inference.torch.backend import TorchEmbedder
 
     t = time.perf_counter()
     emb = TorchEmbedder(path, rec, device=device, precision=precision)
@@ -156,8 +156,8 @@ def agreement(path: str, rec: Any, device: str, n: int) -> dict[str, float]:
     """Min per-row cosine of the torch backend's embeddings to ONNX Runtime's (CPU), per
     precision, on ``n`` random uint8 images."""
     from shift.inference.onnx_backend import OnnxEmbedder
-    from shift.inference.torch_backend import TorchEmbedder
-    from shift.inference.torch_check import row_cosines
+    from shift.inference.torch.backend import TorchEmbedder
+    from shift.inference.torch.check import row_cosines
 
     size = rec.input.height
     imgs = np.random.default_rng(2).integers(0, 256, (n, size, size, 3), np.uint8)
@@ -194,7 +194,7 @@ def end_to_end(reg: Any, rec: Any, precision: str, batch: int) -> dict[str, Any]
     is left (``embed_s``) is the backend's ``embed``, so the feeding costs are in the JSON."""
     from shift.engine.engine import Engine
     from shift.inference import local
-    from shift.inference.torch_backend import PRECISION_ENV
+    from shift.inference.torch.backend import PRECISION_ENV
     from shift.store.index.writer import IndexWriter
 
     shutil.rmtree(reg.home.index_path("bench", rec.name), ignore_errors=True)

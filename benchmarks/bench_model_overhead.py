@@ -68,7 +68,7 @@ class EmulatedDevice:
     device = "emulated"
 
     def __init__(self, model_path: str, record: Any, **opts: Any) -> None:
-        from shift.inference.torch_backend import TorchEmbedder
+        from shift.inference.torch.backend import TorchEmbedder
 
         self.record = record
         self.inner = TorchEmbedder(model_path, record, device="cpu")
@@ -176,7 +176,7 @@ def _warm_up(folder: Path, device: str) -> None:
     import torch
 
     from shift.inference.onnx_backend import OnnxEmbedder
-    from shift.inference.torch_backend import TorchEmbedder
+    from shift.inference.torch.backend import TorchEmbedder
     from shift.records import InputSpec, ModelRecord
 
     path = folder / "warm-up.onnx"
@@ -227,8 +227,8 @@ def child_fixed(spec: dict[str, Any]) -> dict[str, Any]:
     """Per-model load costs in this process: ONNX Runtime's session, then the torch backend's
     convert / device / check (``split``: the cold check's parts timed apart afterwards)."""
     from shift.inference.onnx_backend import OnnxEmbedder
-    from shift.inference.torch_backend import TorchEmbedder
-    from shift.inference.torch_check import check_images
+    from shift.inference.torch.backend import TorchEmbedder
+    from shift.inference.torch.check import check_images
 
     folder, device = Path(spec["folder"]), spec["device"]
     _warm_up(folder, device)
@@ -268,9 +268,9 @@ def child_overlap(spec: dict[str, Any]) -> dict[str, Any]:
     """In-process runs over every model on a tiny task, with and without the look-ahead,
     alternated ``repeat`` times in this process; before each run the per-process verdicts are
     dropped and, for a cold cache, the torch cache points at a new empty folder."""
-    from shift.inference import torch_check
     from shift.inference.jobs import EmbedJob
     from shift.inference.local import InProcessExecutor
+    from shift.inference.torch import check as torch_check
 
     folder, device = Path(spec["folder"]), spec["device"]
     _warm_up(folder, device)

@@ -82,7 +82,7 @@ def child(home: str, task: str, interval: float) -> dict[str, Any]:
     configuration's process (its ``shift`` is the one on ``sys.path``)."""
     import shift
     from shift.client import Client
-    from shift.inference.ray_runtime import shutdown_ray
+    from shift.inference.ray.runtime import shutdown_ray
 
     peaks: dict[int, int] = {}
     stop = threading.Event()

@@ -79,7 +79,7 @@ fi
 "$PY" - >>"$LOG" 2>&1 <<'EOF' || log "an import failed (see the log): the bench records what it can"
 import importlib
 for m in ("torch", "torchvision", "onnx", "onnxruntime", "onnx2torch", "pydantic",
-          "sqlite_utils", "hnswlib", "shift.engine.engine", "shift.inference.torch_backend"):
+          "sqlite_utils", "hnswlib", "shift.engine.engine", "shift.inference.torch.backend"):
     importlib.import_module(m)
     print("import ok:", m)
 EOF

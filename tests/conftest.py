@@ -23,7 +23,7 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture(scope="session")
 def ray_runtime() -> Iterator[None]:
     """A local Ray started once per test session (3-4 s), shut down at the end."""
-    from shift.inference.ray_runtime import ensure_ray, shutdown_ray
+    from shift.inference.ray.runtime import ensure_ray, shutdown_ray
 
     ensure_ray(num_cpus=2)
     yield

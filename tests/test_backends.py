@@ -147,7 +147,7 @@ def test_inprocess_executor_runs_each_job_on_its_backend(
 def test_ray_workers_import_and_run_a_registered_backend(
     ray_runtime: None, tiny_models: dict[str, ModelRecord]
 ) -> None:
-    from shift.inference.ray_executor import RayExecutor
+    from shift.inference.ray.executor import RayExecutor
 
     recs = [tiny_models["tiny-a"], tiny_models["tiny-b"]]
     imgs = images(6, seed=3)

@@ -19,9 +19,10 @@ from torch import nn  # noqa: E402
 
 from shift.catalog.onnx_import import register_onnx  # noqa: E402
 from shift.errors import BackendError, ShiftError  # noqa: E402
-from shift.inference import torch_backend, torch_check  # noqa: E402
 from shift.inference.onnx_backend import OnnxEmbedder  # noqa: E402
 from shift.inference.preprocess import preprocess  # noqa: E402
+from shift.inference.torch import backend as torch_backend  # noqa: E402
+from shift.inference.torch import check as torch_check  # noqa: E402
 from shift.records import ModelRecord, Samples  # noqa: E402
 from shift.store.registry import Registry  # noqa: E402
 from shift.store.tasks import TaskStore  # noqa: E402

@@ -162,7 +162,7 @@ def test_a_query_waiting_on_another_build_gives_up(tmp_path: Path) -> None:
 
 _RAY_CHECK = """
 import ray
-from shift.inference.ray_runtime import ensure_ray, shutdown_ray
+from shift.inference.ray.runtime import ensure_ray, shutdown_ray
 ensure_ray(num_cpus=1)
 print("ok", ray.get(ray.remote(lambda: 41 + 1).remote()), flush=True)
 shutdown_ray()

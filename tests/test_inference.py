@@ -20,8 +20,8 @@ from shift.inference.jobs import BatchResult, EmbedJob, JobFailure
 from shift.inference.local import InProcessExecutor
 from shift.inference.onnx_backend import OnnxEmbedder
 from shift.inference.preprocess import preprocess
-from shift.inference.ray_executor import RayExecutor
-from shift.inference.ray_pool import plan_pool
+from shift.inference.ray.executor import RayExecutor
+from shift.inference.ray.pool import plan_pool
 from shift.records import InputSpec, ModelRecord
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -232,7 +232,7 @@ def test_embedder_gpu_fallback_is_logged(
 def test_modules_do_not_import_onnxruntime_or_ray() -> None:
     code = (
         "import sys, shift.inference.executors, shift.inference.onnx_backend, "
-        "shift.inference.ray_runtime, shift.inference.ray_pool, shift.inference.preprocess\n"
+        "shift.inference.ray.runtime, shift.inference.ray.pool, shift.inference.preprocess\n"
         "from shift.inference.backends import known_backends\n"
         "assert 'onnxruntime' in known_backends()\n"
         "bad = [m for m in ('onnxruntime', 'ray', 'torch') if m in sys.modules]\n"
@@ -349,8 +349,8 @@ def test_executor_callback_errors_propagate(
     with pytest.raises(OSError, match="disk full"):
         executor.run([job(tiny_models["tiny-a"])], boom, lambda f: None, progress=False)
     if isinstance(executor, RayExecutor):  # the pool was torn down and its CPUs given back
-        from shift.inference.ray_pool import _POOL
-        from shift.inference.ray_runtime import ray_resources
+        from shift.inference.ray.pool import _POOL
+        from shift.inference.ray.runtime import ray_resources
 
         assert _POOL.actors == []
         assert ray_resources()["CPU"] == pytest.approx(2.0)
@@ -415,7 +415,7 @@ def test_make_executor_kinds() -> None:
 def test_ray_runtime_is_local_and_loopback_only(ray_runtime: None) -> None:
     import ray
 
-    from shift.inference.ray_runtime import ensure_ray, ray_resources
+    from shift.inference.ray.runtime import ensure_ray, ray_resources
 
     ensure_ray()  # idempotent
     assert "node:127.0.0.1" in ray.cluster_resources()
@@ -440,7 +440,7 @@ def test_ray_pool_is_shared_and_reused(
 ) -> None:
     """Actors start once per process: a second run (any executor) reuses them and their loaded
     models; another plan replaces them; closing gives the CPUs back."""
-    from shift.inference.ray_pool import _POOL, close_actor_pool
+    from shift.inference.ray.pool import _POOL, close_actor_pool
 
     rec = tiny_models["tiny-a"]
     RayExecutor(num_actors=2).run([job(rec)], lambda r: None, print, False)
@@ -451,6 +451,6 @@ def test_ray_pool_is_shared_and_reused(
     RayExecutor(num_actors=1).run([job(rec)], lambda r: None, print, False)
     assert len(_POOL.actors) == 1 and _POOL.actors[0] not in first
     close_actor_pool()
-    from shift.inference.ray_runtime import ray_resources
+    from shift.inference.ray.runtime import ray_resources
 
     assert _POOL.actors == [] and ray_resources()["CPU"] == pytest.approx(2.0)

@@ -26,7 +26,7 @@ from shift.errors import ModelFileError, ShiftError
 from shift.inference.embedder import register_backend
 from shift.inference.jobs import BatchResult, EmbedJob, JobFailure
 from shift.inference.local import InProcessExecutor
-from shift.inference.torch_cache import TorchCache, cache_dir, home_cache_dir
+from shift.inference.torch.cache import TorchCache, cache_dir, home_cache_dir
 from shift.records import InputSpec, ModelRecord
 
 PROBE = "overlap-probe"
@@ -283,7 +283,8 @@ class Counts:
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         import onnx2torch
 
-        from shift.inference import torch_check, torch_convert
+        from shift.inference.torch import check as torch_check
+        from shift.inference.torch import convert as torch_convert
 
         self.n = {"lower": 0, "onnx2torch": 0, "check": 0}
 
@@ -307,8 +308,8 @@ class Counts:
 
 def new_process_embedder(rec: ModelRecord, path: str | None = None) -> Any:
     """A torch embedder as a fresh process would build it (the per-process verdicts dropped)."""
-    from shift.inference import torch_check
-    from shift.inference.torch_backend import TorchEmbedder
+    from shift.inference.torch import check as torch_check
+    from shift.inference.torch.backend import TorchEmbedder
 
     torch_check.forget_verdicts()
     return TorchEmbedder(path or rec.path, rec, device="cpu")
@@ -336,7 +337,7 @@ def test_a_rerun_neither_lowers_nor_checks(
     for a, b in zip(cold.embed(x), warm.embed(x), strict=True):
         np.testing.assert_array_equal(a, b)
     assert new_process_embedder(rec).verdict == "disk"
-    from shift.inference import torch_check
+    from shift.inference.torch import check as torch_check
 
     torch_check.forget_verdicts()
 
@@ -363,7 +364,7 @@ def test_the_cache_is_ignored_when_the_model_file_differs(
     again = new_process_embedder(rec)
     assert counts.take() == {"lower": 1, "onnx2torch": 2, "check": 0}
     assert not again.graph_cached and again.verdict == "disk"
-    from shift.inference import torch_check
+    from shift.inference.torch import check as torch_check
 
     torch_check.forget_verdicts()
 
@@ -377,7 +378,8 @@ def test_a_changed_conversion_is_checked_again_and_refused(
     from torch import nn
 
     from shift.errors import BackendError
-    from shift.inference import torch_backend, torch_check
+    from shift.inference.torch import backend as torch_backend
+    from shift.inference.torch import check as torch_check
 
     _, rec = home_model
     assert new_process_embedder(rec).verdict == "checked"
@@ -437,7 +439,7 @@ def test_nothing_is_unpickled_and_the_cache_holds_json_and_onnx_only(
         else:
             assert p.suffix == ".onnx"
             onnx.checker.check_model(onnx.load_model_from_string(data))
-    from shift.inference import torch_check
+    from shift.inference.torch import check as torch_check
 
     torch_check.forget_verdicts()
 

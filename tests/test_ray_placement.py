@@ -10,8 +10,8 @@ import pytest
 
 from shift.inference.jobs import BatchResult, EmbedJob, JobFailure
 from shift.inference.onnx_backend import OnnxEmbedder
-from shift.inference.ray_executor import RayExecutor
-from shift.inference.ray_plan import (
+from shift.inference.ray.executor import RayExecutor
+from shift.inference.ray.plan import (
     CPU_IN_FLIGHT,
     GPU_IN_FLIGHT,
     MAX_DEVICE_BATCH,
@@ -65,7 +65,7 @@ def test_plan_pool_one_actor_per_gpu_from_the_accelerator_table() -> None:
 def two_declared_gpus() -> Iterator[None]:
     """A local Ray declaring 2 GPUs (none exist); the shared runtime is restored afterwards
     with the CPUs it had."""
-    from shift.inference.ray_runtime import ensure_ray, ray_is_running, shutdown_ray
+    from shift.inference.ray.runtime import ensure_ray, ray_is_running, shutdown_ray
 
     cpus = None
     if ray_is_running():
@@ -88,7 +88,7 @@ def test_declared_gpus_get_one_actor_each(
 ) -> None:
     import ray
 
-    from shift.inference.ray_pool import _POOL
+    from shift.inference.ray.pool import _POOL
 
     rec = tiny_models["tiny-a"]
     rng = np.random.default_rng(3)

@@ -58,7 +58,7 @@ def test_killed_worker_is_restarted_and_index_equals_uninterrupted(
 ) -> None:
     import ray
 
-    from shift.inference.ray_pool import _POOL, close_actor_pool
+    from shift.inference.ray.pool import _POOL, close_actor_pool
 
     close_actor_pool()  # a fresh pool: its actors' first pids are the ones we kill
     with home(tmp_path / "plain", files, "inprocess") as c:

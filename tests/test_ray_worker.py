@@ -14,9 +14,9 @@ from shift.errors import ModelFileError
 from shift.fsutil import sha256_file
 from shift.inference.jobs import BatchResult
 from shift.inference.onnx_backend import OnnxEmbedder
-from shift.inference.ray_models import CACHE_ENV, ModelBlob, materialize, publish
-from shift.inference.ray_plan import CPU_ACTIVATION_ENV
-from shift.inference.ray_pool import SESSION_FACTOR, EmbedWorker, ModelSpec
+from shift.inference.ray.models import CACHE_ENV, ModelBlob, materialize, publish
+from shift.inference.ray.plan import CPU_ACTIVATION_ENV
+from shift.inference.ray.pool import SESSION_FACTOR, EmbedWorker, ModelSpec
 from shift.records import ModelRecord
 
 pytestmark = pytest.mark.ray

@@ -25,16 +25,17 @@ from torch import nn  # noqa: E402
 from shift.catalog.onnx_import import register_onnx  # noqa: E402
 from shift.engine.engine import Engine  # noqa: E402
 from shift.errors import BackendError, ShiftError  # noqa: E402
-from shift.inference import torch_backend, torch_check  # noqa: E402
 from shift.inference.backends import known_backends, make_embedder  # noqa: E402
 from shift.inference.embedder import Embedder  # noqa: E402
 from shift.inference.jobs import EmbedJob  # noqa: E402
 from shift.inference.local import InProcessExecutor  # noqa: E402
 from shift.inference.onnx_backend import OnnxEmbedder  # noqa: E402
 from shift.inference.preprocess import preprocess  # noqa: E402
-from shift.inference.torch_backend import PRECISION_ENV, TorchEmbedder  # noqa: E402
-from shift.inference.torch_check import row_cosines  # noqa: E402
-from shift.inference.torch_convert import convert_onnx, model_opset  # noqa: E402
+from shift.inference.torch import backend as torch_backend  # noqa: E402
+from shift.inference.torch import check as torch_check  # noqa: E402
+from shift.inference.torch.backend import PRECISION_ENV, TorchEmbedder  # noqa: E402
+from shift.inference.torch.check import row_cosines  # noqa: E402
+from shift.inference.torch.convert import convert_onnx, model_opset  # noqa: E402
 from shift.records import InputSpec, ModelRecord, Samples  # noqa: E402
 from shift.store.registry import Registry  # noqa: E402
 from shift.store.tasks import TaskStore  # noqa: E402

@@ -76,7 +76,7 @@ def torch_cuda() -> bool:
 
         if not torch.cuda.is_available():
             return False
-        from shift.inference.torch_convert import import_onnx2torch
+        from shift.inference.torch.convert import import_onnx2torch
 
         import_onnx2torch()
     except (ImportError, ShiftError):

@@ -14,10 +14,8 @@ from shift.records import ModelRecord
 
 def _load_builtins() -> None:
     """Import the built-in backend modules; each registers itself when imported."""
-    from shift.inference import (
-        onnx_backend,  # noqa: F401  (registers "onnxruntime")
-        torch_backend,  # noqa: F401  (registers "torch")
-    )
+    from shift.inference import onnx_backend  # noqa: F401  (registers "onnxruntime")
+    from shift.inference.torch import backend  # noqa: F401  (registers "torch")
 
 
 def known_backends() -> list[str]:

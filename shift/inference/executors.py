@@ -1,12 +1,12 @@
 """Choosing an executor by name. Both run ``EmbedJob``s (``shift.inference.jobs``) behind one
-interface: ``InProcessExecutor`` (``local``) and ``RayExecutor`` (``ray_executor``). Neither ray
+interface: ``InProcessExecutor`` (``local``) and ``RayExecutor`` (``ray.executor``). Neither ray
 nor any inference runtime is imported when this module is imported."""
 
 from __future__ import annotations
 
 from shift.errors import ShiftError
 from shift.inference.local import InProcessExecutor
-from shift.inference.ray_executor import RayExecutor
+from shift.inference.ray.executor import RayExecutor
 
 
 def make_executor(

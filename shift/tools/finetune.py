@@ -311,7 +311,7 @@ def finetune(
     import torch
 
     from shift.inference.preprocess import preprocess
-    from shift.inference.torch_backend import pick_device
+    from shift.inference.torch.backend import pick_device
 
     dev = pick_device(device)
     protocol = (protocol or FinetuneProtocol()).model_copy(

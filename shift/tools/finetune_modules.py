@@ -6,9 +6,9 @@ model with weights:
   deterministically, once per process), checked against the registered ONNX file on the
   export-check input (max abs difference <= ``EXPORT_TOLERANCE``);
 * **any other** registered ONNX model: its graph converted to torch by the torch inference
-  backend (onnx2torch, :mod:`shift.inference.torch_convert`), which checks the conversion against
+  backend (onnx2torch, :mod:`shift.inference.torch.convert`), which checks the conversion against
   ONNX Runtime in fp32 on a fixed batch first (per-row cosine >= 0.999,
-  :mod:`shift.inference.torch_check`); the converted graph's every parameter is trained, and the
+  :mod:`shift.inference.torch.check`); the converted graph's every parameter is trained, and the
   embedding output (flattened) feeds the new head, the source head (if any) is not used.
 
 Either way the module maps the model input (the registered ``InputSpec``'s preprocessing) to
@@ -118,7 +118,7 @@ def converted_module(registry: Registry, rec: ModelRecord) -> tuple[Any, dict[st
     """``rec``'s registered ONNX graph as a trainable torch module on the CPU (see the module
     doc) and what to record about it. ``BackendError`` when onnx2torch is missing, cannot
     convert the graph, or the conversion disagrees with ONNX Runtime."""
-    from shift.inference.torch_backend import TorchEmbedder
+    from shift.inference.torch.backend import TorchEmbedder
 
     t0 = time.perf_counter()
     embedder = TorchEmbedder(str(registry.model_file(rec)), rec, device="cpu", precision="fp32")

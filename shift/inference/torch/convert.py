@@ -20,7 +20,7 @@ same tensors), and ``convert_onnx`` then tries, in order:
 
 Whatever still fails is refused with a ``BackendError`` that names the operator.
 
-A graph that took route 2 or 3 is kept, lowered, in the home's torch cache (``torch_cache``,
+A graph that took route 2 or 3 is kept, lowered, in the home's torch cache (``cache``,
 keyed by the file's sha256, the outputs and the target opset), so the next process converts it
 straight away: no failed first attempt, no version converter.
 """
@@ -211,7 +211,7 @@ def _convert(onnx2torch: Any, model: Any) -> Any:
 def graph_key(sha256: str, record: ModelRecord) -> str:
     """The torch cache's key for ``record``'s graph lowered to ``TORCH_OPSET``: the file's
     content, the outputs kept, the input fed, the target opset and the converters' versions."""
-    from shift.inference.torch_cache import digest, runtime_versions
+    from shift.inference.torch.cache import digest, runtime_versions
 
     versions = runtime_versions()
     return digest(
@@ -234,7 +234,7 @@ def convert_onnx(model_path: str, record: ModelRecord) -> Converted:
     import onnx
 
     from shift.fsutil import sha256_file
-    from shift.inference.torch_cache import TorchCache
+    from shift.inference.torch.cache import TorchCache
 
     onnx2torch = import_onnx2torch()
     cache, sha, key = TorchCache.for_model(model_path), "", ""

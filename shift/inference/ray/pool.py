@@ -1,6 +1,6 @@
 """The Ray side of inference: the worker that runs in each actor and the process's shared pool
-of actors (sized by ``shift.inference.ray_plan.plan_pool``). ray is imported inside the
-functions, never at import time (``shift.inference.ray_runtime.shutdown_ray`` finds ``_POOL``
+of actors (sized by ``shift.inference.ray.plan.plan_pool``). ray is imported inside the
+functions, never at import time (``shift.inference.ray.runtime.shutdown_ray`` finds ``_POOL``
 here by module name).
 
 Actors are restarted when their process dies (``MAX_RESTARTS``) and the calls they held are run
@@ -23,8 +23,8 @@ from shift.errors import InferenceTimeoutError, ShiftError
 from shift.inference.backends import backend_module, make_embedder
 from shift.inference.embedder import Embedder
 from shift.inference.jobs import Batch, BatchResult, EmbedJob, JobFailure, embed_batch
-from shift.inference.ray_models import ModelBlob, materialize
-from shift.inference.ray_plan import (
+from shift.inference.ray.models import ModelBlob, materialize
+from shift.inference.ray.plan import (
     CPU_IN_FLIGHT,
     GPU_IN_FLIGHT,
     _env_float,
@@ -273,7 +273,7 @@ _POOL = _SharedPool()
 
 def close_actor_pool() -> None:
     """Release the shared actors (a no-op when Ray is not running)."""
-    from shift.inference.ray_runtime import ray_is_running
+    from shift.inference.ray.runtime import ray_is_running
 
     if ray_is_running():
         import ray

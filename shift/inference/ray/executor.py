@@ -1,5 +1,5 @@
 """The Ray executor: batches of every job spread over the process's shared pool of actors
-(``shift.inference.ray_pool``), with backpressure. ray is imported inside ``run`` only."""
+(``shift.inference.ray.pool``), with backpressure. ray is imported inside ``run`` only."""
 
 from __future__ import annotations
 
@@ -22,19 +22,19 @@ from shift.inference.jobs import (
     ResultFn,
     batch_timeout,
 )
-from shift.inference.ray_models import ModelBlob, publish
-from shift.inference.ray_pool import _POOL, ModelSpec, _PoolPlan, plan_pool
+from shift.inference.ray.models import ModelBlob, publish
+from shift.inference.ray.pool import _POOL, ModelSpec, _PoolPlan, plan_pool
 
 log = logging.getLogger(__name__)
 
 
 class RayExecutor:
-    """Runs the jobs on the process's shared pool of Ray actors (see ``ray_pool._SharedPool``).
+    """Runs the jobs on the process's shared pool of Ray actors (see ``pool._SharedPool``).
 
     Joins ``address`` (or ``$SHIFT_RAY_ADDRESS``) or starts a local Ray via ``ensure_ray``.
     At most ``plan.in_flight`` calls per actor and about half the object store are in flight at
     once, so a big dataset is never shipped in one go. Images travel as numpy arrays; a model
-    travels as bytes, put in the object store once per run (``ray_models.publish``) and cached
+    travels as bytes, put in the object store once per run (``models.publish``) and cached
     by each node, so workers need no shared disk. On a GPU plan, consecutive batches of a job
     are grouped into one call of up to ``plan.images_per_call`` images.
     A job's backend must be registered in this process; workers import its module themselves.
@@ -89,7 +89,7 @@ class RayExecutor:
     ) -> None:
         if not jobs:
             return
-        from shift.inference.ray_runtime import ensure_ray
+        from shift.inference.ray.runtime import ensure_ray
 
         ensure_ray(self.address)
         import ray

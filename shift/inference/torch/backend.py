@@ -1,5 +1,5 @@
 """The "torch" inference backend: a registered ONNX model converted to torch (onnx2torch, see
-``torch_convert``) and run by torch, on CUDA when there is one.
+``convert``) and run by torch, on CUDA when there is one.
 
 On CUDA each uint8 NHWC batch is copied into a pinned host buffer, sent to the GPU and
 normalised there (``preprocess``'s ``normalisation``), then run in channels-last under bf16
@@ -14,9 +14,9 @@ a fresh thread per batch autotuned every convolution again, every batch; that ma
 end path on an H100 run at 53-208 img/s against 13,000-18,000 img/s for ``embed`` alone.
 
 Before a (model, backend) pair is first used, the converted graph is checked against ONNX
-Runtime (``torch_check``); a model whose conversion disagrees is refused with ``BackendError``.
+Runtime (``check``); a model whose conversion disagrees is refused with ``BackendError``.
 An agreement, and a graph that had to be lowered to opset 17, are kept in the home's torch cache
-(``torch_cache``), so a model file in a home is lowered and checked once, not once per process.
+(``cache``), so a model file in a home is lowered and checked once, not once per process.
 torch, onnx and onnx2torch are imported when an embedder is built, never at module import.
 """
 
@@ -38,7 +38,7 @@ from shift.errors import BackendError, ModelFileError, ShiftError
 from shift.inference.embedder import register_backend
 from shift.inference.onnx_backend import OnnxEmbedder, _flatten
 from shift.inference.preprocess import check_batch, normalisation, resize_images
-from shift.inference.torch_convert import convert_onnx, first_line, import_onnx2torch
+from shift.inference.torch.convert import convert_onnx, first_line, import_onnx2torch
 from shift.records import ModelRecord
 
 log = logging.getLogger(__name__)
@@ -168,7 +168,7 @@ class TorchEmbedder:
         self.timings = {"convert": t1 - t0, "device": t2 - t1, "check": 0.0}
         self.verdict = ""
         if verify:
-            from shift.inference.torch_check import check_against_onnxruntime
+            from shift.inference.torch.check import check_against_onnxruntime
 
             self.verdict = check_against_onnxruntime(self, BACKEND)
             self.timings["check"] = time.perf_counter() - t2

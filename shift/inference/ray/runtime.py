@@ -100,7 +100,7 @@ def ensure_ray(
 def shutdown_ray() -> None:
     """Shut Ray down if this process initialised or joined it; a no-op otherwise."""
     with _lock:
-        pool = sys.modules.get("shift.inference.ray_pool")
+        pool = sys.modules.get("shift.inference.ray.pool")
         if pool is not None:  # the shared actors die with Ray: forget their handles
             pool._POOL.close(None)
         if "ray" in sys.modules and sys.modules["ray"].is_initialized():

@@ -7,13 +7,13 @@ unpickles, so the module is rebuilt by onnx2torch on every load (0.1-0.5 s at 22
 and the cache keeps the two parts around it that are expensive and safe to keep:
 
 * **verdicts** (``verdict-<key>.json``): that a conversion agrees with ONNX Runtime (the check of
-  ``torch_check``: an ONNX Runtime session and two runs of the check batch), keyed by the model
+  ``check``: an ONNX Runtime session and two runs of the check batch), keyed by the model
   file's sha256, the outputs and preprocessing read, the device, the converted module's
   structure (its generated code, module tree and tensor shapes), the versions of torch, onnx,
   onnx2torch and onnxruntime, and the check's own settings. Only agreements are kept: a
   refusal is checked again by the next process.
 * **lowered graphs** (``graph-<key>.onnx`` + ``graph-<key>.json``): the ONNX graph onnx2torch
-  converts, when it had to be taken down to ``TORCH_OPSET`` first (``torch_convert``'s routes 2
+  converts, when it had to be taken down to ``TORCH_OPSET`` first (``convert``'s routes 2
   and 3: a failed direct conversion, then the version converter), keyed by the file's sha256,
   the outputs, the target opset and the onnx/onnx2torch versions. The meta file holds the
   graph's sha256, checked before it is parsed (protobuf: data, never code).

@@ -5,7 +5,7 @@ goes through the backend in fp32 and through ONNX Runtime on CPU; every row of t
 and of the logits when the model has a head, must have cosine >= ``MIN_COSINE`` to ONNX
 Runtime's. The verdict is kept per process by (model sha256, backend) and what else the
 check depends on (the outputs read and the input spec), refusals included; an agreement is also
-kept on disk in the home's torch cache (``torch_cache``), keyed by all of that plus the device,
+kept on disk in the home's torch cache (``cache``), keyed by all of that plus the device,
 the converted module's structure and the runtimes' versions, so a re-run checks nothing.
 """
 
@@ -81,7 +81,7 @@ def disk_verdict_key(embedder: Any, backend: str) -> str:
     """The torch cache's key for ``embedder``'s verdict: ``verdict_key``'s parts with the model
     file's sha256 (``embedder.model_sha256``), the device, the converted module's structure,
     the runtimes' versions and the check's settings."""
-    from shift.inference.torch_cache import digest, module_fingerprint, runtime_versions
+    from shift.inference.torch.cache import digest, module_fingerprint, runtime_versions
 
     rec = embedder.record
     return digest(
@@ -101,7 +101,7 @@ def disk_verdict_key(embedder: Any, backend: str) -> str:
 
 def _disk_cache(embedder: Any) -> Any:
     """The torch cache for ``embedder``'s model, or None (no cache, or nothing to key by)."""
-    from shift.inference.torch_cache import TorchCache
+    from shift.inference.torch.cache import TorchCache
 
     if not getattr(embedder, "model_sha256", "") or getattr(embedder, "module", None) is None:
         return None
