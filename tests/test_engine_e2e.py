@@ -23,7 +23,7 @@ from shift.store.tasks import TaskStore
 N = 120
 BATCH = 64
 QUERY = "SELECT top 2 FROM pool all WHERE task=toy"
-KNN_KEY = proxy_params_key(get_proxy("knn").params)
+KNN_KEY = proxy_params_key(get_proxy("knn").settings)
 
 
 @pytest.fixture(scope="module")

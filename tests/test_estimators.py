@@ -203,9 +203,9 @@ def test_gbc_spherical_default_and_diagonal_by_hand() -> None:
     assert gbc(x, y, covariance="spherical") == pytest.approx(-2 * math.exp(-d_sph), rel=1e-12)
     assert gbc(x, y, covariance="diagonal") == pytest.approx(-2 * math.exp(-d_diag), rel=1e-12)
     spec = get_proxy("gbc")
-    assert spec.params["covariance"] == "spherical"
+    assert spec.settings["covariance"] == "spherical"
     diag = spec.bind({"covariance": "DIAGONAL"})  # RANK BY gbc(covariance=diagonal)
-    assert diag.params["covariance"] == "diagonal" and diag.params != spec.params
+    assert diag.settings["covariance"] == "diagonal" and diag.settings != spec.settings
     assert diag(x, y, x, y) == pytest.approx(-2 * math.exp(-d_diag), rel=1e-12)
     assert spec.bind({"covariance": "spherical"}) is spec  # the default is the default
 
@@ -793,7 +793,7 @@ def test_estimators_are_registered_as_proxies() -> None:
     for name in names:
         spec = get_proxy(name)
         assert spec.needs_logits == (name in {"leep", "nce", "lgc"})
-        assert spec.params["split"] == "train"
+        assert spec.settings["split"] == "train"
         hash(spec)
     x, y = blobs(90, 8, 3, seed=23)
     assert get_proxy("logme")(x, y, x[:3], y[:3]) == pytest.approx(logme(x, y))

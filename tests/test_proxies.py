@@ -49,9 +49,9 @@ def test_registry_names_and_lookup() -> None:
         assert spec.fn is not None
         if name in ("knn", "knn_cosine", "linear"):
             assert not spec.needs_logits
-    assert get_proxy("knn").params["metric"] == "euclidean"
-    assert get_proxy("knn_cosine").params["metric"] == "cosine"
-    assert get_proxy("linear").params["lrs"] == (0.1, 0.01)
+    assert get_proxy("knn").settings["metric"] == "euclidean"
+    assert get_proxy("knn_cosine").settings["metric"] == "cosine"
+    assert get_proxy("linear").settings["lrs"] == (0.1, 0.01)
     with pytest.raises(KeyError, match="did you mean 'linear'"):
         get_proxy("lineer")
     with pytest.raises(KeyError, match="unknown proxy"):

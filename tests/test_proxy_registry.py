@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from shift.scoring import knn, registry
+from shift.scoring import knn, plugins
 from shift.scoring.knn import GraphKnn, graph_nearest, knn_accuracy, nearest_neighbors
 from shift.scoring.proxies import PROXIES, get_proxy
 
@@ -33,7 +33,7 @@ COSTS = {
 }
 
 
-# ------------------------------------------------------------------------------ registry
+# ------------------------------------------------------------------------------ plug-ins
 
 
 def test_every_proxy_registers_next_to_its_function() -> None:
@@ -44,7 +44,7 @@ def test_every_proxy_registers_next_to_its_function() -> None:
         module = getattr(fn, "__module__", None) or type(fn).__module__
         assert module.startswith("shift.scoring"), (name, module)
     assert get_proxy("ncti").pool_relative and not get_proxy("logme").pool_relative
-    assert get_proxy("lgc").params["transform"] == "logit_gradients"
+    assert get_proxy("lgc").settings["transform"] == "logit_gradients"
     assert get_proxy("knn").from_index == GraphKnn("euclidean")
     assert get_proxy("knn_cosine").from_index == GraphKnn("cosine")
     assert all(PROXIES[n].from_index is None for n in PROXIES if not n.startswith("knn"))
@@ -54,35 +54,35 @@ def test_decorators_bind_kwargs_record_params_and_refuse_duplicates(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     assert "logme" in PROXIES  # loads the estimators before the registry is copied
-    monkeypatch.setattr(registry, "_SPECS", dict(registry._SPECS))
+    monkeypatch.setattr(plugins, "_SPECS", dict(plugins._SPECS))
 
-    @registry.proxy("t_scaled", description="test", cost_per_1k=1.5, record={"k": 1}, scale=3)
+    @plugins.proxy("t_scaled", description="test", cost_per_1k=1.5, record={"k": 1}, scale=3)
     def scaled(tx: Any, ty: Any, vx: Any, vy: Any, scale: int = 1) -> float:
         return float(scale * len(tx))
 
-    @registry.estimator("t_est", description="test", transform=np.abs, power=2)
+    @plugins.estimator("t_est", description="test", transform=np.abs, power=2)
     def est(x: Any, y: Any, power: int = 1) -> float:
         return float((np.asarray(x) ** power).sum())
 
-    @registry.estimator("t_pool", description="test", pool_relative=True)
+    @plugins.estimator("t_pool", description="test", pool_relative=True)
     def pool(problems: list[tuple[Any, Any]]) -> list[float]:
         return [float(len(x)) for x, _ in problems]
 
-    specs = registry.registered()
+    specs = plugins.registered()
     assert scaled.__name__ == "scaled"  # the function itself is returned
-    assert specs["t_scaled"].params == {"k": 1, "scale": 3}
+    assert specs["t_scaled"].settings == {"k": 1, "scale": 3}
     assert specs["t_scaled"]([1, 2], None, None, None) == 6.0
     assert specs["t_scaled"].cost_per_1k == 1.5
-    assert specs["t_est"].params == {"split": "train", "power": 2, "transform": "absolute"}
+    assert specs["t_est"].settings == {"split": "train", "power": 2, "transform": "absolute"}
     assert specs["t_est"](np.array([-1.0, 2.0]), None, None, None) == 5.0
-    assert specs["t_est"].cost_per_1k == registry.DEFAULT_COST_PER_1K
-    assert specs["t_pool"].params == {"split": "train", "pool_relative": True}
+    assert specs["t_est"].cost_per_1k == plugins.DEFAULT_COST_PER_1K
+    assert specs["t_pool"].settings == {"split": "train", "pool_relative": True}
     assert specs["t_pool"].score_many([([1], 0, 0, 0), ([1, 2], 0, 0, 0)]) == [1.0, 2.0]
     assert specs["t_pool"]([1, 2, 3], 0, 0, 0) == 3.0
     with pytest.raises(ValueError, match="already registered"):
-        registry.proxy("t_scaled", description="again")(scaled)
+        plugins.proxy("t_scaled", description="again")(scaled)
     with pytest.raises(ValueError, match="already registered"):
-        registry.estimator("logme", description="again")(est)
+        plugins.estimator("logme", description="again")(est)
 
 
 def test_explain_cost_comes_from_the_spec() -> None:

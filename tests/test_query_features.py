@@ -113,21 +113,21 @@ def test_bind_canonical_keys() -> None:
     knn = get_proxy("knn")
 
     def key(**v: Any) -> str:
-        return proxy_params_key(knn.bind(v).params)
+        return proxy_params_key(knn.bind(v).settings)
 
     assert key(k=5, metric="cosine") == key(metric="COSINE", k=5.0)  # order, case, 5 vs 5.0
-    assert key(k=1) == key() == proxy_params_key(knn.params)  # the default is the default
+    assert key(k=1) == key() == proxy_params_key(knn.settings)  # the default is the default
     assert key(k=5) != key(k=3) != key()
     lin = get_proxy("linear")
-    a = proxy_params_key(lin.bind({"lr": 0.01, "epochs": 400}).params)
-    assert a == proxy_params_key(lin.bind({"epochs": 400, "lr": 1e-2}).params)
+    a = proxy_params_key(lin.bind({"lr": 0.01, "epochs": 400}).settings)
+    assert a == proxy_params_key(lin.bind({"epochs": 400, "lr": 1e-2}).settings)
     assert json.loads(a)["lrs"] == [0.01] and json.loads(a)["epochs"] == 400
     shift_ql = lin.bind({"learning_rate": 0.01, "num_epochs": 400})  # SHiFT's spelling
-    assert proxy_params_key(shift_ql.params) == a
+    assert proxy_params_key(shift_ql.settings) == a
     assert knn.bind({"k": 5}).from_index is None  # k > 1: always exact
     assert knn.bind({"metric": "cosine"}).from_index.metric == "cosine"
     logme = get_proxy("logme").bind({"max_iter": 50})
-    assert logme.params["max_iter"] == 50
+    assert logme.settings["max_iter"] == 50
 
 
 @pytest.mark.parametrize(

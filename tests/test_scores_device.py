@@ -167,7 +167,7 @@ def test_cache_keys_do_not_depend_on_the_device(monkeypatch: pytest.MonkeyPatch)
     keys = {}
     for choice in ("cpu", "cuda", "auto"):
         monkeypatch.setenv(sd.ENV, choice)
-        keys[choice] = [proxy_params_key(get_proxy(n).params) for n in ("knn", "linear")]
+        keys[choice] = [proxy_params_key(get_proxy(n).settings) for n in ("knn", "linear")]
     assert keys["cpu"] == keys["cuda"] == keys["auto"]
     assert keys["cpu"][0] == '{"k": 1, "metric": "euclidean"}'
     assert "device" not in keys["cpu"][1]

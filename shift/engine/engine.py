@@ -110,7 +110,7 @@ class Engine(Indexer):
         cached = self.registry.get_scores(
             rec.content_hash,
             proxy,
-            proxy_params_key(spec.params),
+            proxy_params_key(spec.settings),
             [self.score_key(m) for m in models],
         )
         to_embed = [w for w in work if w.mode in ("full", "append")]
@@ -189,7 +189,7 @@ class Engine(Indexer):
         from shift.scoring.proxies import get_proxy
 
         spec = get_proxy(proxy).bind(args or {})
-        pkey = proxy_params_key(spec.params)
+        pkey = proxy_params_key(spec.settings)
         pool_relative = spec.pool_relative
         keys = {m.name: self.score_key(m) for m in models}
         # a query whose scores are all cached needs only the record (its hash keys the scores);

@@ -79,7 +79,7 @@ def _proxy(text: str, r: ast.Ranker) -> ProxyCall:
 
 def _example(spec: Any) -> str:
     a = spec.args[0]
-    v = a.choices[0] if a.choices else spec.params.get(a.kwarg or a.name, 1)
+    v = a.choices[0] if a.choices else spec.settings.get(a.kwarg or a.name, 1)
     v = v[0] if isinstance(v, tuple | list) else v
     return f"{spec.name}({a.name}={v})"
 

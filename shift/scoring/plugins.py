@@ -3,12 +3,13 @@
 ``@proxy(name, ...)`` registers ``fn(train_x, train_y, val_x, val_y) -> score``;
 ``@estimator(name, ...)`` registers a transferability estimator ``fn(x, y, **kwargs)`` scored on
 the train split (``pool_relative=True``: ``fn([(x, y), ...]) -> scores`` over the models scored
-together). Keyword arguments are bound to the function and recorded in ``params``, which is part
-of the score-cache key, so the same proxy always gets the same ``params``. The decorators return
-the function unchanged (it stays importable and picklable by name). Registering the same name
-twice is an error. The lookup side (``PROXIES``, ``get_proxy``) is ``shift.scoring.proxies``.
-A registered proxy never returns a NaN or infinite score: ``ProxySpec`` raises
-:class:`~shift.errors.NonFiniteScoreError` instead (:func:`check_finite`).
+together). Keyword arguments are bound to the function and recorded in ``settings``, which is
+part of the score-cache key (a cached score's ``params`` column), so the same proxy always gets
+the same ``settings``. The decorators return the function unchanged (it stays importable and
+picklable by name). Registering the same name twice is an error. The lookup side (``PROXIES``,
+``get_proxy``) is ``shift.scoring.proxies``. A registered proxy never returns a NaN or infinite
+score: ``ProxySpec`` raises :class:`~shift.errors.NonFiniteScoreError` instead
+(:func:`check_finite`).
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ class ProxySpec:
     name: str
     description: str
     needs_logits: bool
-    params: dict[str, Any] = field(default_factory=dict, hash=False)
+    settings: dict[str, Any] = field(default_factory=dict, hash=False)
     fn: ProxyFn | None = None
     many: ManyFn | None = field(default=None, compare=False)
     cost_per_1k: float = DEFAULT_COST_PER_1K
@@ -99,21 +100,21 @@ class ProxySpec:
 
     def bind(self, values: Mapping[str, Any]) -> ProxySpec:
         """This proxy with a query's parameter values set, checked against ``args``
-        (:class:`~shift.scoring.args.ArgError` names a bad one): ``params``, the score-cache
+        (:class:`~shift.scoring.args.ArgError` names a bad one): ``settings``, the score-cache
         key, gets the converted keywords, so equal settings written differently share a key and
         a setting equal to the default is the default proxy. No values: ``self``."""
         if not values:
             return self
         overrides = check_args(self.name, self.args, values)
-        params = {**self.params, **overrides}
-        if params == self.params or self.binder is None:
+        settings = {**self.settings, **overrides}
+        if settings == self.settings or self.binder is None:
             return self
-        return replace(self, params=params, **self.binder(overrides))
+        return replace(self, settings=settings, **self.binder(overrides))
 
     @property
     def pool_relative(self) -> bool:
         """Scores are relative to the models scored together (never cached per model)."""
-        return bool(self.params.get("pool_relative"))
+        return bool(self.settings.get("pool_relative"))
 
     def __call__(self, train_x: Any, train_y: Any, val_x: Any, val_y: Any) -> float:
         """The score of one problem (finite, else NonFiniteScoreError)."""
@@ -168,7 +169,7 @@ def proxy(
     **kwargs: Any,
 ) -> Callable[[F], F]:
     """Register ``fn(train_x, train_y, val_x, val_y, **kwargs)`` (and its batched ``many``,
-    called with the same ``kwargs``) as ``name``; ``params = {**record, **kwargs}``. ``args``
+    called with the same ``kwargs``) as ``name``; ``settings = {**record, **kwargs}``. ``args``
     declares what a query may set (the other ``kwargs`` are :func:`~shift.scoring.args.inferred`);
     ``index_hook(kwargs)`` gives the ``from_index`` hook for other settings (default: none)."""
 
@@ -178,7 +179,7 @@ def proxy(
                 name=name,
                 description=description,
                 needs_logits=needs_logits,
-                params={**(record or {}), **kwargs},
+                settings={**(record or {}), **kwargs},
                 fn=partial(fn, **kwargs),
                 many=None if many is None else partial(many, **kwargs),
                 cost_per_1k=cost_per_1k,
@@ -270,17 +271,17 @@ def estimator(
 ) -> Callable[[F], F]:
     """Register an estimator scored on the train split as ``name`` (``args``: as for
     :func:`proxy`):
-    ``params = {"split": "train", **record, **kwargs}`` plus ``transform`` (by function name) and
+    ``settings = {"split": "train", **record, **kwargs}`` plus ``transform`` (by function name) and
     ``pool_relative: True`` when set."""
 
     def decorate(fn: F) -> F:
-        params: dict[str, Any] = {"split": "train", **(record or {}), **kwargs}
+        settings: dict[str, Any] = {"split": "train", **(record or {}), **kwargs}
         if transform is not None:
-            params["transform"] = transform.__name__
+            settings["transform"] = transform.__name__
         if pool_relative:
             if kwargs or transform is not None:
                 raise ValueError("a pool-relative estimator takes no kwargs or transform")
-            params["pool_relative"] = True
+            settings["pool_relative"] = True
             pool = _PoolTrainSplit(fn)
             single, many = pool.single, pool
         else:
@@ -290,7 +291,7 @@ def estimator(
                 name=name,
                 description=description,
                 needs_logits=needs_logits,
-                params=params,
+                settings=settings,
                 fn=single,
                 many=many,
                 cost_per_1k=cost_per_1k,
