@@ -89,7 +89,8 @@ def embed_order(rows: list[dict[str, Any]]) -> list[str]:
 
 
 class Indexer:
-    """Builds and reuses a task's embedding indexes. ``executor``: "ray", "inprocess" or "auto";
+    """Builds and reuses a task's embedding indexes. ``executor``: "ray", "inprocess" or "auto"
+    (chosen per run: ``shift.inference.executors.AutoExecutor``);
     ``backend``: the inference backend that embeds (a name registered with
     ``shift.inference.embedder.register_backend``, or "auto"), recorded with every index it
     builds; "auto" is resolved to a concrete name here, before any key is computed
