@@ -62,7 +62,7 @@ def test_a_taken_name_cannot_be_registered_by_another_factory() -> None:
 
 def test_a_backend_module_is_imported_on_demand(monkeypatch: pytest.MonkeyPatch) -> None:
     """What a Ray worker does: the name is unknown until the registering module is imported."""
-    monkeypatch.delitem(registry_module._BACKENDS, NUMPY)
+    monkeypatch.delitem(registry_module.BACKENDS, NUMPY)
     monkeypatch.delitem(sys.modules, "tests.numpy_backend")
     with pytest.raises(ShiftError, match="unknown inference backend"):
         backend_factory(NUMPY)

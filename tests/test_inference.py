@@ -15,7 +15,7 @@ import torch
 from onnx_factory import build_tiny_cnn, tiny_torch_model
 
 from shift.errors import ModelFileError, ShiftError
-from shift.inference.executors import make_executor
+from shift.inference.executors import AutoExecutor, make_executor
 from shift.inference.jobs import BatchResult, EmbedJob, JobFailure
 from shift.inference.local import InProcessExecutor
 from shift.inference.onnx_backend import OnnxEmbedder
@@ -406,7 +406,7 @@ def test_plan_pool_sizes() -> None:
 def test_make_executor_kinds() -> None:
     assert isinstance(make_executor("inprocess"), InProcessExecutor)
     assert isinstance(make_executor("ray", address="127.0.0.1:6379"), RayExecutor)
-    assert isinstance(make_executor(), RayExecutor)
+    assert isinstance(make_executor(), AutoExecutor)  # ray or in process per run
     with pytest.raises(ShiftError, match="unknown executor"):
         make_executor("dask")
 

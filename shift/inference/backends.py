@@ -8,7 +8,7 @@ import importlib
 from typing import Any
 
 from shift.errors import ShiftError
-from shift.inference.embedder import _BACKENDS, Embedder, EmbedderFactory
+from shift.inference.embedder import BACKENDS, Embedder, EmbedderFactory
 from shift.records import ModelRecord
 
 
@@ -21,16 +21,16 @@ def _load_builtins() -> None:
 def known_backends() -> list[str]:
     """The registered backend names, sorted (built-ins included)."""
     _load_builtins()
-    return sorted(_BACKENDS)
+    return sorted(BACKENDS)
 
 
 def backend_factory(name: str, module: str | None = None) -> EmbedderFactory:
     """The factory registered as ``name``. When this process has not imported the registering
     ``module`` yet (a Ray worker), it is imported first. Unknown name -> ``ShiftError`` naming
     the known backends."""
-    if name not in _BACKENDS:
+    if name not in BACKENDS:
         _load_builtins()
-    if name not in _BACKENDS and module:
+    if name not in BACKENDS and module:
         try:
             importlib.import_module(module)
         except ImportError as e:
@@ -39,12 +39,12 @@ def backend_factory(name: str, module: str | None = None) -> EmbedderFactory:
                 hint="the module that registers a backend must be importable here "
                 "(on every Ray worker: put it on PYTHONPATH)",
             ) from e
-    if name not in _BACKENDS:
+    if name not in BACKENDS:
         raise ShiftError(
             f"unknown inference backend {name!r}",
-            hint=f"known backends: {', '.join(sorted(_BACKENDS))}",
+            hint=f"known backends: {', '.join(sorted(BACKENDS))}",
         )
-    return _BACKENDS[name]
+    return BACKENDS[name]
 
 
 def backend_module(name: str) -> str:

@@ -52,7 +52,9 @@ backend may ignore the options it has no use for."""
 
 F = TypeVar("F", bound=EmbedderFactory)
 
-_BACKENDS: dict[str, EmbedderFactory] = {}
+#: every registered backend by name (filled by :func:`register_backend`; looked up in
+#: :mod:`shift.inference.backends`)
+BACKENDS: dict[str, EmbedderFactory] = {}
 
 
 def register_backend(name: str) -> Callable[[F], F]:
@@ -60,13 +62,13 @@ def register_backend(name: str) -> Callable[[F], F]:
     a second, different factory under a taken name raises ``ShiftError``."""
 
     def decorate(factory: F) -> F:
-        old = _BACKENDS.get(name)
+        old = BACKENDS.get(name)
         if old is not None and _origin(old) != _origin(factory):
             raise ShiftError(
                 f"inference backend {name!r} is already registered by {_origin(old)}",
                 hint="choose another name for the new backend",
             )
-        _BACKENDS[name] = factory
+        BACKENDS[name] = factory
         return factory
 
     return decorate

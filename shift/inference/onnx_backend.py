@@ -69,7 +69,9 @@ def session_options() -> Any:
     return opts
 
 
-def _flatten(out: Any, n: int) -> np.ndarray:
+def flatten_output(out: Any, n: int) -> np.ndarray:
+    """A model output as ``(n, features)`` (spatial outputs flattened); shared with the torch
+    backend."""
     arr = np.asarray(out)
     if arr.ndim > 2:
         arr = arr.reshape(arr.shape[0], -1)
@@ -185,10 +187,10 @@ class OnnxEmbedder:
         finally:
             self._run_options = None
 
-        emb = self._check(_flatten(outs[0], n), n, rec.dim, rec.output)
+        emb = self._check(flatten_output(outs[0], n), n, rec.dim, rec.output)
         logits = None
         if rec.head_output is not None:
-            logits = self._check(_flatten(outs[1], n), n, rec.head_classes, rec.head_output)
+            logits = self._check(flatten_output(outs[1], n), n, rec.head_classes, rec.head_output)
         return emb, logits
 
     def _run(self, x: np.ndarray, run_options: Any) -> list[np.ndarray]:

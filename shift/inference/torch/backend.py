@@ -36,7 +36,7 @@ import numpy as np
 
 from shift.errors import BackendError, ModelFileError, ShiftError
 from shift.inference.embedder import register_backend
-from shift.inference.onnx_backend import OnnxEmbedder, _flatten
+from shift.inference.onnx_backend import OnnxEmbedder, flatten_output
 from shift.inference.preprocess import check_batch, normalisation, resize_images
 from shift.inference.torch.convert import convert_onnx, first_line, import_onnx2torch
 from shift.records import ModelRecord
@@ -255,7 +255,7 @@ class TorchEmbedder:
     def _run(self, images: np.ndarray, precision: str | None) -> tuple[Any, ...]:
         try:
             outs = self._forward(self.model_input(images), precision)
-            return tuple(_flatten(o.float().cpu().numpy(), len(o)) for o in outs)
+            return tuple(flatten_output(o.float().cpu().numpy(), len(o)) for o in outs)
         except ShiftError:
             raise
         except ValueError as e:  # check_batch: not a uint8 NHWC batch
