@@ -19,7 +19,8 @@ from shift.config import Home
 from shift.errors import ModelFileError, ShiftError, WeightsMissingError
 from shift.records import InputSpec, ModelRecord, Samples
 from shift.store.migrations import migrations
-from shift.store.registry import Registry, model_to_row
+from shift.store.registry import Registry
+from shift.store.registry_models import model_to_row
 
 torch = pytest.importorskip("torch")
 tvm = pytest.importorskip("torchvision.models")
