@@ -349,10 +349,10 @@ def test_executor_callback_errors_propagate(
     with pytest.raises(OSError, match="disk full"):
         executor.run([job(tiny_models["tiny-a"])], boom, lambda f: None, progress=False)
     if isinstance(executor, RayExecutor):  # the pool was torn down and its CPUs given back
-        from shift.inference.ray.pool import _POOL
+        from shift.inference.ray.pool import ACTOR_POOL
         from shift.inference.ray.runtime import ray_resources
 
-        assert _POOL.actors == []
+        assert ACTOR_POOL.actors == []
         assert ray_resources()["CPU"] == pytest.approx(2.0)
 
 
@@ -440,17 +440,17 @@ def test_ray_pool_is_shared_and_reused(
 ) -> None:
     """Actors start once per process: a second run (any executor) reuses them and their loaded
     models; another plan replaces them; closing gives the CPUs back."""
-    from shift.inference.ray.pool import _POOL, close_actor_pool
+    from shift.inference.ray.pool import ACTOR_POOL, close_actor_pool
 
     rec = tiny_models["tiny-a"]
     RayExecutor(num_actors=2).run([job(rec)], lambda r: None, print, False)
-    first = list(_POOL.actors)
+    first = list(ACTOR_POOL.actors)
     assert len(first) == 2
     RayExecutor(num_actors=2).run([job(rec)], lambda r: None, print, False)
-    assert _POOL.actors == first
+    assert ACTOR_POOL.actors == first
     RayExecutor(num_actors=1).run([job(rec)], lambda r: None, print, False)
-    assert len(_POOL.actors) == 1 and _POOL.actors[0] not in first
+    assert len(ACTOR_POOL.actors) == 1 and ACTOR_POOL.actors[0] not in first
     close_actor_pool()
     from shift.inference.ray.runtime import ray_resources
 
-    assert _POOL.actors == [] and ray_resources()["CPU"] == pytest.approx(2.0)
+    assert ACTOR_POOL.actors == [] and ray_resources()["CPU"] == pytest.approx(2.0)

@@ -88,7 +88,7 @@ def test_declared_gpus_get_one_actor_each(
 ) -> None:
     import ray
 
-    from shift.inference.ray.pool import _POOL
+    from shift.inference.ray.pool import ACTOR_POOL
 
     rec = tiny_models["tiny-a"]
     rng = np.random.default_rng(3)
@@ -104,7 +104,7 @@ def test_declared_gpus_get_one_actor_each(
     assert failures == [] and sorted(results) == sorted(b for b, _ in batches)
     plan = ex.last_plan
     assert plan is not None and plan.num_actors == 2 and plan.options["num_gpus"] == 1.0
-    infos = ray.get([a.info.remote() for a in _POOL.actors])
+    infos = ray.get([a.info.remote() for a in ACTOR_POOL.actors])
     gpu_ids = [tuple(i["gpus"]) for i in infos]
     assert all(len(g) == 1 for g in gpu_ids) and len(set(gpu_ids)) == 2  # one GPU each
     # 800 images in calls of at most 512 (the 16 GB default at 32 px): 2 calls, not 200

@@ -58,7 +58,7 @@ def test_killed_worker_is_restarted_and_index_equals_uninterrupted(
 ) -> None:
     import ray
 
-    from shift.inference.ray.pool import _POOL, close_actor_pool
+    from shift.inference.ray.pool import ACTOR_POOL, close_actor_pool
 
     close_actor_pool()  # a fresh pool: its actors' first pids are the ones we kill
     with home(tmp_path / "plain", files, "inprocess") as c:
@@ -71,7 +71,7 @@ def test_killed_worker_is_restarted_and_index_equals_uninterrupted(
     def load_and_kill(self: PreparedInputs, rows: list[Any], geom: Any) -> Any:
         loads[0] += 1  # batches are read ahead (2) of the ones the actors were handed
         if loads[0] == 6 and not killed:  # 3 batches are queued on the actors by now
-            pid = ray.get(_POOL.actors[0].info.remote())["pid"]
+            pid = ray.get(ACTOR_POOL.actors[0].info.remote())["pid"]
             os.kill(pid, signal.SIGKILL)
             killed.append(pid)
         return real_load(self, rows, geom)
@@ -81,7 +81,7 @@ def test_killed_worker_is_restarted_and_index_equals_uninterrupted(
         got = build(c)
         executor = c.engine.executor
         assert killed, "the worker was never killed"
-        after = ray.get(_POOL.actors[0].info.remote(), timeout=60)
+        after = ray.get(ACTOR_POOL.actors[0].info.remote(), timeout=60)
     assert after["pid"] != killed[0]  # the same actor handle, a new process
     assert sum(executor.batches_by_node.values()) == 20  # every batch of both models, once
     assert set(got) == set(want) == {"r0", "r1"}

@@ -69,7 +69,7 @@ def writable(home: Home) -> bool:
     return all(os.access(p, os.W_OK) for p in paths)
 
 
-def _connect_read_only(path: Path) -> sqlite3.Connection:
+def connect_read_only(path: Path) -> sqlite3.Connection:
     """A read-only connection: ``mode=ro`` reads the WAL when SQLite can use it there, else
     ``immutable=1`` reads the database file as it is — only when no WAL file holds commits it
     would miss (a cleanly closed home has none), so a read is never of an older state."""
@@ -127,14 +127,12 @@ class Registry(ModelRows):
             raise _no_registry_yet(home)
         try:
             with named_write_errors(home.registry_dir):
-                conn = (
-                    _connect_read_only(home.db_path) if self.read_only else _connect(home.db_path)
-                )
+                conn = connect_read_only(home.db_path) if self.read_only else _connect(home.db_path)
         except DiskFullError as e:  # no room for SQLite's WAL files: read what is stored
             if not home.db_path.is_file():
                 raise
             try:
-                conn = _connect_read_only(home.db_path)
+                conn = connect_read_only(home.db_path)
             except sqlite3.Error:
                 raise e from None
             self.read_only, self._refusal = True, e

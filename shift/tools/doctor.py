@@ -54,7 +54,7 @@ from pathlib import Path
 from shift.config import Home, is_shift_registry
 from shift.errors import DiskFullError, NotAHomeError, ReadOnlyHomeError, ShiftError
 from shift.fsutil import read_only
-from shift.tools.doctor_checks import DEFAULT_GRACE_S, _Doctor
+from shift.tools.doctor_checks import DEFAULT_GRACE_S, Doctor
 from shift.tools.doctor_report import DoctorReport, Finding, print_report
 
 __all__ = ["DEFAULT_GRACE_S", "DoctorReport", "Finding", "doctor", "print_report"]
@@ -84,7 +84,7 @@ def doctor(
             hint="point --home / SHIFT_HOME at a shift home; if this folder is one, create the "
             f"marker (touch {h.marker_path}) and run doctor again",
         )
-    d = _Doctor(h, repair, grace_s)
+    d = Doctor(h, repair, grace_s)
     if not _permissions(d, h) and repair:
         raise read_only(h.registry_dir)
     if d.sqlite() and not ours:  # opening it as a Registry would add shift's tables to it
@@ -99,7 +99,7 @@ def doctor(
 MIN_FREE_BYTES = 1 << 20
 
 
-def _permissions(d: _Doctor, h: Home) -> bool:
+def _permissions(d: Doctor, h: Home) -> bool:
     """Report the home's folders and registry this process cannot write, and a full disk,
     as ``unwritable``; True when everything can be written."""
     paths = [h.registry_dir, h.db_path, h.models_dir, h.tasks_dir, h.index_dir]
@@ -130,7 +130,7 @@ def _permissions(d: _Doctor, h: Home) -> bool:
     return ok
 
 
-def _check_registry(d: _Doctor, h: Home) -> None:
+def _check_registry(d: Doctor, h: Home) -> None:
     """Open the registry of ``h`` and check its models, tasks and indexes."""
     from shift.store.registry import Registry
 

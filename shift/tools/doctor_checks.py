@@ -1,5 +1,5 @@
 """The checks behind ``shift doctor`` (see :mod:`shift.tools.doctor` for what each one covers):
-one ``_Doctor`` walks the registry, model files, cached scores and task chunks (here) and the
+one ``Doctor`` walks the registry, model files, cached scores and task chunks (here) and the
 index folders (:class:`~shift.tools.doctor_index_checks.IndexChecks`), records findings, and
 repairs what is safe when asked."""
 
@@ -26,7 +26,7 @@ def _severity(e: sqlite3.Error) -> Any:
     return "corrupt" if write_error(e, "") is None else "unwritable"
 
 
-class _Doctor(IndexChecks):
+class Doctor(IndexChecks):
     # ---- registry ---------------------------------------------------------------------------
     def sqlite(self) -> bool:
         """integrity_check + foreign_key_check on a plain connection (a read-only one where the
@@ -43,11 +43,11 @@ class _Doctor(IndexChecks):
     def _sqlite(self, ro: bool, quiet: bool) -> bool | None:
         """One look (``ro``: through a read-only connection). None, and nothing recorded, when
         ``quiet`` and the failure is a full disk (the caller looks again read-only)."""
-        from shift.store.registry import _connect_read_only
+        from shift.store.registry import connect_read_only
 
         db = self.home.db_path
         try:
-            conn = _connect_read_only(db) if ro else sqlite3.connect(str(db), timeout=30)
+            conn = connect_read_only(db) if ro else sqlite3.connect(str(db), timeout=30)
         except sqlite3.Error as e:
             self.find(_severity(e), "registry", db, f"cannot open the registry: {e}")
             return False

@@ -25,7 +25,7 @@ from shift.inference.jobs import (
     batch_timeout,
 )
 from shift.inference.ray.models import ModelBlob, publish
-from shift.inference.ray.pool import _POOL, ModelSpec, _PoolPlan, plan_pool
+from shift.inference.ray.pool import ACTOR_POOL, ModelSpec, PoolPlan, plan_pool
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ class RayExecutor:
         self.address = address
         self.batch_timeout_s = batch_timeout(batch_timeout_s)
         self.inference_calls = 0
-        self.last_plan: _PoolPlan | None = None
+        self.last_plan: PoolPlan | None = None
         self.batches_by_node: Counter[str] = Counter()
 
     def run(
@@ -88,7 +88,7 @@ class RayExecutor:
 
 
 def call_groups(
-    jobs: list[EmbedJob], failed: set[int], plan: _PoolPlan
+    jobs: list[EmbedJob], failed: set[int], plan: PoolPlan
 ) -> Iterator[tuple[int, list[Batch]]]:
     """``(job index, batches)``: one batch per call, or on a GPU plan as many consecutive
     batches as fit in ``plan.images_per_call`` images (at least one); a job in ``failed`` (read
@@ -124,7 +124,7 @@ class Schedule:
         ray: Any,
         owner: RayExecutor,
         jobs: list[EmbedJob],
-        plan: _PoolPlan,
+        plan: PoolPlan,
         on_result: ResultFn,
         on_failure: FailureFn,
     ) -> None:
@@ -159,7 +159,7 @@ class Schedule:
                 self.fail(j, str(e))
         ok = False
         try:
-            self.actors.extend(_POOL.acquire(self.ray, self.plan))
+            self.actors.extend(ACTOR_POOL.acquire(self.ray, self.plan))
             while True:
                 self.submit()
                 self.release_done_models()
@@ -170,7 +170,7 @@ class Schedule:
         finally:
             self.blobs.clear()
             if not ok:
-                _POOL.close(self.ray)
+                ACTOR_POOL.close(self.ray)
 
     def fail(self, j: int, message: str) -> None:
         if j not in self.failed:
@@ -254,7 +254,7 @@ class Schedule:
                 log.warning("worker died running %r: %s", name, e)
                 out = JobFailure(name, f"model {name!r}: worker process died while running it: {e}")
                 if self.actors[a] is actor:  # restarts used up: a fresh actor
-                    self.actors[a] = _POOL.replace(self.ray, a)
+                    self.actors[a] = ACTOR_POOL.replace(self.ray, a)
             if j in self.failed:
                 continue
             if isinstance(out, JobFailure):

@@ -66,11 +66,11 @@ def cpu_images_per_run(spec: InputSpec) -> int:
     1024) of activations, as a power of two in [1, 256] (224-260 px: 16; 32 px: 256). A run's
     activations are the bulk of a worker's peak memory (EfficientNet-Lite2, 64 images of 260 px:
     ~2 GB; 16 images: ~0.65 GB) while per-image speed on a CPU barely depends on the run's size."""
-    mb = _env_float(CPU_ACTIVATION_ENV, DEFAULT_CPU_ACTIVATION_MB)
+    mb = env_float(CPU_ACTIVATION_ENV, DEFAULT_CPU_ACTIVATION_MB)
     return _images_for(mb * 2**20, spec, 1, MAX_CPU_RUN)
 
 
-def _env_float(env: str, default: float) -> float:
+def env_float(env: str, default: float) -> float:
     """A positive number from ``$env``; ``default`` when unset or not a positive number."""
     raw = os.environ.get(env, "").strip()
     try:
@@ -81,7 +81,7 @@ def _env_float(env: str, default: float) -> float:
 
 
 @dataclass
-class _PoolPlan:
+class PoolPlan:
     num_actors: int
     options: dict[str, float]
     device: str
@@ -105,7 +105,7 @@ def _accelerator(resources: dict[str, float]) -> str | None:
 
 def plan_pool(
     resources: dict[str, float], num_actors: int | None = None, max_useful: int | None = None
-) -> _PoolPlan:
+) -> PoolPlan:
     """Size the actor pool from ``ray.cluster_resources()``.
 
     With GPUs: one actor per GPU (``num_gpus=1``), the backend on "auto", ``GPU_IN_FLIGHT``
@@ -129,7 +129,7 @@ def plan_pool(
         threads = max(1, int(cpus // n)) if cpus >= n else 1
         acc = _accelerator(resources)
         memory = GPU_MEMORY_GB.get(acc or "", DEFAULT_GPU_MEMORY_GB) * 2**30
-        return _PoolPlan(
+        return PoolPlan(
             n,
             {"num_gpus": min(1.0, _floor(gpus / n)), "num_cpus": min(1.0, _floor(cpus / n))},
             "auto",
@@ -142,4 +142,4 @@ def plan_pool(
     if max_useful:
         n = min(n, max_useful)
     n = max(1, n)
-    return _PoolPlan(n, {"num_cpus": min(1.0, _floor(cpus / n))}, "cpu", 1)
+    return PoolPlan(n, {"num_cpus": min(1.0, _floor(cpus / n))}, "cpu", 1)

@@ -1,6 +1,6 @@
 """The Ray side of inference: the worker that runs in each actor and the process's shared pool
 of actors (sized by ``shift.inference.ray.plan.plan_pool``). ray is imported inside the
-functions, never at import time (``shift.inference.ray.runtime.shutdown_ray`` finds ``_POOL``
+functions, never at import time (``shift.inference.ray.runtime.shutdown_ray`` finds ``ACTOR_POOL``
 here by module name).
 
 Actors are restarted when their process dies (``MAX_RESTARTS``) and the calls they held are run
@@ -27,10 +27,10 @@ from shift.inference.ray.models import ModelBlob, materialize
 from shift.inference.ray.plan import (
     CPU_IN_FLIGHT,
     GPU_IN_FLIGHT,
-    _env_float,
-    _PoolPlan,
+    PoolPlan,
     cpu_images_per_run,
     device_batch_size,
+    env_float,
     plan_pool,
 )
 from shift.records import ModelRecord
@@ -40,7 +40,7 @@ __all__ = [
     "GPU_IN_FLIGHT",
     "EmbedWorker",
     "ModelSpec",
-    "_PoolPlan",
+    "PoolPlan",
     "close_actor_pool",
     "device_batch_size",
     "plan_pool",
@@ -57,7 +57,7 @@ SESSION_FACTOR = 4
 
 def worker_cache_bytes() -> int:
     """An actor's session-cache budget: ``$SHIFT_WORKER_CACHE_MB`` MiB (default 512)."""
-    return int(_env_float(CACHE_ENV, DEFAULT_CACHE_MB) * 2**20)
+    return int(env_float(CACHE_ENV, DEFAULT_CACHE_MB) * 2**20)
 
 
 @dataclass(frozen=True)
@@ -234,7 +234,7 @@ class _SharedPool:
 
     def __init__(self) -> None:
         self.actors: list[Any] = []
-        self.plan: _PoolPlan | None = None
+        self.plan: PoolPlan | None = None
         self.session: str | None = None
 
     def _new(self, ray: Any) -> Any:
@@ -244,7 +244,7 @@ class _SharedPool:
         )
         return cls.remote(self.plan.device, self.plan.intra_op_threads)
 
-    def acquire(self, ray: Any, plan: _PoolPlan) -> list[Any]:
+    def acquire(self, ray: Any, plan: PoolPlan) -> list[Any]:
         session = ray.get_runtime_context().get_job_id()
         if self.actors and (self.plan != plan or self.session != session):
             self.close(ray if self.session == session else None)
@@ -268,7 +268,7 @@ class _SharedPool:
         self.actors, self.plan, self.session = [], None, None
 
 
-_POOL = _SharedPool()
+ACTOR_POOL = _SharedPool()
 
 
 def close_actor_pool() -> None:
@@ -278,9 +278,9 @@ def close_actor_pool() -> None:
     if ray_is_running():
         import ray
 
-        _POOL.close(ray)
+        ACTOR_POOL.close(ray)
     else:
-        _POOL.close(None)
+        ACTOR_POOL.close(None)
 
 
 _REMOTE_WORKER: Any = None

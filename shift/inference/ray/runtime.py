@@ -102,7 +102,7 @@ def shutdown_ray() -> None:
     with _lock:
         pool = sys.modules.get("shift.inference.ray.pool")
         if pool is not None:  # the shared actors die with Ray: forget their handles
-            pool._POOL.close(None)
+            pool.ACTOR_POOL.close(None)
         if "ray" in sys.modules and sys.modules["ray"].is_initialized():
             sys.modules["ray"].shutdown()
 
