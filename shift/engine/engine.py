@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from shift.engine.cost import embed_seconds, score_seconds
+from shift.engine.cost import embed_seconds, measured_per_unit, score_seconds
 from shift.engine.indexing import Indexer, IndexReport
 from shift.errors import ShiftError
 from shift.records import InputSpec, ModelRecord
@@ -115,9 +115,14 @@ class Engine(Indexer):
         )
         to_embed = [w for w in work if w.mode in ("full", "append")]
         images = sum(len(w.sample_ids) for w in to_embed)
+        per_unit = measured_per_unit(self.registry.home.registry_dir, self.backend)
         secs = sum(
             embed_seconds(
-                w.model.params, w.model.input.height, w.model.input.width, len(w.sample_ids)
+                w.model.params,
+                w.model.input.height,
+                w.model.input.width,
+                len(w.sample_ids),
+                per_unit,
             )
             for w in to_embed
         )
@@ -148,9 +153,10 @@ class Engine(Indexer):
             "images_to_embed": images,
             "score_seconds": score_secs,
             "backend": self.backend_choice.describe(),
-            "estimate": f"{images:,} images through {len(to_embed)} models, "
-            f"~{secs:.0f} s on one CPU core; scoring {len(models) - n_cached} models "
-            f"~{score_secs:.1f} s",
+            "embed_seconds": secs,
+            "estimate": f"{images:,} images through {len(to_embed)} models, ~{secs:.0f} s "
+            + ("at this machine's measured rate" if per_unit else "on one CPU core (a prior)")
+            + f"; scoring {len(models) - n_cached} models ~{score_secs:.1f} s",
         }
 
     # ---- scoring ----------------------------------------------------------------------------

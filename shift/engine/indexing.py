@@ -258,6 +258,21 @@ class Indexer:
         with ExitStack() as locks:
             return self._index(task, models, locks)[0]
 
+    def _record_throughput(self, todo: list[tuple[_Work, set[str]]], report: IndexReport) -> None:
+        """This run's embed rate, for EXPLAIN's estimates (``shift.engine.cost``): the work
+        units of the models that did not fail over the embed phase's wall seconds."""
+        from shift.engine.cost import record_throughput, work_units
+
+        units = sum(
+            work_units(w.model.params, w.model.input.height, w.model.input.width, n)
+            for w, _ in todo
+            if w.model.name not in report.failed and (n := report.embedded.get(w.model.name, 0))
+        )
+        if units and not report.failed:
+            record_throughput(
+                self.registry.home.registry_dir, self.backend, units, report.phases["embed"]
+            )
+
     def index_prefix(
         self, task: str, models: list[ModelRecord], n: int
     ) -> dict[str, tuple[list[str], np.ndarray, np.ndarray | None]]:
@@ -377,6 +392,7 @@ class Indexer:
             behind.close()
         t_commit = time.perf_counter()
         report.phases["embed"] = t_commit - t_run
+        self._record_throughput(todo, report)
         for name, p in pending.items():
             if name in report.failed:
                 report.embedded.pop(name, None)
