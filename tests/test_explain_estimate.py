@@ -66,3 +66,15 @@ def test_the_rate_is_a_running_mean_and_survives_a_bad_file(tmp_path: Path) -> N
     assert measured_per_unit(tmp_path, "onnxruntime") is None
     record_throughput(tmp_path, "onnxruntime", 4.0, 1.0)  # starts again
     assert measured_per_unit(tmp_path, "onnxruntime") == pytest.approx(0.25)
+
+
+def test_explain_counts_scores_cached_under_the_same_content(client: shift.Client) -> None:
+    """A task added again under another name scores from cache (scores are keyed by content):
+    EXPLAIN announces nothing to embed, and the query embeds nothing (it said 9 to embed)."""
+    client.query(QUERY.format("a"))
+    client.add_task("a-again", samples(60, 0))
+    work = client.explain(QUERY.format("a-again")).plan["work"]
+    assert work["to_embed"] == 0 and work["images_to_embed"] == 0
+    assert "2 scored already under this content" in work["embed_summary"]
+    client.query(QUERY.format("a-again"))
+    assert not client.engine.last_report.embedded

@@ -113,7 +113,10 @@ class Engine(Indexer):
             proxy_params_key(spec.settings),
             [self.score_key(m) for m in models],
         )
-        to_embed = [w for w in work if w.mode in ("full", "append")]
+        # a model whose score is cached under the task's content hash needs no index at all (a
+        # task added again under another name scores from cache and embeds nothing)
+        scored = {m.name for m in models if self.score_key(m) in cached}
+        to_embed = [w for w in work if w.mode in ("full", "append") and w.model.name not in scored]
         images = sum(len(w.sample_ids) for w in to_embed)
         per_unit = measured_per_unit(self.registry.home.registry_dir, self.backend)
         secs = sum(
@@ -140,13 +143,18 @@ class Engine(Indexer):
             "per_model": {
                 w.model.name: {
                     "index": w.mode,
-                    "embed": len(w.sample_ids),
+                    "embed": 0 if w.model.name in scored else len(w.sample_ids),
                     "score_cached": self.score_key(w.model) in cached,
                 }
                 for w in work
             },
             "embed_summary": f"{sum(w.mode in ('ready', 'relabel') for w in work)} indexed, "
-            f"{len(to_embed)} to embed ({images:,} images)",
+            f"{len(to_embed)} to embed ({images:,} images)"
+            + (
+                f", {len(scored)} scored already under this content (no embedding)"
+                if any(w.mode in ("full", "append") for w in work if w.model.name in scored)
+                else ""
+            ),
             "to_score": len(models) - n_cached,
             "score_summary": f"{n_cached} cached, {len(models) - n_cached} to compute{via}",
             "score_path": path or "arrays",
