@@ -26,6 +26,7 @@ lint: install
 	$(BIN)/ruff check shift tests benchmarks
 	$(BIN)/ruff format --check shift tests benchmarks
 	$(BIN)/lint-imports
+	$(BIN)/mypy
 
 format:
 	$(BIN)/ruff format shift tests benchmarks

@@ -73,7 +73,7 @@ def seconds_setting(value: float | None, env: str, default: float) -> float:
         return float(default)
     where = "the given value" if value is not None else f"${env}"
     try:
-        seconds = float(raw)  # type: ignore[arg-type]
+        seconds = float(raw)
     except (TypeError, ValueError):
         seconds = float("nan")
     if not (0 < seconds < float("inf")):

@@ -90,7 +90,10 @@ def _sklearn_digits() -> tuple[np.ndarray, np.ndarray]:
     d = load_digits()
     grey8 = np.round(d.images * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)
     up = np.stack(
-        [np.asarray(Image.fromarray(g).resize((SIZE, SIZE), Image.BILINEAR)) for g in grey8]
+        [
+            np.asarray(Image.fromarray(g).resize((SIZE, SIZE), Image.Resampling.BILINEAR))
+            for g in grey8
+        ]
     )
     imgs = _grey_to_rgb(up)
     imgs.flags.writeable = False
@@ -334,7 +337,7 @@ def _mask(kind: str, cx: float, cy: float, r: float, angle: float, **kw: float) 
         d.polygon(_rect(X, Y, 2 * R, kw["width"] * s, angle), fill=255)
     else:
         raise ValueError(f"unknown shape kind {kind!r}")
-    small = im.resize((SIZE, SIZE), Image.BOX)
+    small = im.resize((SIZE, SIZE), Image.Resampling.BOX)
     return np.asarray(small, dtype=np.float64) / 255.0
 
 

@@ -88,7 +88,7 @@ def export(module: Any, entry: ExportTarget, path: Path, opset: int | None = Non
             output_names=["embedding", "logits"],
             dynamic_axes={k: {0: "batch"} for k in ("input", "embedding", "logits")},
             dynamo=False,
-            **({"opset_version": opset} if opset is not None else {}),
+            opset_version=opset,  # None: torch's default
         )
     with torch.inference_mode():
         ref = [t.numpy() for t in module(torch.from_numpy(x))]
@@ -125,7 +125,9 @@ def import_catalog(
     todo = [
         e for e in entries if e.expert in EXPERTS and (force or not _registered(registry, e.name))
     ]
-    warm([EXPERTS[e.expert] for e in todo])  # in parallel: each trains on one thread
+    warm(
+        [EXPERTS[e.expert] for e in todo if e.expert is not None]
+    )  # in parallel: each trains on one thread
 
     with progress_bar(progress, transient=True) as bar:
         task = bar.add_task("catalog", total=len(entries))

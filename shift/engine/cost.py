@@ -31,7 +31,7 @@ def work_units(params: int | None, height: int, width: int, images: int) -> floa
 
 
 def embed_seconds(
-    params: int, height: int, width: int, images: int, per_unit: float | None = None
+    params: int | None, height: int, width: int, images: int, per_unit: float | None = None
 ) -> float:
     """Seconds to embed ``images`` with a model of ``params`` parameters at ``height``×``width``:
     work units × ``per_unit`` (this machine's measured rate) or the one-core prior."""
@@ -72,7 +72,9 @@ def record_throughput(registry_dir: Path, backend: str, units: float, seconds: f
             data = {}
     except (OSError, ValueError):
         data = {}
-    old = data.get(backend) if isinstance(data.get(backend), dict) else {}
+    old = data.get(backend)
+    if not isinstance(old, dict):
+        old = {}
     w_old = min(float(old.get("units", 0) or 0), _MEMORY_UNITS)
     rate_old = float(old.get("seconds_per_unit", 0) or 0)
     rate = (rate_old * w_old + seconds) / (w_old + units) if w_old else seconds / units

@@ -17,7 +17,7 @@ import queue
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 T = TypeVar("T")
 
@@ -88,7 +88,7 @@ class WriteBehind:
             try:
                 if item is _END:
                     return
-                fn, args = item  # type: ignore[misc]
+                fn, args = cast(tuple[Callable[..., Any], tuple[Any, ...]], item)
                 if self._error is None:
                     fn(*args)
             except BaseException as e:  # noqa: BLE001 - raised by drain() on the caller's thread

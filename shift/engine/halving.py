@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from shift.engine.engine import Engine
+from shift.engine.steps.base import ScoreSource
+from shift.errors import ShiftError
 from shift.records import ModelRecord
 
 
@@ -65,7 +66,7 @@ def schedule(
 
 
 def embed_prefix(
-    engine: Engine, task: str, models: list[ModelRecord], n: int
+    engine: ScoreSource, task: str, models: list[ModelRecord], n: int
 ) -> dict[str, tuple[list[str], np.ndarray, np.ndarray | None]]:
     """Embeddings of the first ``n`` samples of the embedding order for each model: the
     indexer's own prefix path (:meth:`~shift.engine.indexing.Indexer.index_prefix`: build
@@ -75,7 +76,7 @@ def embed_prefix(
 
 
 def successive_halving(
-    engine: Engine,
+    engine: ScoreSource,
     task: str,
     models: list[ModelRecord],
     proxy: str,
@@ -103,7 +104,12 @@ def successive_halving(
         problems = []
         for m in active:
             ids, x, lg = data[m.name]
-            feats = lg if spec.needs_logits else x
+            if spec.needs_logits and lg is None:  # the planner refuses such a pool up front
+                raise ShiftError(
+                    f"{proxy} needs a source-classifier head; model {m.name} has none",
+                    hint="filter with has_head = true",
+                )
+            feats = lg if spec.needs_logits and lg is not None else x
             y = np.array([labels[s] for s in ids])
             problems.append((feats[n_val:], y[n_val:], feats[:n_val], y[:n_val]))
             embedded[m.name] = n_val + seen

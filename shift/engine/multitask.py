@@ -20,6 +20,7 @@ ranked at all: the result names it under ``failed``, with the reason. The step r
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 from shift.records import ModelRecord
 from shift.scoring.strategies import rank_agnostic
@@ -52,9 +53,15 @@ def aggregate(
     if how == "avg_rank":
         ranks = [task_ranks(models, s) for s in per_task.values()]
         return {m.name: sum(r[m.name] for r in ranks) / len(ranks) for m in models}
-    fn = {"avg": lambda v: sum(v) / len(v), "min": min, "max": max}[how]
+    aggregates: dict[str, Callable[[list[float]], float]] = {
+        "avg": lambda v: sum(v) / len(v),
+        "min": min,
+        "max": max,
+    }
+    fn = aggregates[how]
     out: dict[str, float | None] = {}
     for m in models:
         vals = [s.get(m.name) for s in per_task.values()]
-        out[m.name] = None if any(_bad(v) for v in vals) else float(fn(vals))  # type: ignore[arg-type]
+        good = [v for v in vals if v is not None]
+        out[m.name] = None if any(_bad(v) for v in vals) else float(fn(good))
     return out

@@ -58,7 +58,7 @@ class Geometry:
 
     def spec(self) -> InputSpec:
         """An input spec with this geometry (what ``resize_images`` reads of it)."""
-        return InputSpec(height=self.height, width=self.width, resize=self.resize)  # type: ignore[arg-type]
+        return InputSpec(height=self.height, width=self.width, resize=self.resize)
 
 
 class PreparedInputs:

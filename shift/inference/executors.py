@@ -44,7 +44,8 @@ class AutoExecutor:
         batch_timeout_s: float | None = None,
     ) -> None:
         self.address = address
-        self._options = {"num_actors": num_actors, "batch_timeout_s": batch_timeout_s}
+        self._num_actors = num_actors
+        self._batch_timeout_s = batch_timeout_s
         self.inprocess = InProcessExecutor(batch_timeout_s=batch_timeout_s)
         self._ray: RayExecutor | None = None
         self.last = "inprocess"
@@ -52,7 +53,11 @@ class AutoExecutor:
     @property
     def ray(self) -> RayExecutor:
         if self._ray is None:
-            self._ray = RayExecutor(address=self.address, **self._options)
+            self._ray = RayExecutor(
+                num_actors=self._num_actors,
+                address=self.address,
+                batch_timeout_s=self._batch_timeout_s,
+            )
         return self._ray
 
     @property
@@ -86,7 +91,13 @@ class AutoExecutor:
 
     def __getattr__(self, name: str) -> Any:
         # what the last run's executor reports (e.g. load_seconds, last_plan, batches_by_node)
-        if name.startswith("__") or name in ("inprocess", "_ray", "last", "_options"):
+        if name.startswith("__") or name in (
+            "inprocess",
+            "_ray",
+            "last",
+            "_num_actors",
+            "_batch_timeout_s",
+        ):
             raise AttributeError(name)
         return getattr(self.ray if self.last == "ray" else self.inprocess, name)
 

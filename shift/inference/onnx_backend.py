@@ -171,7 +171,7 @@ class OnnxEmbedder:
         x = preprocess(images, rec.input)
         n = x.shape[0]
         if n == 0:
-            emb = np.zeros((0, rec.dim), np.float32)
+            emb = np.zeros((0, rec.dim or 0), np.float32)
             logits = np.zeros((0, rec.head_classes or 0), np.float32) if rec.head_output else None
             return emb, logits
         if x.dtype != self._input_dtype:
@@ -218,22 +218,27 @@ class OnnxEmbedder:
             run_options.terminate = True
 
     def _check(self, arr: np.ndarray, n: int, dim: int | None, output: str) -> np.ndarray:
-        name = self.record.name
-        if arr.ndim != 2 or arr.shape[0] != n or (dim is not None and arr.shape[1] != dim):
-            want = f"({n}, {dim})" if dim is not None else f"({n}, D)"
-            raise ModelFileError(
-                f"model {name!r}: output {output!r} has shape {tuple(arr.shape)}, expected {want}"
-            )
-        arr = np.ascontiguousarray(arr, dtype=np.float32)
-        if not np.isfinite(arr).all():
-            bad = int((~np.isfinite(arr)).any(axis=1).sum())
-            raise ModelFileError(
-                f"model {name!r}: output {output!r} has NaN/Inf values in {bad} of {n} rows"
-            )
-        return arr
+        return check_output(self.record.name, arr, n, dim, output)
 
     def __repr__(self) -> str:
         return f"OnnxEmbedder({self.name!r}, providers={self.providers})"
+
+
+def check_output(name: str, arr: np.ndarray, n: int, dim: int | None, output: str) -> np.ndarray:
+    """Model ``name``'s output ``output`` as contiguous float32, checked to be ``(n, dim)`` (any
+    width for ``dim=None``) and finite; ``ModelFileError`` otherwise. Shared by the backends."""
+    if arr.ndim != 2 or arr.shape[0] != n or (dim is not None and arr.shape[1] != dim):
+        want = f"({n}, {dim})" if dim is not None else f"({n}, D)"
+        raise ModelFileError(
+            f"model {name!r}: output {output!r} has shape {tuple(arr.shape)}, expected {want}"
+        )
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    if not np.isfinite(arr).all():
+        bad = int((~np.isfinite(arr)).any(axis=1).sum())
+        raise ModelFileError(
+            f"model {name!r}: output {output!r} has NaN/Inf values in {bad} of {n} rows"
+        )
+    return arr
 
 
 def _reason(e: BaseException) -> str:

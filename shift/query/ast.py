@@ -173,7 +173,7 @@ def without_positions(node: Any) -> Any:
     builder's condition strings), whose positions would point into the wrong query."""
     if isinstance(node, tuple):
         return tuple(without_positions(x) for x in node)
-    if not is_dataclass(node) or isinstance(node, Span):
+    if not is_dataclass(node) or isinstance(node, (Span, type)):
         return node
     changes = {
         f.name: NOWHERE if isinstance(v, Span) else without_positions(v)

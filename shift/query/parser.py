@@ -127,7 +127,7 @@ def _build_transformer() -> Any:
         return ast.Literal(str(tok), _span(tok))
 
     @v_args(meta=True)
-    class ToAst(Transformer):  # type: ignore[misc]
+    class ToAst(Transformer):
         def ident(self, meta: Any, children: list[Any]) -> ast.Literal:
             return ast.Literal(str(children[0]), _span(children[0]))
 
@@ -177,7 +177,7 @@ def _build_transformer() -> Any:
                     _span(op),
                     f"write arguments as name=value, e.g. {name.value.lower()}=5",
                 )
-            v = value.value.lower() if isinstance(value, ast.Literal) else lit(value).value
+            v = str(value.value).lower() if isinstance(value, ast.Literal) else lit(value).value
             return Named(name.value.lower(), v, _span(meta))
 
         def ranker(self, meta: Any, c: list[Any]) -> ast.Ranker:
@@ -313,7 +313,8 @@ def parse(text: str) -> ast.Select:
             hint=hint_for(e.expected, text),
         ) from None
     except UnexpectedCharacters as e:
-        ch = text[e.pos_in_stream] if e.pos_in_stream < len(text) else ""
+        pos = e.pos_in_stream or 0  # always set by the lexer (lark declares it None)
+        ch = text[pos] if pos < len(text) else ""
         hint = hint_for(e.allowed or set(), text)
         if ch in "'\"":
             hint = "strings must be closed on the same line with a matching quote"

@@ -82,7 +82,8 @@ def check_condition(condition: str) -> str:
         return ""
     expr = parse_condition(text)
     for term in ast.conjuncts(expr):
-        if getattr(term, "column", None) == TASK_COLUMN:
+        columned = (ast.Compare, ast.InList, ast.Like, ast.IsNull)
+        if isinstance(term, columned) and term.column == TASK_COLUMN:
             raise error_at(
                 text,
                 term.column_pos,

@@ -533,9 +533,9 @@ def k_nearest(
         t_dev = torch.device(dev)
         with torch_threads(t_dev):
             tx_t, qx_t, finite = _torch_inputs(train_x, query_x, metric, t_dev)
-            near = _k_nearest_torch(tx_t, qx_t, k, block_bytes)
+            near_t = _k_nearest_torch(tx_t, qx_t, k, block_bytes)
             _raise_unless_finite(finite.cpu().numpy())
-            return near.cpu().numpy()
+            return near_t.cpu().numpy()
     block_bytes = _DEFAULT_BLOCK_BYTES if block_bytes is None else block_bytes
     tx, qx = _inputs(train_x, query_x, metric)
     tx, qx = np.asarray(tx, np.float64), np.asarray(qx, np.float64)

@@ -66,7 +66,10 @@ class IndexScorer(Protocol):
     """Optional hook of a proxy that can score straight from a stored embedding index (e.g. the
     kNN proxies through its hnsw graph) instead of from the selected arrays."""
 
-    path: str  # what EXPLAIN and the engine report when the hook runs, e.g. "hnsw"
+    @property
+    def path(self) -> str:
+        """What EXPLAIN and the engine report when the hook runs, e.g. "hnsw"."""
+        ...
 
     def applies(self, n_train: int) -> bool:
         """Whether to use the hook for a training split of ``n_train`` samples."""

@@ -48,8 +48,9 @@ class Pick:
 def _score_key(scores: dict[str, float | None], order: dict[str, int]):
     def key(m: ModelRecord) -> tuple:
         s = scores.get(m.name)
-        bad = s is None or (isinstance(s, float) and math.isnan(s))
-        return (bad, -(s if not bad else 0.0), order[m.name])
+        if s is None or (isinstance(s, float) and math.isnan(s)):
+            return (True, -0.0, order[m.name])
+        return (False, -s, order[m.name])
 
     return key
 
@@ -81,9 +82,9 @@ def rank(
     if kind == "hybrid":
         if n == 0:
             return []
-        top = agn[0]
-        picks = [Pick(top, 1, scores.get(top.name), f"task-agnostic: {agnostic_reason(top)}")]
-        rest = [m for m in by_score if m.name != top.name]
+        first = agn[0]
+        picks = [Pick(first, 1, scores.get(first.name), f"task-agnostic: {agnostic_reason(first)}")]
+        rest = [m for m in by_score if m.name != first.name]
         picks += [
             Pick(
                 m,

@@ -56,7 +56,7 @@ def put_result(
 ) -> None:
     """Store (or replace) a result, in one write transaction."""
     with registry.transaction():
-        registry.db["finetune_results"].upsert(
+        registry.db.table("finetune_results").upsert(
             {
                 "task_hash": task_hash,
                 "model_sha": model_sha,

@@ -56,7 +56,7 @@ def resize_to(img: np.ndarray, width: int, height: int) -> np.ndarray:
         return img
     grey = img.shape[-1] == 1
     im = Image.fromarray(img[..., 0] if grey else img)
-    out = np.asarray(im.resize((width, height), Image.BILINEAR), dtype=np.uint8)
+    out = np.asarray(im.resize((width, height), Image.Resampling.BILINEAR), dtype=np.uint8)
     return out[..., None] if grey else out
 
 

@@ -9,7 +9,7 @@ migrations = Migrations("shift")
 
 @migrations()
 def m001_initial(db: Database) -> None:
-    db["models"].create(
+    db.table("models").create(
         {
             "name": str,
             "path": str,
@@ -35,10 +35,10 @@ def m001_initial(db: Database) -> None:
         pk="name",
         not_null={"path", "sha256", "params", "dim", "output", "input_name", "input_json"},
     )
-    db["pools"].create(
+    db.table("pools").create(
         {"name": str, "filter": str, "description": str, "date_added": str}, pk="name"
     )
-    db["tasks"].create(
+    db.table("tasks").create(
         {
             "name": str,
             "content_hash": str,
@@ -54,7 +54,7 @@ def m001_initial(db: Database) -> None:
         },
         pk="name",
     )
-    db["samples"].create(
+    db.table("samples").create(
         {
             "task": str,
             "sample_id": str,
@@ -68,8 +68,8 @@ def m001_initial(db: Database) -> None:
         pk=("task", "sample_id"),
         foreign_keys=[("task", "tasks", "name")],
     )
-    db["samples"].create_index(["task", "seq"])
-    db["scores"].create(
+    db.table("samples").create_index(["task", "seq"])
+    db.table("scores").create(
         {
             "task_hash": str,
             "model_sha": str,
@@ -83,7 +83,7 @@ def m001_initial(db: Database) -> None:
         },
         pk=("task_hash", "model_sha", "proxy", "params"),
     )
-    db["index_entries"].create(
+    db.table("index_entries").create(
         {
             "task": str,
             "model": str,
@@ -105,7 +105,7 @@ def m001_initial(db: Database) -> None:
 def m002_finetune(db: Database) -> None:
     """Ground-truth fine-tuning results (:mod:`shift.tools.finetune`), keyed by task content hash,
     model sha256 and the protocol's canonical JSON."""
-    db["finetune_results"].create(
+    db.table("finetune_results").create(
         {
             "task_hash": str,
             "model_sha": str,
@@ -124,7 +124,7 @@ def m002_finetune(db: Database) -> None:
 def m003_index_backend(db: Database) -> None:
     """The inference backend that embedded each index (:mod:`shift.inference.embedder`); every
     index before this migration was embedded by ONNX Runtime."""
-    db["index_entries"].add_column("backend", str, not_null_default="onnxruntime")
+    db.table("index_entries").add_column("backend", str, not_null_default="onnxruntime")
 
 
 @migrations()
@@ -140,7 +140,7 @@ def m004_unique_sample_seq(db: Database) -> None:
             "UPDATE samples SET seq = ? WHERE rowid = ?", [(i, r) for i, r in enumerate(ids)]
         )
     db.execute("DROP INDEX IF EXISTS idx_samples_task_seq")
-    db["samples"].create_index(["task", "seq"], unique=True, index_name="samples_task_seq")
+    db.table("samples").create_index(["task", "seq"], unique=True, index_name="samples_task_seq")
 
 
 @migrations()
@@ -150,7 +150,7 @@ def m005_model_sources(db: Database) -> None:
     architecture, the source's own id, provenance, the weights' URL, ImageNet top-5 and GFLOPS.
     ``params`` and ``dim`` may be unknown (NULL) for metadata-only rows, so the table is rebuilt
     without their NOT NULL (sqlite-utils ``transform``: copy, drop, rename, in one savepoint)."""
-    models = db["models"]
+    models = db.table("models")
     models.add_column("weights", str, not_null_default="present")
     for col, kind in (
         ("architecture", str),

@@ -22,7 +22,7 @@ from __future__ import annotations
 import threading
 import zipfile
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Literal
 
 import numpy as np
 
@@ -74,7 +74,7 @@ class _Member:
         with zf.open(self.name) as f:
             f.seek(self.offset)
             data = _read_exact(f, self.nbytes, self.where, self.key)
-        order = "F" if self.fortran else "C"
+        order: Literal["C", "F"] = "F" if self.fortran else "C"
         return np.frombuffer(data, self.dtype).reshape(self.shape, order=order)
 
 
@@ -89,7 +89,8 @@ def _read_header(f: IO[bytes], what: str) -> tuple[tuple[int, ...], bool, np.dty
         else:  # (3, 0): a UTF-8 header, read by numpy's own (private) reader
             from numpy.lib import _format_impl
 
-            shape, fortran, dtype = _format_impl._read_array_header(f, version, _HEADER_CAP)
+            read = _format_impl._read_array_header  # type: ignore[attr-defined]  # private: no stub
+            shape, fortran, dtype = read(f, version, _HEADER_CAP)
     except (ValueError, OSError, EOFError, SyntaxError, zipfile.BadZipFile) as e:
         raise TaskDataError(f"{what}: not a readable .npy header ({e})") from None
     if dtype.hasobject:
@@ -269,7 +270,11 @@ def read_npz(path: Path, classes: list[str] | None = None) -> Samples:
     splits = _splits(split, where) if split is not None else None
     reader = _XReader(path, mx, None)
     if mx.fortran:  # small (checked): converted from memory
-        reader.rows = lambda a, b: np.ascontiguousarray(x_whole[a:b])  # type: ignore[method-assign]
+
+        def whole_rows(start: int, stop: int) -> np.ndarray:
+            return np.ascontiguousarray(x_whole[start:stop])
+
+        reader.rows = whole_rows  # type: ignore[method-assign]
     convert, fit = _converter(reader, mx, shape, where)
     reader.convert = convert
     labels, names = remap_labels(y, classes, f"{where}: field 'y'")

@@ -70,6 +70,7 @@ def probe_image(path: Path) -> tuple[int, int]:
     from PIL import Image, UnidentifiedImageError
 
     Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+    unreadable: tuple[type[BaseException], ...] = (UnidentifiedImageError, *_DECODE_ERRORS)
     try:
         with warnings.catch_warnings():  # over the limit: refused below, by name
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -77,7 +78,7 @@ def probe_image(path: Path) -> tuple[int, int]:
                 w, h = im.size
     except Image.DecompressionBombError as e:  # over twice the limit: PIL refuses to open it
         raise _bomb(path, str(e)) from None
-    except (UnidentifiedImageError, *_DECODE_ERRORS) as e:
+    except unreadable as e:
         raise _refuse(path, e) from None
     if w * h > MAX_IMAGE_PIXELS:
         raise _bomb(path, f"it declares {w}x{h} = {w * h:,} pixels")
@@ -99,6 +100,11 @@ def decode_image(path: Path, size: int | None, fit: tuple[int, int] | None = Non
     from PIL import Image, UnidentifiedImageError
 
     probe_image(path)
+    unreadable: tuple[type[BaseException], ...] = (
+        UnidentifiedImageError,
+        Image.DecompressionBombError,
+        *_DECODE_ERRORS,
+    )
     try:
         with Image.open(path) as im:
             if size is not None or fit is not None:  # JPEG: decode at a reduced scale when it can
@@ -106,15 +112,17 @@ def decode_image(path: Path, size: int | None, fit: tuple[int, int] | None = Non
                 im.draft("RGB", want)
             im.load()
             rgb = im.convert("RGB")
-    except (UnidentifiedImageError, Image.DecompressionBombError, *_DECODE_ERRORS) as e:
+    except unreadable as e:
         raise _refuse(path, e) from None
     if size is not None and rgb.size != (size, size):
         w, h = rgb.size
         s = min(w, h)
         left, top = (w - s) // 2, (h - s) // 2
-        rgb = rgb.crop((left, top, left + s, top + s)).resize((size, size), Image.BILINEAR)
+        rgb = rgb.crop((left, top, left + s, top + s)).resize(
+            (size, size), Image.Resampling.BILINEAR
+        )
     elif size is None and fit is not None and rgb.size != fit:
-        rgb = rgb.resize(fit, Image.BILINEAR)
+        rgb = rgb.resize(fit, Image.Resampling.BILINEAR)
     return np.asarray(rgb, dtype=np.uint8)
 
 

@@ -256,10 +256,10 @@ class Registry(ModelRows):
         """Upsert ``row`` (``replace``) or insert it, the primary key refusing a duplicate name
         that slipped past the check (:class:`AlreadyExistsError`)."""
         if replace:
-            self.db[table].upsert(row, pk="name")
+            self.db.table(table).upsert(row, pk="name")
             return
         try:
-            self.db[table].insert(row, pk="name")
+            self.db.table(table).insert(row, pk="name")
         except sqlite3.IntegrityError:
             self.ensure_new(table, row["name"])
             raise
@@ -352,7 +352,7 @@ class Registry(ModelRows):
             if replace_samples:
                 self.db.execute("DELETE FROM samples WHERE task = ?", [rec.name])
             if samples:
-                self.db["samples"].upsert_all(samples, pk=("task", "sample_id"))
+                self.db.table("samples").upsert_all(samples, pk=("task", "sample_id"))
 
     def samples(self, task: str) -> list[dict[str, Any]]:
         return list(self.db.query("SELECT * FROM samples WHERE task = ? ORDER BY seq", [task]))
@@ -389,7 +389,7 @@ class Registry(ModelRows):
 
     def put_scores(self, rows: list[dict[str, Any]]) -> None:
         with self.transaction():
-            self.db["scores"].upsert_all(
+            self.db.table("scores").upsert_all(
                 [{**r, "computed_at": r.get("computed_at") or utcnow()} for r in rows],
                 pk=("task_hash", "model_sha", "proxy", "params"),
             )
@@ -403,7 +403,9 @@ class Registry(ModelRows):
 
     def put_index_entry(self, row: dict[str, Any]) -> None:
         with self.transaction():
-            self.db["index_entries"].upsert({**row, "updated": utcnow()}, pk=("task", "model"))
+            self.db.table("index_entries").upsert(
+                {**row, "updated": utcnow()}, pk=("task", "model")
+            )
 
     # ---- helpers ------------------------------------------------------------------------------
     def _names_hint(self, table: str) -> str:

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 _KEEP_OUT = ("pandas", "numpy")
 
 
-class _LazyNumpyTypes(dict):  # type: ignore[type-arg]
+class _LazyNumpyTypes(dict):
     """sqlite-utils' ``COLUMN_TYPE_MAPPING`` (python type → SQLite type) that adds numpy's
     scalar types, the ones sqlite-utils adds where it imports numpy itself, when first asked for
     a type it does not hold while numpy is imported."""

@@ -31,6 +31,7 @@ Labels are normalised first (``normalised``): 0..C−1, original values kept as 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import sqlite3
 import time
@@ -176,7 +177,7 @@ class TaskStore:
             path = self.task_dir(name) / chunk
             if not path.is_file():
                 images = np.ascontiguousarray(s.images[staged.chunks[chunk]])
-                atomic_write(path, lambda f, im=images: np.save(f, im, allow_pickle=False))
+                atomic_write(path, functools.partial(np.save, arr=images, allow_pickle=False))
 
     def _refresh(self, name: str, chunks: set[str]) -> None:
         """Touch staged chunks just before the write transaction, so a long ingest's early
@@ -280,7 +281,7 @@ class TaskStore:
                 name=name,
                 content_hash=content,
                 data_hash=data,
-                kind=kind,  # type: ignore[arg-type]
+                kind=kind,
                 source=source,
                 num_samples=len(rows),
                 num_train=sum(r["split"] == "train" for r in rows),
@@ -425,7 +426,7 @@ class TaskStore:
                 else np.asarray(
                     Image.fromarray(np.asarray(o).squeeze())
                     .convert("RGB" if out[0].shape[-1] == 3 else "L")
-                    .resize((w, h), Image.BILINEAR)
+                    .resize((w, h), Image.Resampling.BILINEAR)
                 ).reshape(h, w, -1)
                 for o in out
             ]

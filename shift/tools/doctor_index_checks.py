@@ -6,6 +6,7 @@ and the stored batches of unfinished builds. Mixed into the doctor of
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -208,7 +209,7 @@ class IndexChecks(Recorder):
                         f"{label}: "
                         + ("no registry entry" if entry is None else "registry entry out of date")
                         + " (a run was killed before recording it): rewritten by the next index",
-                        lambda idx=idx: _put_entry(reg, rec.name, model.name, idx),
+                        functools.partial(_put_entry, reg, rec.name, model.name, idx),
                         "rewrite the entry from the verified index",
                     )
         self.parts(mdir, meta if idx is not None else None, want, label)
@@ -219,7 +220,7 @@ class IndexChecks(Recorder):
                     "index",
                     f,
                     f"{label}: temp file of an interrupted write",
-                    lambda f=f: f.unlink(missing_ok=True),
+                    functools.partial(f.unlink, missing_ok=True),
                     "remove",
                 )
 
@@ -245,7 +246,7 @@ class IndexChecks(Recorder):
                         "index",
                         f,
                         f"{label}: temp file of an interrupted batch write",
-                        lambda f=f: f.unlink(missing_ok=True),
+                        functools.partial(f.unlink, missing_ok=True),
                         "remove",
                     )
                 continue
@@ -261,7 +262,7 @@ class IndexChecks(Recorder):
                 "index",
                 p,
                 f"{label}: {batches} stored batches {why}",
-                lambda p=p: remove_known(p, "parts"),
+                functools.partial(remove_known, p, "parts"),
                 "remove",
             )
 

@@ -83,15 +83,15 @@ def _parameters_on_meta() -> Iterator[None]:
 
     reg_param, reg_buffer = nn.Module.register_parameter, nn.Module.register_buffer
 
-    def param(self: nn.Module, name: str, p: Any) -> None:
-        if p is not None and p.device.type != "meta":
-            p = nn.Parameter(p.to("meta"), requires_grad=p.requires_grad)
-        reg_param(self, name, p)
+    def param(self: nn.Module, name: str, param: Any) -> None:
+        if param is not None and param.device.type != "meta":
+            param = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+        reg_param(self, name, param)
 
-    def buffer(self: nn.Module, name: str, t: Any, persistent: bool = True) -> None:
-        if isinstance(t, torch.Tensor) and t.device.type != "meta":
-            t = t.to("meta")
-        reg_buffer(self, name, t, persistent)
+    def buffer(self: nn.Module, name: str, tensor: Any, persistent: bool = True) -> None:
+        if isinstance(tensor, torch.Tensor) and tensor.device.type != "meta":
+            tensor = tensor.to("meta")
+        reg_buffer(self, name, tensor, persistent)
 
     nn.Module.register_parameter = param  # type: ignore[method-assign]
     nn.Module.register_buffer = buffer  # type: ignore[method-assign]

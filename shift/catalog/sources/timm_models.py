@@ -94,8 +94,10 @@ class TimmEmbedding(nn.Module):
         self.net = net
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        feats = self.net.forward_features(x)
-        return self.net.forward_head(feats, pre_logits=True), self.net.forward_head(feats)
+        # timm's model methods: torch types a module's attributes as ``Tensor | Module``
+        feats = self.net.forward_features(x)  # type: ignore[operator]
+        head = self.net.forward_head
+        return head(feats, pre_logits=True), head(feats)  # type: ignore[operator]
 
 
 class TimmSource:

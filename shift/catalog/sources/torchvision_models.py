@@ -107,15 +107,16 @@ class TorchvisionEmbedding(nn.Module):
         """(embedding dim, classes), read from the head (no forward pass)."""
         if isinstance(self.head, nn.Linear):
             return self.head.in_features, self.head.out_features
-        conv = next(m for m in self.net.classifier.modules() if isinstance(m, nn.Conv2d))
+        classifier = self.net.get_submodule("classifier")
+        conv = next(m for m in classifier.modules() if isinstance(m, nn.Conv2d))
         return conv.in_channels, conv.out_channels
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.head is not None:
             emb = self.net(x)
             return emb, self.head(emb)
-        feats = self.net.features(x)  # SqueezeNet: a convolutional classifier
-        return feats.mean(dim=(2, 3)), self.net.classifier(feats).flatten(1)
+        feats = self.net.get_submodule("features")(x)  # SqueezeNet: a convolutional classifier
+        return feats.mean(dim=(2, 3)), self.net.get_submodule("classifier")(feats).flatten(1)
 
 
 class TorchvisionSource:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
@@ -17,6 +17,9 @@ from shift.records import ModelRecord, Result, Timings
 from shift.scoring.strategies import Pick, rank
 
 if TYPE_CHECKING:
+    import numpy as np
+
+    from shift.engine.indexing import IndexReport
     from shift.store.registry import Registry
 
 #: the query's story is told by one logger, whichever runner tells it
@@ -26,14 +29,43 @@ log = logging.getLogger("shift.engine.execute")
 class ScoreSource(Protocol):
     """What the executor needs from the engine. After ``scores``, an engine may say which models
     failed (no score) and why in ``last_report.failed`` (``{name: reason}``): those are left out
-    of the ranking and named in the result's ``failed``."""
+    of the ranking and named in the result's ``failed``. ``args``: the proxy's settings."""
 
-    def status(self, task: str, models: list[ModelRecord], proxy: str) -> dict[str, Any]:
+    @property
+    def registry(self) -> Registry:
+        """The registry the engine reads tasks and samples from."""
+        ...
+
+    @property
+    def last_report(self) -> IndexReport | None:
+        """What the last call indexed, reused and which models failed (``failed``)."""
+        ...
+
+    def status(
+        self,
+        task: str,
+        models: list[ModelRecord],
+        proxy: str,
+        args: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
         """Which embeddings and scores exist and what must be computed (for EXPLAIN)."""
         ...
 
-    def scores(self, task: str, models: list[ModelRecord], proxy: str) -> dict[str, float | None]:
+    def scores(
+        self,
+        task: str,
+        models: list[ModelRecord],
+        proxy: str,
+        args: Mapping[str, Any] | None = None,
+    ) -> dict[str, float | None]:
         """Proxy score per model name, computing (and caching) whatever is missing."""
+        ...
+
+    def index_prefix(
+        self, task: str, models: list[ModelRecord], n: int
+    ) -> dict[str, tuple[list[str], np.ndarray, np.ndarray | None]]:
+        """``(sample ids, embeddings, logits)`` of the first ``n`` samples of the embedding
+        order per model (successive halving's rounds)."""
         ...
 
 
@@ -288,21 +320,21 @@ def explain_weights(
 
 
 def engine_scores(
-    eng: Any, task: str, models: list[ModelRecord], proxy: ProxyCall
+    eng: ScoreSource, task: str, models: list[ModelRecord], proxy: ProxyCall
 ) -> dict[str, float | None]:
     """``eng.scores`` with the proxy's settings (passed only when there are any)."""
     extra = {"args": proxy.settings} if proxy.settings else {}
     return eng.scores(task, models, proxy.name, **extra)
 
 
-def engine_status(eng: Any, task: str, models: list[ModelRecord], proxy: ProxyCall) -> dict:
+def engine_status(eng: ScoreSource, task: str, models: list[ModelRecord], proxy: ProxyCall) -> dict:
     """``eng.status`` with the proxy's settings (passed only when there are any)."""
     extra = {"args": proxy.settings} if proxy.settings else {}
     return eng.status(task, models, proxy.name, **extra)
 
 
 def engine_failures(
-    eng: Any, models: list[ModelRecord], scores: dict[str, float | None]
+    eng: ScoreSource, models: list[ModelRecord], scores: dict[str, float | None]
 ) -> dict[str, str]:
     """The models of ``models`` that failed in the engine's last call (its
     ``last_report.failed``, e.g. a file that does not load) and got no score, with the reason."""

@@ -85,7 +85,7 @@ class HalvingRunner(EmbeddingRunner[Halving]):
     def score(self, step: Halving, cx: Context, models: list[ModelRecord]) -> Race:
         from shift.engine.halving import successive_halving  # numpy: only for a race
 
-        eng: Any = cx.engine_factory()
+        eng = cx.engine_factory()
         with cx.scoring():
             res = successive_halving(
                 eng, step.task, models, step.proxy.name, step.budget, step.chunk

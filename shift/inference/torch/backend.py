@@ -36,7 +36,7 @@ import numpy as np
 
 from shift.errors import BackendError, ModelFileError, ShiftError
 from shift.inference.embedder import register_backend
-from shift.inference.onnx_backend import OnnxEmbedder, flatten_output
+from shift.inference.onnx_backend import check_output, flatten_output
 from shift.inference.preprocess import check_batch, normalisation, resize_images
 from shift.inference.torch.convert import convert_onnx, first_line, import_onnx2torch
 from shift.records import ModelRecord
@@ -234,7 +234,7 @@ class TorchEmbedder:
     def forward(self, x: Any, precision: str | None = None) -> list[Any]:
         """The graph's outputs for the model input ``x`` (embedding, then logits if any), in
         ``precision`` (default: this embedder's); run on the embedder's thread."""
-        return self._on_worker(self._forward, x, precision)  # type: ignore[no-any-return]
+        return self._on_worker(self._forward, x, precision)
 
     def _forward(self, x: Any, precision: str | None) -> list[Any]:
         import torch
@@ -250,7 +250,7 @@ class TorchEmbedder:
     def run(self, images: np.ndarray, precision: str | None = None) -> tuple[Any, ...]:
         """uint8 batch -> float32 numpy outputs (flattened to 2-d), unchecked; on the
         embedder's thread."""
-        return self._on_worker(self._run, images, precision)  # type: ignore[no-any-return]
+        return self._on_worker(self._run, images, precision)
 
     def _run(self, images: np.ndarray, precision: str | None) -> tuple[Any, ...]:
         try:
@@ -273,7 +273,7 @@ class TorchEmbedder:
         rec = self.record
         n = len(images)
         if n == 0:
-            emb = np.zeros((0, rec.dim), np.float32)
+            emb = np.zeros((0, rec.dim or 0), np.float32)
             logits = np.zeros((0, rec.head_classes or 0), np.float32) if rec.head_output else None
             return emb, logits
         outs = self.run(images)
@@ -285,7 +285,9 @@ class TorchEmbedder:
             logits = self._check(outs[1], n, rec.head_classes, rec.head_output)
         return emb, logits
 
-    _check = OnnxEmbedder._check  # the same shape and NaN/Inf checks as ONNX Runtime's
+    def _check(self, arr: np.ndarray, n: int, dim: int | None, output: str) -> np.ndarray:
+        """The same shape and NaN/Inf checks as ONNX Runtime's."""
+        return check_output(self.record.name, arr, n, dim, output)
 
     def __repr__(self) -> str:
         return f"TorchEmbedder({self.name!r}, providers={self.providers}, route={self.route!r})"

@@ -56,6 +56,7 @@ def _disagreement(embedder: Any) -> str | None:
     names = [rec.output] + ([rec.head_output] if rec.head_output else [])
     for i, name in enumerate(names):
         want = reference[i]
+        assert want is not None  # names has the head's output only where the model has a head
         have = got[i] if i < len(got) else None
         if have is None or have.shape != want.shape:
             shape = None if have is None else tuple(have.shape)

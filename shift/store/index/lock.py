@@ -184,6 +184,7 @@ def store_lock(root: Path, *, shared: bool = False) -> Iterator[None]:
         return
     path = root / LOCK_FILE
     if shared:
+        f: IO[bytes]
         try:
             f = open(path, "rb")  # noqa: SIM115 - closed below
         except OSError:
