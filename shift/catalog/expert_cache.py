@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from shift.errors import ShiftError
-from shift.fsutil import atomic_write, atomic_write_bytes
+from shift.fsutil import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +116,6 @@ def _store(model: Any, info: dict[str, Any], weights: Path, facts: Path) -> None
         data = save({k: v.contiguous() for k, v in model.state_dict().items()})
         atomic_write_bytes(weights, data)
         record = {**info, "trained_seconds": info["seconds"]}
-        atomic_write(facts, lambda f: f.write(json.dumps(record).encode()))
+        atomic_write_bytes(facts, json.dumps(record).encode())
     except (OSError, ShiftError) as e:  # a read-only or full cache folder: just not cached
         log.warning("expert cache %s not written: %s", weights.parent, e)

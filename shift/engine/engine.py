@@ -129,7 +129,7 @@ class Engine(Indexer):
             )
             for w in to_embed
         )
-        n_cached = sum(1 for m in models if self.score_key(m) in cached)
+        n_cached = len(scored)
         n_train = sum(r["split"] != "val" for r in rows)
         per_model = score_seconds(spec.cost_per_1k, n_train)
         score_secs = per_model * (len(models) - n_cached)

@@ -109,13 +109,7 @@ class PreparedInputs:
         return self.root / geom.folder / chunk
 
     def _source(self, task: str, chunk: str) -> np.ndarray:
-        path = self.tasks.task_dir(task) / chunk
-        if not path.is_file():
-            raise TaskDataError(
-                f"task {task!r}: data file {path.name} is missing",
-                hint="re-add the task (`shift-cli tasks add --replace`)",
-            )
-        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+        arr = self.tasks.chunk(task, chunk)
         return arr[..., None] if arr.ndim == 3 else arr
 
     def _valid(self, chunk: str, geom: Geometry) -> bool:

@@ -398,6 +398,17 @@ class TaskStore:
                 d.rmdir()
 
     # -- reading
+    def chunk(self, name: str, chunk: str) -> np.ndarray:
+        """The stored images of one chunk file of task ``name``, memory-mapped (never
+        unpickled); a missing file is a named ``TaskDataError``."""
+        path = self.task_dir(name) / chunk
+        if not path.is_file():
+            raise TaskDataError(
+                f"task {name!r}: data file {path.name} is missing",
+                hint="re-add the task (`shift-cli tasks add --replace`)",
+            )
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+
     def load(self, name: str, rows: Sequence[dict[str, Any]]) -> np.ndarray:
         """Images of ``rows`` (from :meth:`Registry.samples`) in order, uint8 (N, H, W, C)."""
         if not rows:
@@ -407,13 +418,7 @@ class TaskStore:
         for r in rows:
             arr = cache.get(r["chunk"])
             if arr is None:
-                path = self.task_dir(name) / r["chunk"]
-                if not path.is_file():
-                    raise TaskDataError(
-                        f"task {name!r}: data file {path.name} is missing",
-                        hint="re-add the task (`shift-cli tasks add --replace`)",
-                    )
-                arr = cache[r["chunk"]] = np.load(path, mmap_mode="r", allow_pickle=False)
+                arr = cache[r["chunk"]] = self.chunk(name, r["chunk"])
             out.append(arr[r["offset"]])
         shapes = {o.shape for o in out}
         if len(shapes) > 1:  # appended data of another size: bring all to the first size
